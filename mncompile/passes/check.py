@@ -1,0 +1,245 @@
+"""The semantic checks of the language contract, as one pure pass over the IR.
+
+>>> from mncompile.parse import parse_text
+>>> e = parse_text("ensemble e { input 40; classes 10; net a mlp { dense 32 } }")
+>>> check_ensemble(e) is e
+True
+
+Every rule raises `MNError` with the span of the offending token and a hint saying what
+would be valid. Errors come in source order: the first problem in the file is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import Levenshtein
+
+from mncompile.diagnostics import MNError
+from mncompile.ir import INT_KEYS, SCHEDULES, TRAIN_DEFAULTS, Ensemble, Layer, Net, Setting, Span
+from mncompile.parse import is_valid_name
+from mncompile.shapes import infer_net
+
+#: datasets the runtime knows: flat feature count and class count (None: any)
+DATASETS: dict[str, tuple[int | None, int | None, str]] = {
+    "mnist1d": (40, 10, "1x40 or 40"),
+    "digits": (64, 10, "1x8x8 or 64"),
+    "cifar10": (3 * 32 * 32, 10, "3x32x32"),
+    "cifar100": (3 * 32 * 32, 100, "3x32x32"),
+    "svhn": (3 * 32 * 32, 10, "3x32x32"),
+    "synthetic": (None, None, "any shape"),
+}
+
+CONV_FAMILIES = ("plain", "residual", "dense")
+
+
+def suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
+    """The closest option to a misspelt word, if it is close enough to be what was meant."""
+    if not options:
+        return None
+    best = min(options, key=lambda o: (Levenshtein.distance(word, o), o))
+    return best if Levenshtein.distance(word, best) <= max(1, len(best) // 3) else None
+
+
+def _name(name: str, span: Span, what: str) -> None:
+    if not is_valid_name(name):
+        raise MNError(
+            f"'{name}' cannot be used as {what} name: it is a Python keyword",
+            span,
+            hint=f"pick another name, such as '{name}_'",
+        )
+
+
+def _positive(value: int, span: Span, what: str) -> None:
+    if value <= 0:
+        raise MNError(
+            f"{what} must be a positive integer, got {value}",
+            span,
+            hint="sizes are whole numbers of at least 1",
+        )
+
+
+def _check_settings(settings: tuple[Setting, ...]) -> None:
+    seen: dict[str, Setting] = {}
+    keys = list(TRAIN_DEFAULTS)
+    for s in sorted(settings, key=lambda s: (s.span.line, s.span.column)):
+        if s.key not in TRAIN_DEFAULTS:
+            close = suggest(s.key, keys)
+            hint = f"did you mean '{close}'? " if close else ""
+            raise MNError(
+                f"unknown training setting '{s.key}'",
+                s.key_span,
+                hint=hint + "valid keys: " + ", ".join(keys),
+            )
+        if s.key in seen:
+            raise MNError(
+                f"training setting '{s.key}' is given twice (first at line {seen[s.key].span.line})",
+                s.key_span,
+                hint="keep one value per key",
+            )
+        seen[s.key] = s
+        _check_value(s)
+
+
+def _check_value(s: Setting) -> None:
+    v = s.value
+    if s.key == "schedule":
+        if v not in SCHEDULES:
+            raise MNError(
+                f"unknown schedule {v!r}",
+                s.value_span,
+                hint="schedule is 'cosine' or 'constant'",
+            )
+        return
+    if isinstance(v, str):
+        raise MNError(
+            f"'{s.key}' takes a number, got '{v}'",
+            s.value_span,
+            hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}",
+        )
+    if not math.isfinite(v):
+        raise MNError(f"'{s.key}' must be a finite number", s.value_span)
+    if s.key in INT_KEYS and float(v) != int(v):
+        raise MNError(
+            f"'{s.key}' takes a whole number, got {v}",
+            s.value_span,
+            hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}",
+        )
+    lower = {
+        "batch": (1, "at least 1"),
+        "patience": (1, "at least 1"),
+        "max_epochs": (1, "at least 1"),
+        "hatched_max_epochs": (0, "at least 0"),
+        "seed": (0, "at least 0"),
+        "weight_decay": (0, "at least 0"),
+        "noise": (0, "at least 0"),
+        "momentum": (0, "between 0 and 1 (1 excluded)"),
+    }
+    if s.key in ("lr", "hatched_lr") and v <= 0:
+        raise MNError(f"'{s.key}' must be positive, got {v}", s.value_span,
+                      hint="a learning rate such as 0.1")
+    if s.key in lower and v < lower[s.key][0]:
+        raise MNError(f"'{s.key}' must be {lower[s.key][1]}, got {v}", s.value_span)
+    if s.key == "momentum" and v >= 1:
+        raise MNError(f"'momentum' must be below 1, got {v}", s.value_span,
+                      hint="momentum is between 0 and 1, such as 0.9")
+
+
+def _check_layer(layer: Layer, net: Net, where: str) -> None:
+    _positive(layer.kernel, layer.span, "a kernel size")
+    _positive(layer.filters, layer.span, "a filter count")
+    if layer.kernel % 2 == 0:
+        raise MNError(
+            f"kernel sizes must be odd, got {layer.kernel} in {where} of net '{net.name}'",
+            layer.span,
+            hint=f"use an odd kernel such as {layer.kernel - 1} or {layer.kernel + 1}: "
+            "'same' padding needs a centre tap",
+        )
+
+
+def check_net(net: Net, ensemble: Ensemble) -> None:
+    """Check one net against the contract; raises `MNError` on the first problem."""
+    _name(net.name, net.name_span, "a net")
+    fam = net.family
+    if fam in CONV_FAMILIES and ensemble.rank == 0:
+        n = ensemble.input[0]
+        raise MNError(
+            f"a '{fam}' net needs an image or sequence input (CxHxW or CxL), "
+            f"but the ensemble's input is flat ({n})",
+            net.family_span,
+            hint=f"use the 'mlp' family, or write the input as 1x{n} for 1-D convolutions",
+        )
+    if fam == "mlp":
+        if net.stem is not None:
+            raise MNError("'stem' is not allowed in an mlp net", net.stem_span or net.span,
+                          hint="an mlp has only a 'dense' head")
+        if net.blocks:
+            raise MNError("'block' is not allowed in an mlp net", net.blocks[0].span,
+                          hint="an mlp has only a 'dense' head: dense 128 64")
+    elif fam == "plain":
+        if net.stem is not None:
+            raise MNError("'stem' is not used by plain nets", net.stem_span or net.span,
+                          hint="remove it, or make the net 'residual' or 'dense'")
+    elif net.stem is None:
+        raise MNError(
+            f"a '{fam}' net needs a 'stem' before its blocks",
+            net.name_span,
+            hint="add one, such as 'stem 3:16'",
+        )
+    if fam != "mlp" and not net.blocks:
+        raise MNError(f"a '{fam}' net needs at least one block", net.name_span,
+                      hint="add one, such as 'block { 3:16 }'")
+    if net.stem is not None:
+        _check_layer(net.stem, net, "the stem")
+    for b, block in enumerate(net.blocks, start=1):
+        for layer in block.layers:
+            _check_layer(layer, net, f"block {b}")
+        if fam == "residual":
+            width = block.layers[0].filters
+            for layer in block.layers[1:]:
+                if layer.filters != width:
+                    raise MNError(
+                        f"units of one residual stage must have the same width: this unit has "
+                        f"{layer.filters} filters, the stage's first has {width}",
+                        layer.span,
+                        hint=f"write every unit of block {b} as k:{width}, or start a new block",
+                    )
+    for d in net.dense:
+        _positive(d.width, d.span, "a dense width")
+    infer_net(net, ensemble.input, ensemble.classes)
+
+
+def check_ensemble(ensemble: Ensemble) -> Ensemble:
+    """Check the whole ensemble; returns it unchanged, or raises `MNError`."""
+    _name(ensemble.name, ensemble.span, "an ensemble")
+    for d in ensemble.input:
+        _positive(d, ensemble.input_span, "every input dimension")
+    if ensemble.classes < 2:
+        raise MNError(
+            f"'classes' must be at least 2, got {ensemble.classes}",
+            ensemble.classes_span,
+            hint="the number of classes of the task, such as 10",
+        )
+    if ensemble.data is not None:
+        _check_data(ensemble)
+    _check_settings(ensemble.train)
+    first: dict[str, Net] = {}
+    for net in ensemble.nets:
+        if net.name in first:
+            raise MNError(
+                f"net '{net.name}' is defined twice (first at line {first[net.name].name_span.line})",
+                net.name_span,
+                hint="every net of an ensemble needs its own name",
+            )
+        first[net.name] = net
+        check_net(net, ensemble)
+    return ensemble
+
+
+def _check_data(ensemble: Ensemble) -> None:
+    assert ensemble.data is not None
+    span = ensemble.data_span or ensemble.span
+    if ensemble.data not in DATASETS:
+        close = suggest(ensemble.data, tuple(DATASETS))
+        hint = f"did you mean '{close}'? " if close else ""
+        raise MNError(
+            f"unknown dataset '{ensemble.data}'",
+            span,
+            hint=hint + "known datasets: " + ", ".join(DATASETS)
+            + " (other data: train.py --data npz:PATH)",
+        )
+    features, classes, shape = DATASETS[ensemble.data]
+    if features is not None and math.prod(ensemble.input) != features:
+        raise MNError(
+            f"dataset '{ensemble.data}' has inputs of shape {shape}, but the ensemble's input is "
+            + "x".join(map(str, ensemble.input)),
+            span,
+            hint=f"write 'input {shape.split(' or ')[0]}', or pick another dataset",
+        )
+    if classes is not None and classes != ensemble.classes:
+        raise MNError(
+            f"dataset '{ensemble.data}' has {classes} classes, but the ensemble says "
+            f"classes {ensemble.classes}",
+            span,
+            hint=f"write 'classes {classes}', or pick another dataset",
+        )
