@@ -27,7 +27,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in
-                 enumerate(zip(values, widths))]
+                 enumerate(zip(values, widths, strict=True))]
         return "  ".join(parts).rstrip()
 
     out = [line(list(headers)), "  ".join("-" * w for w in widths)]
