@@ -1,0 +1,58 @@
+"""What a generated `train.py` imports: data, training loops, checkpoints, metrics, results.
+
+Submodules are imported on first use (PEP 562 `__getattr__`) so that `import mncompile.runtime`
+stays cheap and compile-time code never pays for torch. Each public name maps to the submodule
+that defines it; add new exports to `_EXPORTS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # data.py
+    "Dataset": "data",
+    "load_dataset": "data",
+    "batches": "data",
+    "augment_batch": "data",
+    # train.py
+    "TrainSettings": "train",
+    "EpochRecord": "train",
+    "ModelResult": "train",
+    "resolve_device": "train",
+    "train_model": "train",
+    "train_lockstep": "train",
+    "train_sequential": "train",
+    "predict_proba": "train",
+    # checkpoint.py
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    # metrics.py
+    "ensemble_metrics": "metrics",
+    "member_metrics": "metrics",
+    "diversity_over_trainings": "metrics",
+    # results.py
+    "build_results": "results",
+    "write_results": "results",
+    "write_history": "results",
+    "format_table": "results",
+    # progress.py
+    "Progress": "progress",
+    # hatch.py (another module's exports go here)
+    "hatch": "hatch",
+    "verify_hatch": "hatch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mncompile.runtime' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"mncompile.runtime.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
