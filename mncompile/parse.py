@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import keyword
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from mncompile.diagnostics import MNError
 from mncompile.ir import (
     FAMILIES,
+    INT_KEYS,
     TRAIN_DEFAULTS,
     Block,
     Ensemble,
@@ -61,20 +63,31 @@ def parser() -> Lark:
 def parse_file(path: str | Path) -> Ensemble:
     """Parse a `.mnet` file. Errors name the file by the path as given."""
     p = Path(path)
+    shown = str(path)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise MNError(f"no such file: {path}", hint="give the path of a .mnet spec") from None
+        raise MNError("no such file", hint="give the path of a .mnet spec", source=shown) from None
     except IsADirectoryError:
-        raise MNError(f"{path} is a directory, not a .mnet file") from None
+        raise MNError("this is a directory, not a .mnet file", hint="give the path of a .mnet spec",
+                      source=shown) from None
     except OSError as exc:
-        raise MNError(f"cannot read {path}: {exc.strerror}") from None
+        raise MNError(f"cannot read the file: {exc.strerror}", hint="check its permissions",
+                      source=shown) from None
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: editors on Windows start files with a byte-order mark; it means nothing here
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
         raise MNError(
-            f"{path} is not UTF-8 text (bad byte at offset {exc.start})",
-            hint="a .mnet spec is plain text",
+            f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            "cannot be decoded",
+            Span(line=line, column=column, end_line=line, end_column=column + 1),
+            hint="a .mnet spec is plain UTF-8 text; save it as UTF-8",
+            source=shown,
+            text=raw.decode("utf-8", "replace"),
         ) from None
     return parse_text(text, source=p.name, display=str(path))
 
@@ -88,6 +101,7 @@ def parse_text(text: str, source: str = "<string>", display: str | None = None) 
         raise MNError(
             "unexpected NUL byte: this is not a text file",
             Span(line=line, column=col, end_line=line, end_column=col + 1),
+            hint="a .mnet spec is plain UTF-8 text; this file looks binary or corrupted",
         ).with_source(shown, text)
     try:
         tree = parser().parse(text)
@@ -100,6 +114,10 @@ def parse_text(text: str, source: str = "<string>", display: str | None = None) 
 
 
 # --- syntax errors -------------------------------------------------------------------
+
+#: what each construct may hold, for messages about a word that is not one of them
+_ITEMS = "input, classes, data, train { ... } and net NAME FAMILY { ... }"
+_PARTS = "stem K:F, block { K:F ... } and dense W ..."
 
 
 def _describe(name: str) -> str:
@@ -125,7 +143,7 @@ def _keywords(expected: set[str]) -> list[str]:
         value = pattern.value
         if pattern.type == "re" and value.endswith(r"\b"):
             value = value[:-2]
-        if value.isalpha():
+        if value.isalpha() and value != "x":
             words.append(value)
     if "FAMILY" in expected:
         words.extend(FAMILIES)
@@ -141,49 +159,226 @@ def _expected_text(expected: set[str]) -> str:
     return "expected one of: " + ", ".join(names)
 
 
-def _syntax_error(exc: UnexpectedInput, text: str) -> MNError:
-    line, column = exc.line, exc.column
-    expected: set[str] = set()
-    if isinstance(exc, UnexpectedToken):
-        expected = set(exc.expected)
-        tok = exc.token
-        if tok.type == "$END":
-            line, column = _end_position(text)
-            return MNError(
-                "unexpected end of file",
-                Span(line=line, column=column, end_line=line, end_column=column + 1),
-                hint=_expected_text(expected) or None,
-            )
-        span = _token_span(tok)
-        word = str(tok)
-        hint = _expected_text(expected)
-        kws = _keywords(expected)
-        if kws and word.isidentifier():
-            close = min(kws, key=lambda k: (Levenshtein.distance(word, k), k))
-            if Levenshtein.distance(word, close) <= max(1, len(close) // 3):
-                hint = f"did you mean '{close}'? ({hint})"
-        if "FAMILY" in expected and tok.type != "FAMILY":
-            return MNError(f"unknown family '{word}'", span, hint=hint)
-        return MNError(f"unexpected '{word}'", span, hint=hint or None)
-    if isinstance(exc, UnexpectedCharacters):
-        char = exc.char
-        expected = set(exc.allowed or ())
+def _close_word(word: str, options: list[str]) -> str | None:
+    if not options or not word.isidentifier():
+        return None
+    close = min(options, key=lambda k: (Levenshtein.distance(word, k), k))
+    # a third of the word, rounded up from two thirds: 'inptu' -> 'input' (distance 2) counts
+    return close if Levenshtein.distance(word, close) <= max(1, (len(close) + 1) // 3) else None
+
+
+def _context(stack: list[Any]) -> str:
+    """Which construct the parser was inside when it failed, from its value stack.
+
+    One of: top, ensemble-header, ensemble, input, classes, data, train-header, train,
+    net-header, net, stem, block-header, block, dense. Reduced subtrees are finished
+    constructs, so only the raw tokens left on the stack say where we are.
+    """
+    depth = 0
+    skip_header = False
+    for i in range(len(stack) - 1, -1, -1):
+        el = stack[i]
+        if not isinstance(el, Token):
+            continue
+        kind = el.type
+        if kind == "RBRACE":
+            depth += 1
+            continue
+        if kind == "LBRACE":
+            if depth:
+                depth -= 1
+                skip_header = True
+                continue
+            prev = stack[i - 1] if i > 0 else None
+            ptype = prev.type if isinstance(prev, Token) else ""
+            return {"_BLOCK": "block", "_TRAIN": "train", "FAMILY": "net"}.get(ptype, "ensemble")
+        if depth:
+            continue
+        if skip_header:
+            if kind in ("_BLOCK", "_TRAIN", "_NET", "_ENSEMBLE"):
+                skip_header = False
+            continue
+        named = {
+            "_INPUT": "input", "_CLASSES": "classes", "_DATA": "data", "_STEM": "stem",
+            "_DENSE": "dense", "_NET": "net-header", "_BLOCK": "block-header",
+            "_TRAIN": "train-header", "_ENSEMBLE": "ensemble-header",
+        }
+        if kind in named:
+            return named[kind]
+    return "top"
+
+
+def _innermost_open_brace(stack: list[Any]) -> Token | None:
+    """The last '{' on the stack that no '}' after it closes."""
+    depth = 0
+    for el in reversed(stack):
+        if isinstance(el, Token) and el.type == "RBRACE":
+            depth += 1
+        elif isinstance(el, Token) and el.type == "LBRACE":
+            if depth == 0:
+                return el
+            depth -= 1
+    return None
+
+
+def _glued_number(stack: list[Any], tok: Token, text: str) -> tuple[str, Span, bool] | None:
+    """`1.5`, `64k`, `3e2` where an integer belongs, `0.1x` where a number does: a number
+    the lexer split from a tail it cannot take. The flag says whether an integer was due."""
+    prev = stack[-1] if stack else None
+    if not (isinstance(prev, Token) and prev.type in ("INT", "NUMBER")):
+        return None
+    if prev.end_pos != tok.start_pos or tok.type not in ("NUMBER", "NAME"):
+        return None
+    word = text[prev.start_pos : tok.end_pos]
+    span = Span(line=prev.line or 1, column=prev.column or 1, end_line=tok.end_line or 1,
+                end_column=tok.end_column or 1)
+    return word, span, prev.type == "INT"
+
+
+def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
+    expected = set(exc.expected)
+    tok = exc.token
+    ip = getattr(exc, "interactive_parser", None)
+    stack: list[Any] = list(ip.parser_state.value_stack) if ip is not None else []
+    where = _context(stack)
+    hint = _expected_text(expected)
+    if tok.type == "$END":
+        line, column = _end_position(text)
         span = Span(line=line, column=column, end_line=line, end_column=column + 1)
-        if char == "-":
+        if not stack:
+            return MNError("the file is empty: there is no ensemble in it", span,
+                           hint="a spec is one 'ensemble NAME { input ...; classes ...; net ... }'")
+        brace = _innermost_open_brace(stack)
+        if brace is not None:
             return MNError(
-                "negative numbers are not allowed here",
+                f"unexpected end of file: the '{{' at line {brace.line}, column {brace.column} "
+                "is never closed",
                 span,
-                hint="sizes, kernels, counts and settings are positive numbers",
+                hint="add the missing '}' (every '{' needs a matching '}'); " + hint,
             )
-        if char == ".":
+        return MNError("unexpected end of file", span, hint=hint or None)
+    span = _token_span(tok)
+    word = str(tok)
+    if expected <= {"_SEMI", "$END"}:
+        closer = stack[-1] if stack and isinstance(stack[-1], Token) else None
+        at = f" (it was closed by the '}}' at line {closer.line}, column {closer.column})" if closer else ""
+        return MNError(
+            f"unexpected '{word}' after the end of the ensemble{at}",
+            span,
+            hint="a file holds exactly one ensemble; look for an extra '}' or a second 'ensemble'",
+        )
+    last = stack[-1] if stack and isinstance(stack[-1], Token) else None
+    if where == "train" and last is not None and last.type == "NAME":
+        return MNError(f"training setting '{last}' has no value", _token_span(last),
+                       hint=f"write it as '{last} VALUE', such as 'lr 0.1'")
+    if where == "block" and last is not None and last.type == "LBRACE" and tok.type == "RBRACE":
+        return MNError("a block needs at least one layer", span,
+                       hint="write layers as kernel:filters, such as block { 3:64 3:64 }")
+    if where == "dense" and last is not None and last.type == "_DENSE":
+        return MNError("'dense' needs at least one width", span,
+                       hint="list the hidden widths, such as dense 512 or dense 512 256")
+    if where == "stem" and last is not None and last.type == "_STEM":
+        return MNError("'stem' needs one layer", span, hint="write it as kernel:filters, such as stem 3:16")
+    if word == "ensemble" and "_NET" in expected:
+        return MNError("a second 'ensemble' inside an ensemble", span,
+                       hint="a file holds exactly one ensemble, and ensembles do not nest")
+    after_int = bool(stack) and isinstance(stack[-1], Token) and stack[-1].type == "INT"
+    if where in ("input", "block", "stem") and after_int and re.fullmatch(r"x[0-9]+", word):
+        if where == "input":
             return MNError(
-                "unexpected '.': a whole number is needed here",
+                "an input has at most three dimensions",
                 span,
-                hint="sizes, kernels and counts are integers such as 64",
+                hint="write C x H x W (3x32x32) for images, C x L (1x40) for sequences, "
+                "N (40) for flat features",
             )
-        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
-        return MNError(f"unexpected character {shown}", span, hint=_expected_text(expected) or None)
-    if isinstance(exc, UnexpectedEOF):
+        return MNError(
+            "a layer takes one repeat count",
+            span,
+            hint="write kernel:filters followed by one repeat, such as 3:64 x3",
+        )
+    glued = _glued_number(stack, tok, text)
+    if glued is not None:
+        number, gspan, whole = glued
+        if whole:
+            return MNError(f"'{number}' is not a whole number", gspan,
+                           hint="sizes, kernels and counts are integers such as 64")
+        return MNError(f"'{number}' is not a number", gspan,
+                       hint="numbers are written like 64, 0.1, 5e-4 or 1e3")
+    if tok.type == "NUMBER" and "INT" in expected:
+        return MNError(f"'{word}' is not a whole number", span,
+                       hint="sizes, kernels and counts are integers such as 64")
+    if tok.type == "NAME" and "NAME" not in expected and ("_NET" in expected or "_BLOCK" in expected):
+        options = _keywords(expected)
+        close = _close_word(word, options)
+        guess = f"did you mean '{close}'? " if close else ""
+        if "_NET" in expected:
+            return MNError(f"unknown item '{word}' in the ensemble", span,
+                           hint=guess + "an ensemble holds " + _ITEMS)
+        return MNError(f"unknown part '{word}' in a net", span, hint=guess + "a net holds " + _PARTS)
+    if "FAMILY" in expected and tok.type != "FAMILY":
+        close = _close_word(word, list(FAMILIES))
+        guess = f"did you mean '{close}'? " if close else ""
+        return MNError(f"unknown family '{word}'", span,
+                       hint=guess + "a net's family is one of: " + ", ".join(FAMILIES))
+    if where == "data" and "NAME" in expected:
+        return MNError(f"'data' takes a dataset name, got '{word}'", span,
+                       hint="such as: data cifar10")
+    if expected == {"NAME"} and where in ("ensemble-header", "net-header"):
+        form = "ensemble NAME { ... }" if where == "ensemble-header" else "net NAME FAMILY { ... }"
+        return MNError(f"expected a name, got '{word}'", span,
+                       hint=f"names are letters, digits and '_', not starting with a digit: {form}")
+    close = _close_word(word, _keywords(expected))
+    if close is not None:
+        hint = f"did you mean '{close}'? ({hint})"
+    return MNError(f"unexpected '{word}'", span, hint=hint or None)
+
+
+def _unexpected_character(exc: UnexpectedCharacters, text: str) -> MNError:
+    char = exc.char
+    span = Span(line=exc.line, column=exc.column, end_line=exc.line, end_column=exc.column + 1)
+    before = text[: exc.pos_in_stream].rstrip(" \t")
+    word_before = re.search(r"[A-Za-z0-9_]*$", before)
+    glued_word = exc.pos_in_stream > 0 and text[exc.pos_in_stream - 1] not in " \t\r\n"
+    if char == "-":
+        if glued_word and word_before and word_before.group() and not word_before.group().isdigit():
+            return MNError(
+                "'-' cannot appear in a name",
+                span,
+                hint="names are letters, digits and '_': write vgg_16, not vgg-16",
+            )
+        return MNError(
+            "negative numbers are not allowed here",
+            span,
+            hint="sizes, kernels, counts and training settings are positive numbers",
+        )
+    if char == ".":
+        return MNError(
+            "unexpected '.': a whole number is needed here",
+            span,
+            hint="sizes, kernels and counts are integers such as 64",
+        )
+    if char == "=":
+        return MNError("unexpected '='", span,
+                       hint="write a setting as 'key value' without '=', such as 'lr 0.1'")
+    if char == ",":
+        return MNError("unexpected ','", span,
+                       hint="separate numbers and layers with spaces, such as 'dense 512 256'")
+    if char in "\"'":
+        return MNError(f"unexpected quote {char}", span, hint="names and numbers are written without quotes")
+    shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+    if char.isalpha() and not char.isascii():
+        return MNError(f"unexpected character {shown}", span,
+                       hint="names use ASCII letters, digits and '_' only")
+    return MNError(f"unexpected character {shown}", span,
+                   hint=_expected_text(set(exc.allowed or ())) or None)
+
+
+def _syntax_error(exc: UnexpectedInput, text: str) -> MNError:
+    if isinstance(exc, UnexpectedToken):
+        return _unexpected_token(exc, text)
+    if isinstance(exc, UnexpectedCharacters):
+        return _unexpected_character(exc, text)
+    if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the LALR parser reports $END tokens
         line, column = _end_position(text)
         return MNError(
             "unexpected end of file",
@@ -228,17 +423,48 @@ def _head_span(tree: Tree) -> Span:
 # --- tree -> IR ----------------------------------------------------------------------
 
 
-def _number(tok: Token) -> float | int:
+#: The largest size, count or integer setting a spec may hold. Anything bigger fits no
+#: int32, so no real network has it; refusing it here keeps every later stage (JSON readers,
+#: torch index arithmetic, Python's 4300-digit limit on int()) on ordinary numbers.
+MAX_INT = 2**31 - 1
+#: The most layers (repeats expanded) one net may have. The deepest published nets have
+#: about 1200; the bound keeps `3:16 x2000000000` from expanding into an out-of-memory.
+MAX_LAYERS = 10_000
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _int(tok: Token, what: str) -> int:
+    """An INT token as an int, refusing values beyond `MAX_INT` before converting them."""
+    text = str(tok).lstrip("0") or "0"
+    if len(text) > len(str(MAX_INT)) or int(text) > MAX_INT:
+        raise MNError(
+            f"{what} {_shorten(str(tok))} is too large",
+            _token_span(tok),
+            hint=f"sizes and counts are at most {MAX_INT}",
+        )
+    return int(text)
+
+
+def _number(tok: Token, key: str) -> float | int:
     text = str(tok)
-    if text.isdigit():
+    if text.isdigit() and len(text.lstrip("0")) <= 18:
         return int(text)
+    # float() takes digit strings of any length (long ones become inf and are refused by the
+    # checker); int() would raise on more than 4300 digits
     value = float(text)
+    if key in INT_KEYS and value.is_integer():
+        # `seed 1e3` means the integer 1000: keep integer settings integers in the IR
+        return int(value) if abs(value) <= 2**63 else value
     return value
 
 
 class _Builder:
     def __init__(self, source: str) -> None:
         self.source = source
+        self.layer_count = 0  # layers of the net being built, repeats expanded
 
     def ensemble(self, tree: Tree) -> Ensemble:
         name_tok = tree.children[0]
@@ -265,10 +491,20 @@ class _Builder:
             if kind == "input":
                 dims = item.children[0]
                 assert isinstance(dims, Tree)
-                fields["input"] = tuple(int(str(t)) for t in dims.children)
+                values = []
+                for t in dims.children:
+                    assert isinstance(t, Token)
+                    values.append(_int(t, "input dimension"))
+                    if values[-1] < 1:
+                        raise MNError(
+                            f"every input dimension must be a positive integer, got {values[-1]}",
+                            _token_span(t),
+                            hint="such as input 3x32x32 (C x H x W), 1x40 (C x L) or 40 (flat)",
+                        )
+                fields["input"] = tuple(values)
                 fields["input_span"] = _tree_span(dims)
             elif kind == "classes":
-                fields["classes"] = int(str(item.children[0]))
+                fields["classes"] = _int(item.children[0], "the class count")  # type: ignore[arg-type]
                 fields["classes_span"] = _token_span(item.children[0])  # type: ignore[arg-type]
             elif kind == "data":
                 fields["data"] = str(item.children[0])
@@ -311,7 +547,7 @@ class _Builder:
             vtok = value_tree.children[0]
             assert isinstance(vtok, Token)
             value: float | int | str
-            value = _number(vtok) if value_tree.data == "number" else str(vtok)
+            value = _number(vtok, str(key_tok)) if value_tree.data == "number" else str(vtok)
             out.append(
                 Setting(
                     key=str(key_tok),
@@ -324,13 +560,23 @@ class _Builder:
         return out
 
     def layers(self, tree: Tree) -> list[Layer]:
-        kernel, filters = (int(str(t)) for t in tree.children[:2])
+        ktok, ftok = tree.children[:2]
+        assert isinstance(ktok, Token) and isinstance(ftok, Token)
+        kernel, filters = _int(ktok, "kernel size"), _int(ftok, "filter count")
         repeat = 1
         span = _tree_span(tree)
         if len(tree.children) == 3:
             rep = tree.children[2]
             assert isinstance(rep, Tree)
-            repeat = int(str(rep.children[0]))
+            rtok = rep.children[0]
+            assert isinstance(rtok, Token)
+            repeat = _int(rtok, "repeat count")
+            if repeat > MAX_LAYERS - self.layer_count:
+                raise MNError(
+                    f"repeat count x{repeat} makes this net deeper than {MAX_LAYERS} layers",
+                    _tree_span(rep),
+                    hint=f"a net has at most {MAX_LAYERS} layers, repeats included",
+                )
             if repeat < 1:
                 raise MNError(
                     f"a repeat count must be at least 1, got x{repeat}",
@@ -338,11 +584,19 @@ class _Builder:
                     hint=f"write '{kernel}:{filters}' for one layer, or x2, x3 ... for more",
                 )
         layer = Layer(kernel=kernel, filters=filters, span=span)
+        self.layer_count += repeat
+        if self.layer_count > MAX_LAYERS:
+            raise MNError(
+                f"this net has more than {MAX_LAYERS} layers",
+                span,
+                hint=f"a net has at most {MAX_LAYERS} layers, repeats included",
+            )
         return [layer] * repeat
 
     def net(self, tree: Tree) -> Net:
         name_tok, fam_tok, *parts = tree.children
         assert isinstance(name_tok, Token) and isinstance(fam_tok, Token)
+        self.layer_count = 0
         stem: Layer | None = None
         stem_span: Span | None = None
         head: tuple[Linear, ...] | None = None
@@ -394,7 +648,7 @@ class _Builder:
                     )
                 head_span = span
                 head = tuple(
-                    Linear(width=int(str(t)), span=_token_span(t))  # type: ignore[arg-type]
+                    Linear(width=_int(t, "dense width"), span=_token_span(t))  # type: ignore[arg-type]
                     for t in part.children
                 )
         return Net(

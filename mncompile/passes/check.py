@@ -11,13 +11,14 @@ would be valid. Errors come in source order: the first problem in the file is re
 
 from __future__ import annotations
 
+import keyword
 import math
 
 import Levenshtein
 
 from mncompile.diagnostics import MNError
 from mncompile.ir import INT_KEYS, SCHEDULES, TRAIN_DEFAULTS, Ensemble, Layer, Net, Setting, Span
-from mncompile.parse import is_valid_name
+from mncompile.parse import MAX_INT, is_valid_name
 from mncompile.shapes import infer_net
 
 #: datasets the runtime knows: flat feature count and class count (None: any)
@@ -38,15 +39,21 @@ def suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
     if not options:
         return None
     best = min(options, key=lambda o: (Levenshtein.distance(word, o), o))
-    return best if Levenshtein.distance(word, best) <= max(1, len(best) // 3) else None
+    return best if Levenshtein.distance(word, best) <= max(1, (len(best) + 1) // 3) else None
 
 
 def _name(name: str, span: Span, what: str) -> None:
     if not is_valid_name(name):
+        if keyword.iskeyword(name):
+            raise MNError(
+                f"'{name}' cannot be used as {what} name: it is a Python keyword",
+                span,
+                hint=f"pick another name, such as '{name}_'",
+            )
         raise MNError(
-            f"'{name}' cannot be used as {what} name: it is a Python keyword",
+            f"'{name}' cannot be used as {what} name",
             span,
-            hint=f"pick another name, such as '{name}_'",
+            hint="a name is ASCII letters, digits and '_', not starting with a digit",
         )
 
 
@@ -56,6 +63,12 @@ def _positive(value: int, span: Span, what: str) -> None:
             f"{what} must be a positive integer, got {value}",
             span,
             hint="sizes are whole numbers of at least 1",
+        )
+    if value > MAX_INT:
+        raise MNError(
+            f"{what} must be at most {MAX_INT}, got {value}",
+            span,
+            hint="no real network has sizes this large",
         )
 
 
@@ -98,7 +111,8 @@ def _check_value(s: Setting) -> None:
             hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}",
         )
     if not math.isfinite(v):
-        raise MNError(f"'{s.key}' must be a finite number", s.value_span)
+        raise MNError(f"'{s.key}' must be a finite number, got {v}", s.value_span,
+                      hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}")
     if s.key in INT_KEYS and float(v) != int(v):
         raise MNError(
             f"'{s.key}' takes a whole number, got {v}",
@@ -119,7 +133,13 @@ def _check_value(s: Setting) -> None:
         raise MNError(f"'{s.key}' must be positive, got {v}", s.value_span,
                       hint="a learning rate such as 0.1")
     if s.key in lower and v < lower[s.key][0]:
-        raise MNError(f"'{s.key}' must be {lower[s.key][1]}, got {v}", s.value_span)
+        raise MNError(f"'{s.key}' must be {lower[s.key][1]}, got {v}", s.value_span,
+                      hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}")
+    # numpy seeds are 32-bit; other integer settings share the size bound of the language
+    upper = 2**32 - 1 if s.key == "seed" else MAX_INT
+    if s.key in INT_KEYS and v > upper:
+        raise MNError(f"'{s.key}' must be at most {upper}, got {v}", s.value_span,
+                      hint=f"for example: {s.key} {TRAIN_DEFAULTS[s.key]}")
     if s.key == "momentum" and v >= 1:
         raise MNError(f"'momentum' must be below 1, got {v}", s.value_span,
                       hint="momentum is between 0 and 1, such as 0.9")
@@ -200,6 +220,7 @@ def check_ensemble(ensemble: Ensemble) -> Ensemble:
             ensemble.classes_span,
             hint="the number of classes of the task, such as 10",
         )
+    _positive(ensemble.classes, ensemble.classes_span, "'classes'")
     if ensemble.data is not None:
         _check_data(ensemble)
     _check_settings(ensemble.train)
