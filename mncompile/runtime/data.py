@@ -1,0 +1,413 @@
+"""Datasets as tensors on the device, and a shuffled mini-batch stream without DataLoader.
+
+Every dataset here is small enough to live in (GPU) memory whole: MNIST-1D, scikit-learn's
+digits, CIFAR-10/100 and SVHN (about 0.6 GB as float32), an `.npz` file, or a seeded synthetic
+task. `load_dataset` checks the data against the spec's input shape and class count before any
+training starts; `batches` yields one epoch of shuffled, optionally augmented mini-batches.
+
+>>> ds = load_dataset("synthetic", (1, 8), 3, seed=0, train_size=30, test_size=9)
+>>> ds.x_train.shape, ds.y_train.shape, ds.x_test.shape
+(torch.Size([30, 1, 8]), torch.Size([30]), torch.Size([9, 1, 8]))
+>>> g = torch.Generator().manual_seed(0)
+>>> [tuple(x.shape) for x, _ in batches(ds, 16, g)]
+[(16, 1, 8), (14, 1, 8)]
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mncompile.diagnostics import MNError
+
+KNOWN = ("mnist1d", "digits", "cifar10", "cifar100", "svhn", "synthetic", "npz:PATH")
+SYNTHETIC_SIZES = (512, 256)
+PAD = 4  # pixels of zero padding for the random crop (the usual CIFAR recipe)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test tensors of one task; `image_shape` is the shape augmentation works in."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: int
+    augment: bool = False
+    image_shape: tuple[int, ...] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The per-example shape, as the spec's `input` says."""
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data on `device` (a no-op when it is already there)."""
+        return replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) if shape else "scalar"
+
+
+def _fit(name: str, x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`x` reshaped to [N, *input_shape]; a reshape is allowed only when the sizes agree."""
+    native = tuple(x.shape[1:])
+    if native == tuple(input_shape):
+        return x
+    if math.prod(native) != math.prod(input_shape):
+        raise MNError(
+            f"dataset '{name}' has inputs of shape {_shape(native)}, but the ensemble's input is "
+            f"{_shape(tuple(input_shape))}",
+            hint=f"write 'input {_shape(native)}' in the spec, or use data of that shape",
+        )
+    return x.reshape(len(x), *input_shape)
+
+
+def _check_classes(name: str, native: int, classes: int) -> None:
+    if native != classes:
+        raise MNError(
+            f"dataset '{name}' has {native} classes, but the ensemble says classes {classes}",
+            hint=f"write 'classes {native}' in the spec, or pick another dataset",
+        )
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...]) -> tuple:
+    """Both splits shifted and scaled by the training split's statistics over `axes`."""
+    mean = x_train.mean(axis=axes, keepdims=True)
+    std = x_train.std(axis=axes, keepdims=True)
+    std = np.where(std > 1e-8, std, 1.0)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    # make_dataset seeds numpy's global RNG; give the caller theirs back untouched
+    state = np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+    return d["x"], d["y"], d["x_test"], d["y_test"]
+
+
+def _digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise MNError(
+            "dataset 'digits' needs scikit-learn, which is not installed",
+            hint="pip install scikit-learn (or pip install 'mncompile[digits]')",
+        ) from e
+    bunch = load_digits()
+    x = bunch.data.astype(np.float64) / 16.0
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    split = int(len(y) * 0.8)
+    tr, te = order[:split], order[split:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _download_hint(name: str, root: str) -> str:
+    cls = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN"}[name]
+    how = (
+        f"torchvision.datasets.{cls}('{root}', split=s, download=True) for s in ('train', 'test')"
+        if name == "svhn"
+        else f"torchvision.datasets.{cls}('{root}', train=t, download=True) for t in (True, False)"
+    )
+    return (
+        f"download it once on a machine with internet: pip install torchvision, then in Python "
+        f"`import torchvision; [{how}]`, and pass that folder as --data-dir"
+    )
+
+
+def _need_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
+    if data_dir is None:
+        raise MNError(
+            f"dataset '{name}' is read from files on disk, but no data directory was given",
+            hint=_download_hint(name, "DATA_DIR"),
+        )
+    return Path(data_dir)
+
+
+def _unpickle(path: Path, name: str, root: Path) -> dict:
+    if not path.is_file():
+        raise MNError(
+            f"dataset '{name}': file {path} not found",
+            hint=_download_hint(name, str(root)),
+        )
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:  # any unpickling failure means the file is not what torchvision wrote
+        raise MNError(
+            f"dataset '{name}': cannot read {path}: {e}", hint=_download_hint(name, str(root))
+        ) from e
+
+
+def _cifar(name: str, data_dir: str | os.PathLike[str] | None) -> tuple:
+    """CIFAR in the 'python version' layout that torchvision downloads; no torchvision needed."""
+    root = _need_dir(name, data_dir)
+    if name == "cifar10":
+        folder, train_files, test_files, key = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "labels",
+        )
+    else:
+        folder, train_files, test_files, key = root / "cifar-100-python", ["train"], ["test"], "fine_labels"
+
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for f in files:
+            d = _unpickle(folder / f, name, root)
+            if "data" not in d or key not in d:
+                raise MNError(f"dataset '{name}': {folder / f} lacks 'data' or '{key}'")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    return (*read(train_files), *read(test_files))
+
+
+def _svhn(data_dir: str | os.PathLike[str] | None) -> tuple:
+    """SVHN's cropped-digit .mat files (train_32x32.mat, test_32x32.mat), read with scipy."""
+    from scipy.io import loadmat
+
+    root = _need_dir("svhn", data_dir)
+    out: list[np.ndarray] = []
+    for split in ("train", "test"):
+        path = root / f"{split}_32x32.mat"
+        if not path.is_file():
+            raise MNError(f"dataset 'svhn': file {path} not found", hint=_download_hint("svhn", str(root)))
+        try:
+            mat = loadmat(str(path))
+            x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)  # HWCN -> NCHW
+            y = mat["y"].astype(np.int64).reshape(-1)
+        except Exception as e:
+            raise MNError(
+                f"dataset 'svhn': cannot read {path}: {e}", hint=_download_hint("svhn", str(root))
+            ) from e
+        y[y == 10] = 0  # SVHN labels the digit 0 as 10
+        out += [x, y]
+    return tuple(out)
+
+
+def _npz(path_text: str, classes: int) -> tuple:
+    path = Path(path_text)
+    if not path.is_file():
+        raise MNError(f"dataset file {path} not found", hint="give npz:PATH to an existing .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise MNError(
+            f"cannot read {path} as an .npz archive: {e}",
+            hint="write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
+        ) from e
+    need = ("x_train", "y_train", "x_test", "y_test")
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise MNError(
+            f"{path} lacks the array(s) {', '.join(missing)} (it has: {', '.join(sorted(arrays)) or 'none'})",
+            hint="the archive needs x_train, y_train, x_test and y_test",
+        )
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype.kind not in "fiu":
+            raise MNError(f"{path}: x_{split} has dtype {x.dtype}; inputs must be numbers")
+        if y.dtype.kind not in "iu":
+            raise MNError(
+                f"{path}: y_{split} has dtype {y.dtype}; labels must be integers",
+                hint="store class indices 0..classes-1 as an integer array",
+            )
+        if y.ndim != 1 or x.ndim < 2 or len(x) != len(y):
+            raise MNError(
+                f"{path}: x_{split} has shape {x.shape} and y_{split} has shape {y.shape}; expected "
+                f"[N, ...] inputs and [N] labels with the same N",
+            )
+        if len(y) == 0:
+            raise MNError(f"{path}: the {split} split is empty")
+        if y.min() < 0 or y.max() >= classes:
+            raise MNError(
+                f"{path}: y_{split} holds labels from {y.min()} to {y.max()}, but the ensemble has "
+                f"classes {classes} (labels 0..{classes - 1})",
+                hint=f"write 'classes {int(y.max()) + 1}' in the spec, or relabel the data",
+            )
+        if not np.isfinite(x).all():
+            raise MNError(f"{path}: x_{split} contains NaN or infinite values")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise MNError(
+            f"{path}: x_train examples have shape {_shape(arrays['x_train'].shape[1:])} but x_test "
+            f"examples have shape {_shape(arrays['x_test'].shape[1:])}"
+        )
+    return tuple(arrays[k] for k in need)
+
+
+def _synthetic(
+    input_shape: tuple[int, ...], classes: int, seed: int, train_size: int, test_size: int
+) -> tuple:
+    """Gaussian classes: each class has its own random mean pattern; unit noise on top."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, *input_shape)) * 0.5
+    out: list[np.ndarray] = []
+    for n in (train_size, test_size):
+        y = rng.integers(0, classes, size=n)
+        x = means[y] + rng.standard_normal((n, *input_shape))
+        out += [x, y]
+    return tuple(out)
+
+
+def load_dataset(
+    name: str,
+    input_shape: tuple[int, ...],
+    classes: int,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+) -> Dataset:
+    """Load dataset `name` as CPU tensors shaped [N, *input_shape], checked against the spec.
+
+    Names: `mnist1d` (generated with MNIST-1D's default arguments and `seed`; pass seed 42 for
+    the canonical set), `digits` (scikit-learn; seeded 80/20 split), `cifar10`, `cifar100`, `svhn`
+    (files under `data_dir` as torchvision downloads them; `augment` is on), `npz:PATH`, and
+    `synthetic`. `train_size`/`test_size` set the synthetic sizes (default 512/256) and, for the
+    other datasets, keep only the first examples of each split (for quick runs).
+    A shape or class count that does not match the spec raises `MNError` naming both.
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    augment = False
+    image_shape: tuple[int, ...] | None = None
+    if name == "mnist1d":
+        _check_classes(name, 10, classes)
+        xtr, ytr, xte, yte = _mnist1d(seed)
+    elif name == "digits":
+        _check_classes(name, 10, classes)
+        xtr, ytr, xte, yte = _digits(seed)
+        xtr, xte = _standardise(xtr, xte, axes=(0, 1))
+        xtr, xte = xtr.reshape(-1, 1, 8, 8), xte.reshape(-1, 1, 8, 8)
+    elif name in ("cifar10", "cifar100", "svhn"):
+        _check_classes(name, 100 if name == "cifar100" else 10, classes)
+        # check the shape before reading 170 MB, so a wrong spec fails at once
+        _fit(name, np.empty((0, 3, 32, 32)), input_shape)
+        xtr, ytr, xte, yte = _svhn(data_dir) if name == "svhn" else _cifar(name, data_dir)
+        xtr, xte = _standardise(xtr.astype(np.float32) / 255, xte.astype(np.float32) / 255, axes=(0, 2, 3))
+        augment, image_shape = True, (3, 32, 32)
+    elif name.startswith("npz:"):
+        xtr, ytr, xte, yte = _npz(name[4:], classes)
+    elif name == "synthetic":
+        xtr, ytr, xte, yte = _synthetic(
+            input_shape,
+            classes,
+            seed,
+            SYNTHETIC_SIZES[0] if train_size is None else train_size,
+            SYNTHETIC_SIZES[1] if test_size is None else test_size,
+        )
+    else:
+        raise MNError(f"unknown dataset '{name}'", hint="known datasets: " + ", ".join(KNOWN))
+    if name != "synthetic":
+        xtr, ytr = xtr[:train_size], ytr[:train_size]
+        xte, yte = xte[:test_size], yte[:test_size]
+    xtr = _fit(name, xtr, input_shape)
+    xte = _fit(name, xte, input_shape)
+    return Dataset(
+        name=name,
+        x_train=torch.as_tensor(np.ascontiguousarray(xtr), dtype=torch.float32),
+        y_train=torch.as_tensor(np.ascontiguousarray(ytr), dtype=torch.int64),
+        x_test=torch.as_tensor(np.ascontiguousarray(xte), dtype=torch.float32),
+        y_test=torch.as_tensor(np.ascontiguousarray(yte), dtype=torch.int64),
+        classes=classes,
+        augment=augment,
+        image_shape=image_shape,
+    )
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, image_shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Random crop after 4-pixel zero padding, and a random horizontal flip, per example.
+
+    The random numbers come from `generator` (on the CPU, so a seed means the same crops on any
+    device); the crop itself is one gather on `x`'s device. `image_shape` (C, H, W) lets
+    flattened images be augmented in their image form.
+    """
+    shape = tuple(x.shape)
+    if image_shape is not None:
+        x = x.reshape(len(x), *image_shape)
+    if x.dim() != 4:
+        raise ValueError(f"augmentation needs [N, C, H, W] images, got shape {shape}")
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator).to(x.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]
+    out = padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
+    return out.reshape(shape)
+
+
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+    augment: bool | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled mini-batches of the training split, as (inputs, labels).
+
+    One permutation per call from `generator`; batches are index gathers on the data's own device
+    (move the dataset there once with `Dataset.to`). `augment` defaults to the dataset's flag.
+    A final batch of a single example is dropped: BatchNorm cannot train on one example.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    augment = dataset.augment if augment is None else augment
+    x_all, y_all = dataset.x_train, dataset.y_train
+    if device is not None and x_all.device != torch.device(device):
+        x_all, y_all = x_all.to(device), y_all.to(device)
+    n = len(y_all)
+    order = torch.randperm(n, generator=generator).to(x_all.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2 and n > 1:
+            break
+        x = x_all[idx]
+        if augment:
+            x = augment_batch(x, generator, dataset.image_shape)
+        yield x, y_all[idx]
+
+
+def num_batches(dataset: Dataset, batch_size: int) -> int:
+    """How many batches `batches` yields per epoch."""
+    n = len(dataset.y_train)
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 or (rest == 1 and n == 1) else 0)
