@@ -1,0 +1,238 @@
+"""Generated models.py: imports, builds, matches shapes.infer_net key by key, runs, lints clean."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from mncompile.api import load, loads
+from mncompile.diagnostics import MNError
+from mncompile.emit import load_models, models_source
+from mncompile.ir import Block, Ensemble, Layer, Linear, Net
+from mncompile.shapes import infer_net
+from tests.strategies import ensembles
+
+EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.mnet"))
+SMALL = ("digits", "mnist1d", "mlp")
+RUFF = [sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "110",
+        "--select", "E,F,W,I,B,UP", "--target-version", "py310"]
+
+
+def _keys_and_shapes(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
+
+
+def _expected(net: Net, e: Ensemble) -> list[tuple[str, tuple[int, ...]]]:
+    return [(t.name, t.shape) for t in infer_net(net, e.input, e.classes).tensors]
+
+
+def _check_module(module: torch.nn.Module, net: Net, e: Ensemble) -> None:
+    assert _keys_and_shapes(module) == _expected(net, e), net.name
+    shape = infer_net(net, e.input, e.classes)
+    assert sum(p.numel() for p in module.parameters()) == shape.params
+    params = {n for n, _ in module.named_parameters()}
+    assert params == {t.name for t in shape.tensors if t.kind == "param"}
+    buffers = {n for n, _ in module.named_buffers()}
+    assert buffers == {t.name for t in shape.tensors if t.kind == "buffer"}
+
+
+def _run(module: torch.nn.Module, cls: type, batch: int = 3) -> None:
+    x = torch.randn(batch, *cls.INPUT_SHAPE)
+    for train in (True, False):
+        module.train(train)
+        with torch.no_grad():
+            y = module(x)
+        assert y.shape == (batch, cls.NUM_CLASSES)
+        assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_modules_match_infer_net(path: Path) -> None:
+    e = load(path)
+    m = load_models(models_source(e, e.nets))
+    assert list(m.MODELS) == [n.name for n in e.nets]
+    for net in e.nets:
+        cls = m.MODELS[net.name]
+        assert cls.INPUT_SHAPE == e.input and cls.NUM_CLASSES == e.classes
+        # the meta device builds even DenseNet-100 and WRN-28-10 without allocating memory
+        with torch.device("meta"):
+            module = cls()
+        _check_module(module, net, e)
+
+
+@pytest.mark.parametrize("stem", SMALL)
+def test_small_examples_run_forward_in_train_and_eval(stem: str) -> None:
+    e = load(next(p for p in EXAMPLES if p.stem == stem))
+    m = load_models(models_source(e, e.nets))
+    torch.manual_seed(0)
+    for cls in m.MODELS.values():
+        _run(cls(), cls)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ensembles(max_nets=4))
+def test_hypothesis_ensembles(e: Ensemble) -> None:
+    m = load_models(models_source(e, e.nets))
+    assert list(m.MODELS) == [n.name for n in e.nets]
+    for net in e.nets:
+        cls = m.MODELS[net.name]
+        module = cls()
+        _check_module(module, net, e)
+        _run(module, cls, batch=2)
+
+
+def _forward_functions(source: str) -> list[ast.FunctionDef]:
+    return [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)
+            and n.name == "forward"]
+
+
+def test_generated_code_is_ruff_clean_and_has_no_control_flow_in_forward(tmp_path: Path) -> None:
+    paths = []
+    for path in EXAMPLES:
+        e = load(path)
+        source = models_source(e, e.nets, source_name=path.name)
+        out = tmp_path / f"{path.stem}_models.py"
+        out.write_text(source, encoding="utf-8")
+        paths.append(str(out))
+        forwards = _forward_functions(source)
+        assert forwards
+        for fn in forwards:
+            flow = [n for n in ast.walk(fn) if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.For))]
+            assert not flow, f"{path.stem}: control flow in forward at line {fn.lineno}"
+        imports = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        for imp in imports:
+            mods = [a.name for a in imp.names] if isinstance(imp, ast.Import) else [imp.module or ""]
+            assert all(mod.split(".")[0] == "torch" for mod in mods), mods
+    proc = subprocess.run([*RUFF, *paths], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_torch_compile_fullgraph_has_no_graph_breaks() -> None:
+    e = load(next(p for p in EXAMPLES if p.stem == "digits"))
+    m = load_models(models_source(e, e.nets))
+    torch.manual_seed(0)
+    for name in ("plain_b", "res_b", "dense_b"):
+        cls = m.MODELS[name]
+        module = cls().eval()
+        x = torch.randn(2, *cls.INPUT_SHAPE)
+        compiled = torch.compile(module, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), module(x))
+
+
+def test_mlp_on_a_spatial_input_flattens() -> None:
+    e = loads("ensemble e { input 2x4x4; classes 3; net a mlp { dense 5 }; "
+              "net b plain { block { 3:4 } dense 6 } }")
+    m = load_models(models_source(e, e.nets))
+    for net in e.nets:
+        cls = m.MODELS[net.name]
+        module = cls()
+        _check_module(module, net, e)
+        _run(module, cls)
+    assert m.MODELS["a"]().head.out.in_features == 5
+    assert m.MODELS["a"]().head.fc1.in_features == 32
+
+
+def test_residual_shortcuts_and_strides_follow_the_contract() -> None:
+    e = loads("ensemble e { input 3x8x8; classes 2; net r residual { stem 3:4; "
+              "block { 3:4 x2 }; block { 3:4 x2 }; block { 5:6 x2 } } }")
+    r = load_models(models_source(e, e.nets)).MODELS["r"]()
+    # same width, first stage: identity; same width but stride 2: projection; wider: projection
+    assert isinstance(r.block1.unit1.shortcut, torch.nn.Identity)
+    assert r.block2.unit1.conv1.stride == (2, 2) and hasattr(r.block2.unit1.shortcut, "conv")
+    assert r.block2.unit2.conv1.stride == (1, 1) and isinstance(r.block2.unit2.shortcut, torch.nn.Identity)
+    assert r.block3.unit1.conv1.padding == (2, 2)
+    assert r(torch.randn(2, 3, 8, 8)).shape == (2, 2)
+
+
+def test_forward_computes_the_contract_by_hand() -> None:
+    """A plain and a dense net against the contract's formulas written with torch.nn.functional."""
+    F = torch.nn.functional
+    e = loads("ensemble e { input 2x8; classes 3; net p plain { block { 3:4 } dense 5 }; "
+              "net d dense { stem 1:3; block { 3:2 }; block { 1:2 } } }")
+    m = load_models(models_source(e, e.nets))
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 8)
+    p = m.MODELS["p"]().eval()
+    s = {k: v for k, v in p.state_dict().items()}
+
+    def bn(t: torch.Tensor, pre: str) -> torch.Tensor:
+        return F.batch_norm(t, s[pre + ".running_mean"], s[pre + ".running_var"],
+                            s[pre + ".weight"], s[pre + ".bias"])
+
+    h = F.max_pool1d(F.relu(bn(F.conv1d(x, s["block1.layer1.conv.weight"], padding=1),
+                               "block1.layer1.bn")), 2)
+    h = F.relu(F.linear(h.mean(-1), s["head.fc1.weight"], s["head.fc1.bias"]))
+    torch.testing.assert_close(p(x), F.linear(h, s["head.out.weight"], s["head.out.bias"]))
+
+    d = m.MODELS["d"]().eval()
+    s = {k: v for k, v in d.state_dict().items()}
+    h = F.relu(bn(F.conv1d(x, s["stem.conv.weight"]), "stem.bn"))
+    h = torch.cat([h, F.conv1d(F.relu(bn(h, "block1.layer1.bn")), s["block1.layer1.conv.weight"],
+                               padding=1)], 1)
+    h = F.avg_pool1d(F.conv1d(F.relu(bn(h, "transition1.bn")), s["transition1.conv.weight"]), 2)
+    h = torch.cat([h, F.conv1d(F.relu(bn(h, "block2.layer1.bn")), s["block2.layer1.conv.weight"])], 1)
+    h = F.relu(bn(h, "head.bn")).mean(-1)
+    torch.testing.assert_close(d(x), F.linear(h, s["head.out.weight"], s["head.out.bias"]))
+
+
+HOSTILE = ["MODELS", "nn", "torch", "F", "f", "head", "Head", "ConvBN", "vgg", "Vgg", "none",
+           "print", "Exception", "int", "self", "x", "forward", "super"]
+
+
+def test_hostile_names_cannot_shadow_or_collide() -> None:
+    body = " ".join(f"net {n} mlp {{ dense {i + 1} }}" for i, n in enumerate(HOSTILE))
+    e = loads(f"ensemble hostile {{ input 4; classes 2; {body} }}")
+    m = load_models(models_source(e, e.nets))
+    assert list(m.MODELS) == HOSTILE
+    assert len({id(c) for c in m.MODELS.values()}) == len(HOSTILE)
+    assert m.nn is torch.nn and m.torch is torch
+    assert getattr(m, "F", torch.nn.functional) is torch.nn.functional
+    assert m.Head.__module__ == m.__name__ and issubclass(m.Head, torch.nn.Sequential)
+    assert isinstance(m.MODELS, dict)
+    for i, n in enumerate(HOSTILE):
+        module = m.MODELS[n]()
+        assert module.head.fc1.out_features == i + 1
+        _run(module, m.MODELS[n], batch=2)
+    assert m.MODELS["vgg"].__name__ == "Vgg" and m.MODELS["Vgg"].__name__ == "Vgg_1"
+    assert m.MODELS["MODELS"].__name__ == "MODELS_1"
+
+
+def test_names_built_outside_the_grammar_stay_inert() -> None:
+    """IR built by hand can hold any string; it must not inject code into the module."""
+    evil = ['a"""; import os #', "b\nMODELS = {}", "c\\", "d'\"", "é"]
+    nets = tuple(Net(name=n, family="mlp", dense=(Linear(width=2),)) for n in evil)
+    e = Ensemble(name='ens"""\n', input=(3,), classes=2, nets=nets, source='/abs/dir/we"ird\n.mnet')
+    source = models_source(e, e.nets)
+    assert "/abs/dir" not in source
+    m = load_models(source)
+    assert list(m.MODELS) == evil
+    assert "os" not in vars(m)
+    tree = ast.parse(source)
+    assert [type(n).__name__ for n in tree.body].count("Import") == 1
+
+
+def test_duplicate_names_are_an_error() -> None:
+    net = Net(name="a", family="mlp")
+    e = Ensemble(name="e", input=(3,), classes=2, nets=(net,))
+    with pytest.raises(MNError, match="both named 'a'"):
+        models_source(e, [net, net])
+
+
+def test_conv_net_on_flat_input_is_an_error() -> None:
+    net = Net(name="c", family="plain", blocks=(Block(layers=(Layer(kernel=3, filters=2),)),))
+    e = Ensemble(name="e", input=(3,), classes=2, nets=(net,))
+    with pytest.raises(MNError, match="flat"):
+        models_source(e, [net])
+
+
+def test_models_source_is_deterministic() -> None:
+    path = next(p for p in EXAMPLES if p.stem == "r10")
+    first, second = load(path), load(path)
+    assert first is not second
+    assert models_source(first, first.nets) == models_source(second, second.nets)
