@@ -334,7 +334,9 @@ class Planner:
         if not ensemble.nets:
             raise MNError("the ensemble has no nets to cluster", ensemble.span)
         if restarts < 1:
-            raise ValueError("restarts must be at least 1")
+            raise MNError(f"restarts must be at least 1, got {restarts}")
+        if seed < 0:
+            raise MNError(f"the clustering seed must be at least 0, got {seed}")
         self.ensemble, self.seed, self.restarts = ensemble, seed, restarts
         self.classes = arch_classes(ensemble)
         self.problems = [_ClassProblem(arch[0], nets) for arch, nets in self.classes.items()]
