@@ -1,0 +1,653 @@
+"""Plan how a member's weights come from its MotherNet: the Net2Net hatching table.
+
+`plan_hatching(mother, member, input_shape, classes, seed)` is pure compile-time work (no
+torch): for every state_dict entry of the member's generated module (keys from
+`mncompile.shapes.infer_net`) it records where the tensor comes from in the MotherNet and
+how to map it, or how to initialise it when the MotherNet has nothing to give, and whether
+the result preserves the MotherNet's function exactly. `mncompile.runtime.hatch.hatch`
+applies a table to real tensors. The rules are those of `spec/mothernets.md` section 5 and
+are documented with the JSON format in `docs/hatch-tables.md`.
+
+>>> from mncompile.ir import Block, Layer, Net
+>>> m = Net(name="m", family="plain", blocks=(Block(layers=(Layer(kernel=3, filters=4),)),))
+>>> n = Net(name="n", family="plain", blocks=(Block(layers=(Layer(kernel=5, filters=6),
+...                                                        Layer(kernel=3, filters=6))),))
+>>> t = plan_hatching(m, n, (1, 8, 8), 3, seed=0)
+>>> t.exact, t.exact_train
+(True, False)
+>>> t.entry("block1.layer1.conv.weight").kernel
+(3, 5)
+>>> t.entry("block1.layer2.conv.weight").init
+'identity'
+>>> table_from_json(table_to_json(t)) == t
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mncompile.diagnostics import MNError
+from mncompile.ir import Layer, Net
+from mncompile.shapes import TensorSpec, infer_net
+
+SCHEMA_VERSION = 1
+#: the BatchNorm epsilon of the generated modules (torch's default)
+BN_EPS = 1e-5
+#: how many alignments of a block's layers to try before settling for the first one
+MAX_ALIGNMENTS = 5000
+
+Init = Literal["identity", "zeros", "ones", "bn_var", "he_normal"]
+INITS: tuple[str, ...] = ("identity", "zeros", "ones", "bn_var", "he_normal")
+
+
+@dataclass(frozen=True)
+class WidenMap:
+    """A widening map g over one channel dimension: new unit j -> old unit g(j).
+
+    g(j) = j for j < min(old, new); `extra[j - old]` for the new units. When new < old the
+    map keeps the first `new` units (a narrowing, never exact for a consumer).
+
+    >>> g = WidenMap(old=3, new=5, extra=(0, 0))
+    >>> g.index(), g.counts()
+    ([0, 1, 2, 0, 0], [3, 1, 1])
+    """
+
+    old: int
+    new: int
+    extra: tuple[int, ...] = ()
+
+    def index(self) -> list[int]:
+        """g(j) for every new unit j."""
+        return list(range(min(self.old, self.new))) + list(self.extra)
+
+    def counts(self) -> list[int]:
+        """c(i): how many new units copy old unit i."""
+        c = [0] * self.old
+        for i in self.index():
+            c[i] += 1
+        return c
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of channels along one dimension of a member tensor.
+
+    With a map: `size` member channels that copy the MotherNet channels `at + g(j)`.
+    Without (`map is None`): `size` new channels that the MotherNet has no source for.
+    """
+
+    map: str | None
+    at: int
+    size: int
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How one member tensor is made.
+
+    `source` (a MotherNet key) or `init` gives the starting tensor; `init="identity"` is a
+    virtual MotherNet tensor of shape `src_shape` (delta at the centre tap, or an identity
+    matrix). `rows` gathers dim 0 with its maps (new segments get `fill`: a number or
+    `"he_normal"`); `cols` gathers dim 1 and divides each column by its replica count (new
+    segments get zero columns); `kernel` (from, to) pads centred (or crops). Without a
+    source, `init` fills the member's shape directly.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    kind: Literal["param", "buffer"]
+    source: str | None = None
+    init: str | None = None
+    src_shape: tuple[int, ...] | None = None
+    rows: Layout | None = None
+    cols: Layout | None = None
+    kernel: tuple[int, int] | None = None
+    fill: float | str | None = None
+    exact: bool = True
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class HatchTable:
+    """Everything the runtime needs to hatch one member from its MotherNet."""
+
+    member: str
+    mother: str
+    family: str
+    input: tuple[int, ...]
+    classes: int
+    seed: int
+    exact: bool
+    exact_train: bool
+    reasons: tuple[str, ...]
+    maps: dict[str, WidenMap]
+    mother_tensors: dict[str, tuple[int, ...]]
+    entries: tuple[Entry, ...]
+    bn_eps: float = BN_EPS
+    _by_key: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+
+    def entry(self, key: str) -> Entry:
+        """The entry of member tensor `key`."""
+        if not self._by_key:
+            self._by_key.update({e.key: e for e in self.entries})
+        return self._by_key[key]
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+def _one(name: str, size: int) -> Layout:
+    return (Segment(map=name, at=0, size=size),)
+
+
+def _mother_size(layout: Layout, maps: dict[str, WidenMap]) -> int:
+    return max((s.at + maps[s.map].old for s in layout if s.map is not None), default=0)
+
+
+class _Planner:
+    def __init__(self, mother: Net, member: Net, input_shape: tuple[int, ...], classes: int,
+                 seed: int) -> None:
+        self.mother, self.member, self.seed = mother, member, seed
+        self.input, self.classes = tuple(input_shape), classes
+        self.rank = len(self.input) - 1
+        self.mspecs = {t.name: t for t in infer_net(mother, self.input, classes).tensors}
+        self.nspecs: dict[str, TensorSpec] = {
+            t.name: t for t in infer_net(member, self.input, classes).tensors}
+        self.maps: dict[str, WidenMap] = {}
+        self.entries: dict[str, Entry] = {}
+        self.reasons: list[str] = []
+        self.exact_train = True
+
+    # -- building blocks -------------------------------------------------------------------
+
+    def new_map(self, name: str, old: int, new: int) -> str:
+        # a string seed is hashed with sha512 by `random`, so maps do not depend on PYTHONHASHSEED
+        rng = random.Random(f"{self.seed}/{self.member.name}/{name}")
+        extra = tuple(rng.randrange(old) for _ in range(max(0, new - old)))
+        self.maps[name] = WidenMap(old=old, new=new, extra=extra)
+        return name
+
+    def inexact(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def put(self, key: str, **kw: Any) -> None:
+        spec = self.nspecs[key]
+        reason = kw.get("reason")
+        if reason is not None:
+            kw["exact"] = False
+            self.inexact(reason)
+        self.entries[key] = Entry(key=key, shape=spec.shape, kind=spec.kind, **kw)
+
+    def conv(self, key: str, source: str | None, rows: Layout, cols: Layout, k_from: int,
+             k_to: int, reason: str | None = None) -> None:
+        kernel = None if k_from == k_to else (k_from, k_to)
+        if k_to < k_from:
+            reason = reason or (f"{key}: kernel {k_to} is smaller than the MotherNet's {k_from}; "
+                                "the centre is cropped")
+        fill = "he_normal" if any(s.map is None for s in rows) else None
+        self.put(f"{key}.weight", source=f"{source}.weight" if source else None, rows=rows,
+                 cols=cols, kernel=kernel, fill=fill, reason=reason)
+
+    def identity(self, key: str, rows: Layout, cols: Layout, k: int | None,
+                 reason: str | None = None) -> None:
+        """A virtual identity MotherNet tensor (n x n [x k...]) mapped into the member."""
+        n = _mother_size(cols, self.maps)
+        shape = (n, n) + ((k,) * self.rank if k is not None else ())
+        fill = "he_normal" if any(s.map is None for s in rows) else None
+        self.put(f"{key}.weight", init="identity", src_shape=shape, rows=rows, cols=cols,
+                 fill=fill, reason=reason)
+
+    def new(self, key: str, init: str) -> None:
+        self.put(key, init=init)
+
+    def bn(self, key: str, source: str | None, layout: Layout | None, mode: str = "gather") -> None:
+        """A BatchNorm: gathered from the MotherNet, or a constant initialisation.
+
+        mode `identity`: eval-mode identity (gamma 1, beta 0, mean 0, var 1 - eps; a fresh
+        BN with var 1 is not); `fresh`: torch's defaults; `zero`: gamma = beta = 0.
+        """
+        if mode == "gather":
+            assert source is not None and layout is not None
+            for suffix, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0),
+                                 ("running_var", 1.0)):
+                self.put(f"{key}.{suffix}", source=f"{source}.{suffix}", rows=layout,
+                         fill=fill if any(s.map is None for s in layout) else None)
+            self.put(f"{key}.num_batches_tracked", source=f"{source}.num_batches_tracked")
+            return
+        gamma = {"identity": "ones", "fresh": "ones", "zero": "zeros"}[mode]
+        var = "bn_var" if mode == "identity" else "ones"
+        self.new(f"{key}.weight", gamma)
+        self.new(f"{key}.bias", "zeros")
+        self.new(f"{key}.running_mean", "zeros")
+        self.new(f"{key}.running_var", var)
+        self.new(f"{key}.num_batches_tracked", "zeros")
+
+    def fresh_conv(self, key: str) -> None:
+        self.new(f"{key}.weight", "he_normal")
+
+    # -- alignment of a block's layers -------------------------------------------------------
+
+    def align(self, where: str, mlayers: Sequence[Layer], nlayers: Sequence[Layer], carried: int,
+              nonneg: bool, keys: Sequence[str]) -> tuple[tuple[int, ...], list[str]]:
+        """Place the MotherNet's layers at member positions; the rest become identities.
+
+        Prefers the first layers (the MotherNet's construction); tries other placements only
+        when that one is not exact. Returns the positions and the reasons it is not exact.
+        """
+        m, n = len(mlayers), len(nlayers)
+        if n < m:
+            raise MNError(
+                f"{where} of member '{self.member.name}' has {n} layers but the MotherNet "
+                f"'{self.mother.name}' has {m} there: a member cannot lose layers",
+                nlayers[-1].span if nlayers else None,
+                hint="hatch members from a MotherNet built from their own cluster",
+            )
+        first_feasible: tuple[tuple[int, ...], list[str]] | None = None
+        for pos in itertools.islice(itertools.combinations(range(n), m), MAX_ALIGNMENTS):
+            reasons = self._check_alignment(mlayers, nlayers, carried, nonneg, keys, pos)
+            if reasons is None:
+                continue
+            if not reasons:
+                return pos, []
+            if first_feasible is None:
+                first_feasible = (pos, reasons)
+        if first_feasible is None:
+            i = next(i for i in range(m) if nlayers[i].filters < mlayers[i].filters)
+            raise MNError(
+                f"{keys[i]} of member '{self.member.name}' has {nlayers[i].filters} units but the "
+                f"MotherNet '{self.mother.name}' has {mlayers[i].filters} there: a member cannot "
+                "be narrower than its MotherNet",
+                nlayers[i].span,
+                hint="hatch members from a MotherNet built from their own cluster",
+            )
+        return first_feasible
+
+    @staticmethod
+    def _check_alignment(mlayers: Sequence[Layer], nlayers: Sequence[Layer], carried: int,
+                         nonneg: bool, keys: Sequence[str], pos: tuple[int, ...]) -> list[str] | None:
+        where = dict(zip(pos, range(len(pos)), strict=True))
+        reasons: list[str] = []
+        for j, nl in enumerate(nlayers):
+            if j in where:
+                ml = mlayers[where[j]]
+                if nl.filters < ml.filters:
+                    return None
+                if nl.kernel < ml.kernel:
+                    reasons.append(f"{keys[j]}: kernel {nl.kernel} is smaller than the "
+                                   f"MotherNet's {ml.kernel}; the centre is cropped")
+                carried = ml.filters
+                continue
+            if nl.filters < carried:
+                reasons.append(f"{keys[j]}: an added identity layer of {nl.filters} units "
+                               f"cannot carry the MotherNet's {carried} channels")
+            if j == 0 and not nonneg:
+                reasons.append(f"{keys[j]}: an added identity layer here sees raw inputs, which "
+                               "may be negative (relu(x) != x)")
+        return reasons
+
+    # -- families ------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        m, n = self.mother, self.member
+        if m.family != n.family:
+            raise MNError(
+                f"member '{n.name}' is a {n.family} net but MotherNet '{m.name}' is {m.family}",
+                n.family_span, hint="nets of different architecture classes never share a MotherNet")
+        if self.rank == 0 and n.family != "mlp":
+            raise MNError(f"a {n.family} net needs a CxL or CxHxW input, got {self.input}",
+                          n.span)
+        if n.family != "mlp" and len(n.blocks) < len(m.blocks):
+            raise MNError(
+                f"member '{n.name}' has {len(n.blocks)} blocks but its MotherNet "
+                f"'{m.name}' has {len(m.blocks)}: a member cannot lose blocks",
+                n.span, hint="hatch members from a MotherNet built from their own cluster")
+        if n.stem is not None and m.stem is not None and n.stem.filters < m.stem.filters:
+            raise MNError(
+                f"the stem of member '{n.name}' has {n.stem.filters} filters but its MotherNet's "
+                f"has {m.stem.filters}: a member cannot be narrower than its MotherNet",
+                n.stem_span, hint="hatch members from a MotherNet built from their own cluster")
+        getattr(self, f"_{n.family}")()
+        missing = [k for k in self.nspecs if k not in self.entries]
+        assert not missing, f"hatch planner left member tensors unplanned: {missing}"
+
+    def _input(self) -> Layout:
+        c = self.input[0] if self.rank else math.prod(self.input)
+        return _one(self.new_map("input", c, c), c)
+
+    def _head(self, layout: Layout, carried: int, nonneg: bool) -> None:
+        mw, nw = self.mother.dense, self.member.dense
+        keys = [f"head.fc{i}" for i in range(1, len(nw) + 1)]
+        mlayers = [Layer(kernel=1, filters=d.width, span=d.span) for d in mw]
+        nlayers = [Layer(kernel=1, filters=d.width, span=d.span) for d in nw]
+        pos, reasons = self.align("the head", mlayers, nlayers, carried, nonneg, keys)
+        self.reasons.extend(reasons)
+        aligned = dict(zip(pos, range(len(pos)), strict=True))
+        for j, key in enumerate(keys):
+            width = nw[j].width
+            if j in aligned:
+                src = f"head.fc{aligned[j] + 1}"
+                old = mw[aligned[j]].width
+                out = _one(self.new_map(key, old, width), width)
+                self.put(f"{key}.weight", source=f"{src}.weight", rows=out, cols=layout)
+                self.put(f"{key}.bias", source=f"{src}.bias", rows=out)
+                carried = old
+            else:
+                out = _one(self.new_map(key, carried, width), width)
+                self.identity(key, out, layout, None)
+                self.new(f"{key}.bias", "zeros")
+            layout = out
+        self.put("head.out.weight", source="head.out.weight", cols=layout)
+        self.put("head.out.bias", source="head.out.bias")
+
+    def _mlp(self) -> None:
+        layout = self._input()
+        self._head(layout, _mother_size(layout, self.maps), nonneg=False)
+
+    def _plain(self) -> None:
+        m, n = self.mother, self.member
+        layout = self._input()
+        carried = self.input[0]
+        for b, nblock in enumerate(n.blocks, start=1):
+            keys = [f"block{b}.layer{j}" for j in range(1, len(nblock.layers) + 1)]
+            if b <= len(m.blocks):
+                mlayers = m.blocks[b - 1].layers
+                pos, reasons = self.align(f"block {b}", mlayers, nblock.layers, carried, b > 1, keys)
+                self.reasons.extend(reasons)
+            else:
+                mlayers, pos = (), ()
+                self.inexact(f"block{b}: the MotherNet has no block {b}; its 2x max-pool is not "
+                             "an identity")
+            aligned = dict(zip(pos, range(len(pos)), strict=True))
+            for j, (key, nl) in enumerate(zip(keys, nblock.layers, strict=True)):
+                if j in aligned:
+                    ml = mlayers[aligned[j]]
+                    src = f"block{b}.layer{aligned[j] + 1}"
+                    out = _one(self.new_map(key, ml.filters, nl.filters), nl.filters)
+                    self.conv(f"{key}.conv", f"{src}.conv", out, layout, ml.kernel, nl.kernel)
+                    self.bn(f"{key}.bn", f"{src}.bn", out)
+                    carried = ml.filters
+                else:
+                    # an identity conv after a ReLU, then BN set to the eval-mode identity
+                    out = _one(self.new_map(key, carried, nl.filters), nl.filters)
+                    self.identity(f"{key}.conv", out, layout, nl.kernel)
+                    self.bn(f"{key}.bn", None, None, mode="identity")
+                    self.exact_train = False
+                layout = out
+        self._head(layout, carried, nonneg=True)
+
+    def _stem(self) -> Layout:
+        ms, ns = self.mother.stem, self.member.stem
+        assert ms is not None and ns is not None
+        out = _one(self.new_map("stem", ms.filters, ns.filters), ns.filters)
+        self.conv("stem.conv", "stem.conv", out, self._input(), ms.kernel, ns.kernel)
+        self.bn("stem.bn", "stem.bn", out)
+        return out
+
+    def _residual(self) -> None:
+        m, n = self.mother, self.member
+        stream = self._stem()
+        assert m.stem is not None and n.stem is not None
+        carried, width = m.stem.filters, n.stem.filters
+        for s, nblock in enumerate(n.blocks, start=1):
+            mblock = m.blocks[s - 1] if s <= len(m.blocks) else None
+            w = nblock.layers[0].filters
+            if mblock is None:
+                self.inexact(f"block{s}: the MotherNet has no stage {s}; its first unit's stride 2 "
+                             "subsamples the feature map, which is not an identity")
+            elif len(nblock.layers) < len(mblock.layers):
+                raise MNError(
+                    f"stage {s} of member '{n.name}' has {len(nblock.layers)} units but the "
+                    f"MotherNet '{m.name}' has {len(mblock.layers)}: a member cannot lose units",
+                    nblock.span, hint="hatch members from a MotherNet built from their own cluster")
+            elif w < mblock.layers[0].filters:
+                raise MNError(
+                    f"stage {s} of member '{n.name}' is {w} wide but the MotherNet '{m.name}' "
+                    f"is {mblock.layers[0].filters} wide there: a member cannot be narrower",
+                    nblock.span, hint="hatch members from a MotherNet built from their own cluster")
+            for u, nl in enumerate(nblock.layers, start=1):
+                p = f"block{s}.unit{u}"
+                stride = 2 if (s > 1 and u == 1) else 1
+                nproj = stride != 1 or width != w
+                if mblock is not None and u <= len(mblock.layers):
+                    ml = mblock.layers[u - 1]
+                    mproj = f"{p}.shortcut.conv.weight" in self.mspecs
+                    inner = _one(self.new_map(f"{p}.inner", ml.filters, w), w)
+                    out = stream
+                    if nproj or mproj:
+                        out = _one(self.new_map(f"{p}.stream", ml.filters, w), w)
+                    self.conv(f"{p}.conv1", f"{p}.conv1", inner, stream, ml.kernel, nl.kernel)
+                    self.bn(f"{p}.bn1", f"{p}.bn1", inner)
+                    self.conv(f"{p}.conv2", f"{p}.conv2", out, inner, ml.kernel, nl.kernel)
+                    self.bn(f"{p}.bn2", f"{p}.bn2", out)
+                    if nproj and mproj:
+                        self.conv(f"{p}.shortcut.conv", f"{p}.shortcut.conv", out, stream, 1, 1)
+                        self.bn(f"{p}.shortcut.bn", f"{p}.shortcut.bn", out)
+                    elif nproj:
+                        # the MotherNet's identity shortcut, as a 1x1 projection
+                        self.identity(f"{p}.shortcut.conv", out, stream, 1)
+                        self.bn(f"{p}.shortcut.bn", None, None, mode="identity")
+                        self.exact_train = False
+                    elif mproj:
+                        self.inexact(f"{p}: the member's identity shortcut replaces the "
+                                     "MotherNet's projection")
+                    carried = ml.filters
+                else:
+                    out = stream
+                    if nproj:
+                        out = _one(self.new_map(f"{p}.stream", carried, w), w)
+                        reason = None
+                        if w < carried:
+                            reason = (f"{p}.shortcut: {w} channels cannot carry the MotherNet's "
+                                      f"{carried}")
+                        self.identity(f"{p}.shortcut.conv", out, stream, 1, reason=reason)
+                        self.bn(f"{p}.shortcut.bn", None, None, mode="identity")
+                        self.exact_train = False
+                    # an added unit whose residual branch starts at zero: relu(x + 0) = x, x >= 0
+                    self.fresh_conv(f"{p}.conv1")
+                    self.bn(f"{p}.bn1", None, None, mode="fresh")
+                    self.fresh_conv(f"{p}.conv2")
+                    self.bn(f"{p}.bn2", None, None, mode="zero")
+                stream, width = out, w
+        self._head(stream, carried, nonneg=True)
+
+    def _dense(self) -> None:
+        m, n = self.mother, self.member
+        layout = self._stem()
+        assert m.stem is not None
+        mc = m.stem.filters
+        for b, nblock in enumerate(n.blocks, start=1):
+            mblock = m.blocks[b - 1] if b <= len(m.blocks) else None
+            mlayers = mblock.layers if mblock is not None else ()
+            if len(nblock.layers) < len(mlayers):
+                raise MNError(
+                    f"dense block {b} of member '{n.name}' has {len(nblock.layers)} layers but "
+                    f"the MotherNet '{m.name}' has {len(mlayers)}: a member cannot lose layers",
+                    nblock.span, hint="hatch members from a MotherNet built from their own cluster")
+            for j, nl in enumerate(nblock.layers, start=1):
+                p = f"block{b}.layer{j}"
+                if j <= len(mlayers):
+                    ml = mlayers[j - 1]
+                    if nl.filters < ml.filters:
+                        raise MNError(
+                            f"{p} of member '{n.name}' grows by {nl.filters} but the MotherNet "
+                            f"'{m.name}' grows by {ml.filters} there: a member cannot be narrower",
+                            nl.span,
+                            hint="hatch members from a MotherNet built from their own cluster")
+                    self.bn(f"{p}.bn", f"{p}.bn", layout)
+                    out = _one(self.new_map(p, ml.filters, nl.filters), nl.filters)
+                    self.conv(f"{p}.conv", f"{p}.conv", out, layout, ml.kernel, nl.kernel)
+                    layout = layout + (Segment(map=out[0].map, at=mc, size=nl.filters),)
+                    mc += ml.filters
+                else:
+                    # a new slice: every later consumer gets zero input weights for it
+                    self.bn(f"{p}.bn", None, None, mode="fresh")
+                    self.fresh_conv(f"{p}.conv")
+                    layout = layout + (Segment(map=None, at=0, size=nl.filters),)
+            if b < len(n.blocks):
+                t = f"transition{b}"
+                if b < len(m.blocks):
+                    self.bn(f"{t}.bn", f"{t}.bn", layout)
+                    self.conv(f"{t}.conv", f"{t}.conv", layout, layout, 1, 1)
+                else:
+                    self.inexact(f"{t}: the MotherNet has no transition here; its ReLU and 2x "
+                                 "average pool are not an identity")
+                    self.bn(f"{t}.bn", None, None, mode="identity")
+                    self.identity(f"{t}.conv", layout, layout, 1)
+                    self.exact_train = False
+        self.bn("head.bn", "head.bn", layout)
+        self._head(layout, mc, nonneg=True)
+
+
+def plan_hatching(mother: Net, member: Net, input_shape: Sequence[int], classes: int,
+                  seed: int = 0) -> HatchTable:
+    """The hatching table that turns `mother` into `member`; deterministic for a seed.
+
+    Raises `MNError` when the member cannot be produced at all (a MotherNet wider or deeper
+    than the member at some position, or a different family). Where a transform exists but
+    is not function-preserving (extra blocks, narrow identity layers, cropped kernels), the
+    table says `exact=False` and gives the reasons.
+
+    >>> from mncompile.ir import Linear, Net
+    >>> t = plan_hatching(Net(name="m", family="mlp", dense=(Linear(width=4),)),
+    ...                   Net(name="n", family="mlp", dense=(Linear(width=6), Linear(width=8))),
+    ...                   (5,), 2, seed=1)
+    >>> t.exact, [e.key for e in t.entries][:3]
+    (True, ['head.fc1.bias', 'head.fc1.weight', 'head.fc2.bias'])
+    >>> t.maps["head.fc1"].old, t.maps["head.fc1"].new
+    (4, 6)
+    """
+    p = _Planner(mother, member, tuple(input_shape), classes, seed)
+    p.plan()
+    mother_tensors = {k: s.shape for k, s in p.mspecs.items()}
+    used = {e.source for e in p.entries.values() if e.source is not None}
+    unknown = used - set(mother_tensors)
+    assert not unknown, f"hatch planner refers to MotherNet tensors that do not exist: {unknown}"
+    reasons = tuple(dict.fromkeys(p.reasons))
+    exact = not reasons
+    return HatchTable(
+        member=member.name, mother=mother.name, family=member.family, input=tuple(input_shape),
+        classes=classes, seed=seed, exact=exact, exact_train=exact and p.exact_train,
+        reasons=reasons, maps=dict(sorted(p.maps.items())), mother_tensors=mother_tensors,
+        entries=tuple(sorted(p.entries.values(), key=lambda e: e.key)),
+    )
+
+
+# ----------------------------------------------------------------------------- serialisation
+
+
+def _layout_json(layout: Layout) -> list[dict[str, Any]]:
+    return [{"map": s.map, "at": s.at} if s.map is not None else {"new": s.size} for s in layout]
+
+
+def _layout_from(data: list[dict[str, Any]], maps: dict[str, WidenMap]) -> Layout:
+    out = []
+    for s in data:
+        if "new" in s:
+            out.append(Segment(map=None, at=0, size=int(s["new"])))
+        else:
+            out.append(Segment(map=s["map"], at=int(s["at"]), size=maps[s["map"]].new))
+    return tuple(out)
+
+
+def table_to_json(table: HatchTable) -> dict[str, Any]:
+    """A JSON-ready dict: maps store only the old size and the extra units' sources.
+
+    >>> from mncompile.ir import Linear, Net
+    >>> t = plan_hatching(Net(name="m", family="mlp", dense=(Linear(width=2),)),
+    ...                   Net(name="n", family="mlp", dense=(Linear(width=3),)), (4,), 2)
+    >>> d = table_to_json(t)
+    >>> d["schema_version"], d["maps"]["head.fc1"]["old"], len(d["maps"]["head.fc1"]["extra"])
+    (1, 2, 1)
+    """
+    entries = []
+    for e in table.entries:
+        d: dict[str, Any] = {"key": e.key, "shape": list(e.shape), "kind": e.kind}
+        if e.source is not None:
+            d["from"] = e.source
+        if e.init is not None:
+            d["init"] = e.init
+        if e.src_shape is not None:
+            d["src_shape"] = list(e.src_shape)
+        if e.rows is not None:
+            d["rows"] = _layout_json(e.rows)
+        if e.cols is not None:
+            d["cols"] = _layout_json(e.cols)
+        if e.kernel is not None:
+            d["kernel"] = list(e.kernel)
+        if e.fill is not None:
+            d["fill"] = e.fill
+        if not e.exact:
+            d["exact"] = False
+            d["reason"] = e.reason
+        entries.append(d)
+    maps: dict[str, Any] = {}
+    for name, g in table.maps.items():
+        md: dict[str, Any] = {"old": g.old, "extra": list(g.extra)}
+        if g.new < g.old:
+            md["new"] = g.new
+        maps[name] = md
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "member": table.member,
+        "mother": table.mother,
+        "family": table.family,
+        "input": list(table.input),
+        "classes": table.classes,
+        "seed": table.seed,
+        "bn_eps": table.bn_eps,
+        "exact": table.exact,
+        "exact_train": table.exact_train,
+        "reasons": list(table.reasons),
+        "maps": maps,
+        "mother_tensors": {k: list(v) for k, v in table.mother_tensors.items()},
+        "entries": entries,
+    }
+
+
+def table_from_json(data: dict[str, Any]) -> HatchTable:
+    """The inverse of `table_to_json`; raises `MNError` on a table it cannot read."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise MNError(f"hatch table has schema_version {version!r}; this mncompile reads "
+                      f"version {SCHEMA_VERSION}",
+                      hint="regenerate the tables with this version of mncompile")
+    try:
+        maps = {}
+        for name, md in data["maps"].items():
+            extra = tuple(int(i) for i in md["extra"])
+            old = int(md["old"])
+            maps[name] = WidenMap(old=old, new=int(md.get("new", old + len(extra))), extra=extra)
+        entries = []
+        for d in data["entries"]:
+            kernel = d.get("kernel")
+            src_shape = d.get("src_shape")
+            if d.get("init") is not None and d["init"] not in INITS:
+                raise ValueError(f"unknown init {d['init']!r} for {d['key']}")
+            entries.append(Entry(
+                key=d["key"], shape=tuple(d["shape"]), kind=d["kind"], source=d.get("from"),
+                init=d.get("init"), src_shape=tuple(src_shape) if src_shape is not None else None,
+                rows=_layout_from(d["rows"], maps) if "rows" in d else None,
+                cols=_layout_from(d["cols"], maps) if "cols" in d else None,
+                kernel=(int(kernel[0]), int(kernel[1])) if kernel is not None else None,
+                fill=d.get("fill"), exact=bool(d.get("exact", True)), reason=d.get("reason"),
+            ))
+        return HatchTable(
+            member=data["member"], mother=data["mother"], family=data["family"],
+            input=tuple(data["input"]), classes=int(data["classes"]), seed=int(data["seed"]),
+            exact=bool(data["exact"]), exact_train=bool(data["exact_train"]),
+            reasons=tuple(data["reasons"]), maps=maps,
+            mother_tensors={k: tuple(v) for k, v in data["mother_tensors"].items()},
+            entries=tuple(entries), bn_eps=float(data.get("bn_eps", BN_EPS)),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise MNError(f"malformed hatch table: {err!r}",
+                      hint="regenerate the tables with `mncompile`") from None
