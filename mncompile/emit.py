@@ -13,14 +13,16 @@ only loop over it. Every identifier that comes from the spec is handed out by on
 
 from __future__ import annotations
 
-import json
 import linecache
 import math
+import os
+import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -154,22 +156,20 @@ def _wrap(text: str) -> list[str]:
 
 def _class_doc(net: Net, ensemble: Ensemble, source: str, params: int,
                mothers: Mapping[str, Sequence[str]], mother_of: Mapping[str, str]) -> str:
+    """The class docstring: what the net is, where it comes from, what it takes."""
     name = comment_text(net.name)
-    shape = "x".join(map(str, ensemble.input))
+    io = f"Input {'x'.join(map(str, ensemble.input))}, {ensemble.classes} classes."
     if net.name in mothers:
-        built_for = ", ".join(comment_text(m) for m in mothers[net.name])
-        lines = [f"MotherNet {name} ({net.family}, {human(params)} parameters), built by mncompile.", ""]
-        lines += _wrap(f"Every member of its cluster hatches from it: {built_for}.")
+        summary = f"{name}: MotherNet ({net.family}, {human(params)} parameters), built by mncompile."
+        members = ", ".join(comment_text(m) for m in mothers[net.name])
+        body = f"Built for the members that hatch from it: {members}. {io}"
     else:
-        lines = [f"{name} ({net.family}, {human(params)} parameters).", ""]
-        if net.name_span.line > 0:
-            lines.append(f"from {source}:{net.name_span.line}:{net.name_span.column}")
-        else:
-            lines.append(f"constructed from ensemble {comment_text(ensemble.name)} of {source}")
-        if net.name in mother_of:
-            lines.append(f"hatched from MotherNet {comment_text(mother_of[net.name])}")
-    lines.append(f"input {shape}, {ensemble.classes} classes")
-    return "\n".join(lines)
+        where = (f"from {source}:{net.name_span.line}:{net.name_span.column}"
+                 if net.name_span.line > 0 else f"from {source}")
+        summary = f"{name}: {net.family} net, {human(params)} parameters, {where}."
+        hatched = f"Hatched from {comment_text(mother_of[net.name])}. " if net.name in mother_of else ""
+        body = hatched + io
+    return "\n".join([summary, "", *_wrap(body)])
 
 
 BLOCKS_BY_FAMILY: dict[str, tuple[str, ...]] = {
@@ -303,15 +303,10 @@ def render_models(ctx: EmitContext) -> dict[str, str]:
     return {"models.py": models_source(ctx.ensemble, nets, ctx.source_name, mothers=ctx.built_for)}
 
 
-def dump_json(data: Any) -> str:
-    """JSON as every generated file writes it: sorted keys, two-space indent, final newline."""
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
 def render_plan(ctx: EmitContext) -> dict[str, str]:
-    from mncompile.plan import plan_to_json
+    from mncompile.plan import dumps, plan_to_json
 
-    return {"plan.json": dump_json(plan_to_json(ctx.plan))}
+    return {"plan.json": dumps(plan_to_json(ctx.plan))}
 
 
 #: what each generated file is, for the folder's README (others add entries with their files)
@@ -325,28 +320,36 @@ DESCRIPTIONS: dict[str, str] = {
 
 
 def render_readme(ctx: EmitContext, files: Mapping[str, str]) -> dict[str, str]:
+    """README.md: what was generated and the exact commands to use it."""
+    e = ctx.ensemble
     names = sorted({p.split("/")[0] + "/" if "/" in p else p for p in [*files, "README.md"]})
     listing = [(n, DESCRIPTIONS.get(n, "")) for n in names]
-    rows = []
-    for c in ctx.plan.clusters:
-        rows.append((c.index, c.mother.name, ", ".join(c.members)))
-    opts = ctx.options
-    command = f"mncompile {ctx.source_name}"
-    if opts.get("clusters") is not None:
-        command += f" --clusters {opts['clusters']}"
-    command += f" --seed {opts.get('seed', 0)}"
-    first = ctx.ensemble.nets[0].name
+    params = {n.name: infer_net(n, e.input, e.classes).params for n in [*e.nets, *ctx.mothers]}
+    clusters = [
+        (comment_text(c.mother.name), human(params[c.mother.name]),
+         ", ".join(f"`{comment_text(m)}` ({human(params[m])})" for m in c.members))
+        for c in ctx.plan.clusters
+    ]
     return {"README.md": render(
         "README.md.j2",
-        ensemble=ctx.ensemble.name,
+        ensemble=comment_text(e.name),
         source=ctx.source_name,
         version=__version__,
+        command=compile_command(ctx.source_name, ctx.options),
         files=listing,
-        clusters=rows,
-        command=command,
-        first=first,
+        clusters=clusters,
+        first=repr(e.nets[0].name),
         has_train="train.py" in files,
+        has_hatch=any(p.startswith("hatch/") for p in files),
     )}
+
+
+def compile_command(source_name: str, options: Mapping[str, Any]) -> str:
+    """The command line that regenerates a folder (run beside the spec)."""
+    command = f"mncompile {source_name}"
+    if options.get("clusters") is not None:
+        command += f" --clusters {options['clusters']}"
+    return command + f" --seed {options.get('seed', 0)}"
 
 
 #: the renderers of the generated folder, in order; README.md comes last and lists them all
@@ -366,3 +369,97 @@ def emit_files(ensemble: Ensemble, plan: Any, source_name: str | None = None,
     files.update(render_readme(ctx, files))
     files[MARKER] = MARKER_TEXT
     return dict(sorted(files.items()))
+
+
+@dataclass(frozen=True)
+class Output:
+    """The result of compiling one spec: the plan and every file's text."""
+
+    plan: Any
+    files: dict[str, str]
+
+
+def compile_ensemble(ensemble: Ensemble, clusters: int | None = None, seed: int = 0,
+                     source_name: str | None = None) -> Output:
+    """Cluster the ensemble, build its MotherNets and emit every file (nothing is written)."""
+    from mncompile.passes.cluster import plan_ensemble
+
+    plan = plan_ensemble(ensemble, clusters=clusters, seed=seed)
+    files = emit_files(ensemble, plan, source_name, {"clusters": clusters, "seed": seed})
+    return Output(plan, files)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing a folder atomically
+
+
+def is_generated(folder: Path) -> bool:
+    """Whether `folder` is one that mncompile wrote (it holds the marker file)."""
+    return (folder / MARKER).is_file()
+
+
+def _check_destination(dest: Path, force: bool, protect: Sequence[Path]) -> None:
+    resolved = dest.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise MNError(f"refusing to replace '{dest}': it is the current folder or one above it",
+                      hint="choose an output folder with -o, such as generated/NAME")
+    for p in protect:
+        if p.resolve() == resolved or resolved in p.resolve().parents:
+            raise MNError(f"refusing to replace '{dest}': it holds '{p}'",
+                          hint="choose an output folder with -o that holds nothing else")
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if not dest.is_dir() or dest.is_symlink():
+        raise MNError(f"'{dest}' exists and is not a folder",
+                      hint="choose another output folder with -o")
+    if force or is_generated(dest) or not any(dest.iterdir()):
+        return
+    raise MNError(f"'{dest}' exists and was not generated by mncompile",
+                  hint="pass --force to replace it, or choose another folder with -o")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_folder(dest: str | Path, files: Mapping[str, str], *, force: bool = False,
+                 protect: Sequence[Path] = ()) -> None:
+    """Write `files` as the folder `dest`, atomically: all of it appears at once, or nothing.
+
+    The files are written to a temporary folder beside `dest`, which then takes its place by
+    rename. An existing `dest` is replaced only if mncompile generated it (or with `force`),
+    and never when it is the current folder, above it, or holds a path in `protect`.
+    """
+    dest = Path(dest)
+    _check_destination(dest, force, protect)
+    parent = dest.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    old_root: Path | None = None
+    try:
+        for rel, text in files.items():
+            rel_path = PurePosixPath(rel)
+            if rel_path.is_absolute() or ".." in rel_path.parts or not rel_path.parts:
+                raise AssertionError(f"a renderer produced a bad path: {rel!r}")
+            path = tmp.joinpath(*rel_path.parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text.encode("utf-8"))
+        # mkdtemp makes the folder private; the output should get the usual permissions
+        os.chmod(tmp, 0o777 & ~_umask())
+        if dest.exists():
+            old_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
+            os.replace(dest, old_root / "old")
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(old_root / "old", dest)
+                raise
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old_root is not None:
+            shutil.rmtree(old_root, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""`mncompile SPEC`: compile a spec into a folder of generated files and print what was written."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mncompile.api import load
+from mncompile.emit import Output, compile_ensemble, write_folder
+from mncompile.shapes import infer_net
+from mncompile.table import human, render
+
+NAME = "compile"
+HELP = "compile a spec into models.py, plan.json and README.md (the default command)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the .mnet file")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="the folder to write (default: generated/<ensemble>/ under the current folder)")
+    p.add_argument("--clusters", "-g", metavar="G", type=_positive_int,
+                   help="number of MotherNets (default: one per architecture class)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the clustering restarts (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder even if mncompile did not generate it")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def summary(out: Output) -> str:
+    """The table of clusters, MotherNets and members with their parameters."""
+    e = out.plan.ensemble
+    rows: list[list[object]] = []
+    mother_params = member_params = 0
+    for c in out.plan.clusters:
+        family, rank = c.arch
+        arch = f"{family} {rank}-D" if rank else family
+        p = infer_net(c.mother, e.input, e.classes).params
+        mother_params += p
+        rows.append([c.index + 1, c.mother.name, "MotherNet", arch, human(p)])
+        for m in c.members:
+            q = infer_net(e.net(m), e.input, e.classes).params
+            member_params += q
+            rows.append(["", m, "member", "", human(q)])
+    table = render(["cluster", "net", "role", "class", "params"], rows)
+    n = len(out.plan.clusters)
+    return (f"{table}\n\n{len(e.nets)} members in {n} cluster{'s' if n != 1 else ''}: "
+            f"{human(mother_params)} MotherNet parameters, {human(member_params)} member parameters")
+
+
+def _listing(files: dict[str, str]) -> list[str]:
+    """File names, with each subfolder shown once with its file count."""
+    out: list[str] = []
+    folders: dict[str, int] = {}
+    for p in files:
+        if p.startswith("."):
+            continue
+        if "/" in p:
+            folder = p.split("/")[0]
+            if folder not in folders:
+                out.append(folder)
+            folders[folder] = folders.get(folder, 0) + 1
+        else:
+            out.append(p)
+    return [f"{p}/ ({folders[p]} files)" if p in folders else p for p in out]
+
+
+def run(args: argparse.Namespace) -> int:
+    e = load(args.spec)
+    dest = Path(args.output) if args.output else Path("generated") / e.name
+    out = compile_ensemble(e, clusters=args.clusters, seed=args.seed, source_name=Path(args.spec).name)
+    write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
+    listed = ", ".join(_listing(out.files))
+    print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
+    print()
+    print(summary(out))
+    return 0
