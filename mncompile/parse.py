@@ -208,6 +208,15 @@ def _context(stack: list[Any]) -> str:
     return "top"
 
 
+def _open_net_name(stack: list[Any]) -> str:
+    """The name of the net whose body the parser is in (NAME FAMILY '{' on the stack)."""
+    for i in range(len(stack) - 1, 0, -1):
+        el = stack[i]
+        if isinstance(el, Token) and el.type == "FAMILY" and isinstance(stack[i - 1], Token):
+            return str(stack[i - 1])
+    return "?"  # pragma: no cover - only called inside a net body
+
+
 def _innermost_open_brace(stack: list[Any]) -> Token | None:
     """The last '{' on the stack that no '}' after it closes."""
     depth = 0
@@ -314,6 +323,13 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
         if "_NET" in expected:
             return MNError(f"unknown item '{word}' in the ensemble", span,
                            hint=guess + "an ensemble holds " + _ITEMS)
+        if word in ("input", "classes", "data", "train", "net"):
+            owner = _open_net_name(stack)
+            return MNError(
+                f"'{word}' inside net '{owner}': is the '}}' that closes net '{owner}' missing?",
+                span,
+                hint=f"'{word}' belongs to the ensemble; a net holds " + _PARTS,
+            )
         return MNError(f"unknown part '{word}' in a net", span, hint=guess + "a net holds " + _PARTS)
     if "FAMILY" in expected and tok.type != "FAMILY":
         close = _close_word(word, list(FAMILIES))
@@ -430,6 +446,9 @@ MAX_INT = 2**31 - 1
 #: The most layers (repeats expanded) one net may have. The deepest published nets have
 #: about 1200; the bound keeps `3:16 x2000000000` from expanding into an out-of-memory.
 MAX_LAYERS = 10_000
+#: The most layers all nets of an ensemble may have together: fifty times the paper's V100
+#: ensemble, and a bound on the work `check` does however the text multiplies its repeats.
+MAX_TOTAL_LAYERS = 100_000
 
 
 def _shorten(text: str) -> str:
@@ -465,6 +484,7 @@ class _Builder:
     def __init__(self, source: str) -> None:
         self.source = source
         self.layer_count = 0  # layers of the net being built, repeats expanded
+        self.total_layers = 0  # layers of the nets built so far
 
     def ensemble(self, tree: Tree) -> Ensemble:
         name_tok = tree.children[0]
@@ -585,11 +605,19 @@ class _Builder:
                 )
         layer = Layer(kernel=kernel, filters=filters, span=span)
         self.layer_count += repeat
+        self.total_layers += repeat
         if self.layer_count > MAX_LAYERS:
             raise MNError(
                 f"this net has more than {MAX_LAYERS} layers",
                 span,
                 hint=f"a net has at most {MAX_LAYERS} layers, repeats included",
+            )
+        if self.total_layers > MAX_TOTAL_LAYERS:
+            raise MNError(
+                f"the ensemble has more than {MAX_TOTAL_LAYERS} layers in all its nets",
+                span,
+                hint=f"an ensemble has at most {MAX_TOTAL_LAYERS} layers, repeats included; "
+                "split it into several specs",
             )
         return [layer] * repeat
 

@@ -61,6 +61,8 @@ CASES: list[tuple[str, str, str, int, int]] = [
     ("unknown_item", H + "  optimizer sgd\n" + NET + "}\n", "unknown item 'optimizer'", 4, 3),
     ("misspelt_item", "ensemble e {\n  input 40\n  clases 10\n}\n", "unknown item 'clases'", 3, 3),
     ("unknown_part", H + "  net a plain {\n    blok { 3:64 }\n  }\n}\n", "unknown part 'blok'", 5, 5),
+    ("net_inside_net", H + "  net a plain {\n    block { 3:4 }\n  net b plain { block { 3:4 } }\n}\n",
+     "is the '}' that closes net 'a' missing?", 6, 3),
     ("unknown_family", H + "  net a vgg {\n    block { 3:64 }\n  }\n}\n", "unknown family 'vgg'", 4, 9),
     ("unknown_train_key", H + "  train {\n    batch 64\n    lrate 0.1\n  }\n" + NET + "}\n",
      "unknown training setting 'lrate'", 6, 5),
@@ -106,6 +108,8 @@ CASES: list[tuple[str, str, str, int, int]] = [
     ("huge_input", "ensemble e {\n  input 3x" + "9" * 5000 + "\n}\n", "input dimension", 2, 11),
     ("huge_repeat", H + "  net a residual {\n    stem 3:16\n    block { 3:16 x2000000000 }\n  }\n}\n",
      "deeper than 10000 layers", 6, 18),
+    ("too_many_layers", H + "".join(f"  net n{i} plain {{ block {{ 3:8 x10000 }} }}\n" for i in range(11))
+     + "}\n", "more than 100000 layers in all its nets", 14, 27),
     ("even_kernel", H + "  net a plain {\n    block { 3:64 4:64 }\n  }\n}\n",
      "kernel sizes must be odd, got 4", 5, 18),
     ("even_stem_kernel", H + "  net a residual {\n    stem 2:16\n    block { 3:16 }\n  }\n}\n",
