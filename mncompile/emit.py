@@ -435,6 +435,14 @@ def write_folder(dest: str | Path, files: Mapping[str, str], *, force: bool = Fa
     """
     dest = Path(dest)
     _check_destination(dest, force, protect)
+    try:
+        _write_folder(dest, files)
+    except OSError as err:
+        raise MNError(f"cannot write '{dest}': {err.strerror or err}",
+                      hint="check that the output folder's parent is writable") from err
+
+
+def _write_folder(dest: Path, files: Mapping[str, str]) -> None:
     parent = dest.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))

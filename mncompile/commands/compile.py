@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mncompile.api import load
+from mncompile.diagnostics import MNError
 from mncompile.emit import Output, compile_ensemble, write_folder
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
@@ -77,8 +78,15 @@ def _listing(files: dict[str, str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
     dest = Path(args.output) if args.output else Path("generated") / e.name
-    out = compile_ensemble(e, clusters=args.clusters, seed=args.seed, source_name=Path(args.spec).name)
-    write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
+    try:
+        out = compile_ensemble(e, clusters=args.clusters, seed=args.seed,
+                               source_name=Path(args.spec).name)
+        write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
+    except MNError as err:
+        # errors about a spec position show that line; errors about options or files name the tool
+        if err.span is not None and err.span.line > 0:
+            raise err.with_source(args.spec, Path(args.spec).read_text(encoding="utf-8")) from None
+        raise err.with_source("mncompile", "") from None
     listed = ", ".join(_listing(out.files))
     print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
     print()
