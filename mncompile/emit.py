@@ -76,8 +76,11 @@ class ClassView:
     forward: list[str]
 
 
-def _layers_expr(layers: Sequence[Layer]) -> list[str]:
-    """`[(k, f)] * n` runs for a list of layers, mirroring the spec's `k:f xn`."""
+def _layers_expr(layers: Sequence[Layer], width: int = LINE_LENGTH) -> list[str]:
+    """The layers as `[(k, f)] * n` runs and `[(k, f), ...]` lists, mirroring the spec's `k:f xn`.
+
+    Joined with ` + `, the parts rebuild the list; no part is longer than `width`.
+    """
     runs: list[tuple[int, int, int]] = []
     for layer in layers:
         if runs and runs[-1][:2] == (layer.kernel, layer.filters):
@@ -86,27 +89,35 @@ def _layers_expr(layers: Sequence[Layer]) -> list[str]:
             runs.append((layer.kernel, layer.filters, 1))
     parts: list[str] = []
     singles: list[str] = []
-    for k, f, n in runs:
-        if n == 1:
-            singles.append(f"({k}, {f})")
-            continue
+
+    def flush() -> None:
         if singles:
             parts.append("[" + ", ".join(singles) + "]")
-            singles = []
-        parts.append(f"[({k}, {f})] * {n}")
-    if singles:
-        parts.append("[" + ", ".join(singles) + "]")
+            singles.clear()
+
+    for k, f, n in runs:
+        if n > 1:
+            flush()
+            parts.append(f"[({k}, {f})] * {n}")
+            continue
+        item = f"({k}, {f})"
+        if singles and len(", ".join([*singles, item])) + 2 > width:
+            flush()
+        singles.append(item)
+    flush()
     return parts
 
 
-def _call(target: str, func: str, args: Sequence[str], list_parts: Sequence[str],
+def _call(target: str, func: str, args: Sequence[str], layers: Sequence[Layer],
           trailing: Sequence[str] = ()) -> list[str]:
-    """`target = func(args..., <list>, trailing...)`, wrapped when it would pass the line length."""
-    one = f"{target} = {func}(" + ", ".join([*args, " + ".join(list_parts), *trailing]) + ")"
-    if len(one) + 8 <= LINE_LENGTH:
+    """`target = func(args..., <layers>, trailing...)`, wrapped when it would pass the line length."""
+    indent = 8
+    one = f"{target} = {func}(" + ", ".join([*args, " + ".join(_layers_expr(layers)), *trailing]) + ")"
+    if len(one) + indent <= LINE_LENGTH:
         return [one]
+    parts = _layers_expr(layers, LINE_LENGTH - indent - 6)
     head = f"{target} = {func}(" + "".join(a + ", " for a in args) + "("
-    body = ["    " + list_parts[0]] + ["    + " + p for p in list_parts[1:]]
+    body = ["    " + parts[0]] + ["    + " + p for p in parts[1:]]
     tail = ")" + "".join(", " + t for t in trailing) + ")"
     return [head, *body, tail]
 
@@ -129,7 +140,7 @@ def _net_body(net: Net, input_shape: tuple[int, ...], classes: int) -> tuple[lis
         c = stem.filters
     last = len(net.blocks)
     for b, block in enumerate(net.blocks, start=1):
-        parts = _layers_expr(block.layers)
+        parts = block.layers
         if net.family == "plain":
             init += _call(f"self.block{b}", "PlainBlock", [str(c)], parts)
             c = block.layers[-1].filters
