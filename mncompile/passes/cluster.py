@@ -258,18 +258,19 @@ def _groups(labels: np.ndarray, k: int) -> tuple[tuple[int, ...], ...]:
 
 
 def _kmeanspp(d: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """k-means++ starts: each next centre drawn with probability proportional to distance squared."""
     n = d.shape[0]
     centres = [int(rng.integers(n))]
-    nearest = d[centres[0]].astype(float)
+    nearest = d[centres[0]].astype(np.float64)
     while len(centres) < k:
-        weights = nearest**2
+        weights = nearest * nearest
         weights[centres] = 0.0
-        total = weights.sum()
-        if total > 0:
-            pick = int(rng.choice(n, p=weights / total))
+        cum = np.cumsum(weights)
+        if cum[-1] > 0:
+            pick = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
         else:  # every other net is a copy of a centre: pick any that is not yet one
             rest = np.setdiff1d(np.arange(n), centres)
-            pick = int(rng.choice(rest))
+            pick = int(rest[rng.integers(len(rest))])
         centres.append(pick)
         nearest = np.minimum(nearest, d[pick])
     return centres
@@ -295,7 +296,10 @@ def _cluster_class(problem: _ClassProblem, k: int, seed: Sequence[int],
                 break
             seen.add(groups)
             cost = np.stack([problem.distances(problem.mother_vector(g)) for g in groups], axis=1)
-            total = int(sum(cost[list(g), c].sum() for c, g in enumerate(groups)))
+            own = np.empty(n, dtype=np.int64)
+            for c, g in enumerate(groups):
+                own[list(g)] = c
+            total = int(cost[np.arange(n), own].sum())
             if best is None or total < best[0]:
                 best = (total, groups)
             labels = balanced_assign(cost)
