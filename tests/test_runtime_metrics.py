@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from mncompile.diagnostics import MNError
 from mncompile.runtime.metrics import (
     correct_class_probs,
     diversity,
@@ -15,6 +19,17 @@ from mncompile.runtime.metrics import (
     ensemble_metrics,
     vote,
 )
+from mncompile.runtime.results import (
+    HISTORY_COLUMNS,
+    SCHEMA_VERSION,
+    PhaseRecord,
+    build_results,
+    format_table,
+    load_results,
+    write_history,
+    write_results,
+)
+from mncompile.runtime.train import EpochRecord, ModelResult
 
 # two members, three examples, three classes; labels 0, 2, 1
 A = [[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4]]  # right, wrong (1), wrong (2)
@@ -123,3 +138,101 @@ def test_nll_is_finite_for_a_confident_mistake_and_inputs_are_checked() -> None:
         ensemble_metrics(torch.zeros(3, 2), torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError, match="labels must be"):
         ensemble_metrics(PROBS, torch.tensor([0, 1]))
+
+
+# results.json, history.csv and the terminal table (results.py)
+
+
+def _phases() -> list[PhaseRecord]:
+    mother = ModelResult("m", "converged", "no improvement", [EpochRecord(1, 0.1, 1.0, 0.5, None, 2.0)])
+    a = ModelResult(
+        "a",
+        "max_epochs",
+        "reached",
+        [EpochRecord(1, 0.1, 0.9, 0.6, 0.55, 1.5), EpochRecord(2, 0.05, 0.7, 0.7, 0.6, 1.5)],
+    )
+    b = ModelResult("b", "diverged", "loss nan", [EpochRecord(1, 0.1, float("nan"), 0.1, None, 1.5)])
+    return [
+        PhaseRecord("mothernets", 2.0, {"m": mother}),
+        PhaseRecord("hatching", 0.5),
+        PhaseRecord("members", 3.0, {"a": a, "b": b}),
+    ]
+
+
+def test_results_document(tmp_path: Path) -> None:
+    metrics = ensemble_metrics(PROBS, LABELS, names=["a", "b"])
+    r = build_results("mothernets", _phases(), metrics, info={"dataset": "synthetic", "seed": 0})
+    assert r["schema_version"] == SCHEMA_VERSION == 1 and r["method"] == "mothernets"
+    assert r["total_seconds"] == 5.5
+    assert r["cost_usd"]["M1"] == {"usd_per_hour": 0.90, "usd": pytest.approx(5.5 * 0.90 / 3600)}
+    assert r["cost_usd"]["M2"]["usd"] == pytest.approx(5.5 * 3.06 / 3600)
+    assert [p["name"] for p in r["phases"]] == ["mothernets", "hatching", "members"]
+    assert r["phases"][2]["models"] == ["a", "b"] and r["phases"][1]["models"] == []
+    assert r["models"]["a"] == {
+        "phase": "members", "status": "max_epochs", "message": "reached", "epochs": 2, "seconds": 3.0,
+        "final_train_loss": 0.7, "final_train_acc": 0.7, "best_train_acc": 0.7, "final_test_acc": 0.6,
+    }  # fmt: skip
+    assert r["models"]["b"]["final_train_loss"] is None and r["models"]["b"]["best_train_acc"] is None
+    assert r["members"]["b"]["accuracy"] == pytest.approx(2 / 3) and "members" not in r["ensemble"]
+    assert r["ensemble"]["accuracy"] == 1.0 and r["info"]["dataset"] == "synthetic"
+    assert build_results("fd", _phases(), total_seconds=9.0)["total_seconds"] == 9.0
+
+    path = write_results(tmp_path, r)
+    text = path.read_text()
+    assert "NaN" not in text and not list(tmp_path.glob("*.tmp"))
+    assert json.loads(text) == r == load_results(path)
+    assert list(json.loads(text)) == sorted(r)
+    path.write_text(json.dumps({**r, "schema_version": 99}))
+    with pytest.raises(MNError, match="schema_version 99, this mncompile reads 1"):
+        load_results(path)
+    path.write_text("{")
+    with pytest.raises(MNError, match="cannot read results file"):
+        load_results(path)
+    with pytest.raises(ValueError, match="model 'a' appears in phases members and again"):
+        build_results("fd", [*_phases(), PhaseRecord("again", 1.0, {"a": _phases()[2].models["a"]})])
+
+
+def test_history_csv(tmp_path: Path) -> None:
+    path = write_history(tmp_path, _phases())
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == HISTORY_COLUMNS
+    assert [(r["phase"], r["model"], r["epoch"]) for r in rows] == [
+        ("mothernets", "m", "1"), ("members", "a", "1"), ("members", "a", "2"), ("members", "b", "1"),
+    ]  # fmt: skip
+    assert rows[0]["test_acc"] == "" and float(rows[2]["test_acc"]) == 0.6 and rows[3]["train_loss"] == "nan"
+    assert float(rows[2]["lr"]) == 0.05 and float(rows[2]["seconds"]) == 1.5
+
+
+def test_terminal_table() -> None:
+    metrics = ensemble_metrics(PROBS, LABELS, names=["a", "b"])
+    text = format_table(build_results("mothernets", _phases(), metrics))
+    lines = text.splitlines()
+    assert lines[0] == "method mothernets"
+    assert lines[1].split() == [
+        "model",
+        "phase",
+        "status",
+        "epochs",
+        "seconds",
+        "train",
+        "%",
+        "test",
+        "%",
+        "test",
+        "nll",
+    ]
+    row_a = next(ln for ln in lines if ln.startswith("a "))
+    assert row_a.split() == [
+        "a",
+        "members",
+        "max_epochs",
+        "2",
+        "3.0",
+        "70.00",
+        "33.33",
+        f"{metrics['members']['a']['nll']:.4f}",
+    ]
+    assert "ensemble of 2: accuracy 100.00% (averaging), 100.00% (vote), oracle 100.00%" in text
+    assert "time 5.5s (mothernets 2.0s, hatching 0.5s, members 3.0s)" in text
+    assert "M1 $0.0014 at $0.90/h" in text and "M2 $0.0047 at $3.06/h" in text
