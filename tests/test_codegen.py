@@ -398,12 +398,21 @@ def test_a_failed_swap_leaves_the_old_folder_untouched(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_compile_never_imports_torch(tmp_path: Path) -> None:
-    code = ("import sys; from mncompile.cli import main; "
-            f"rc = main([{str(_spec('digits'))!r}, '-o', {str(tmp_path / 'o')!r}]); "
-            "assert rc == 0; assert 'torch' not in sys.modules, 'torch imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+def test_compile_never_imports_torch_and_ignores_hash_seeds(tmp_path: Path) -> None:
+    """Two fresh interpreters with different hash seeds write the same bytes, without torch."""
+    import os
+
+    trees = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        code = ("import sys; from mncompile.cli import main; "
+                f"rc = main([{str(_spec('digits'))!r}, '-o', {str(out)!r}, '--clusters', '4']); "
+                "assert rc == 0; assert 'torch' not in sys.modules, 'torch imported'")
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        trees.append(_tree(out))
+    assert trees[0] == trees[1]
 
 
 def test_long_blocks_wrap_within_the_line_length(tmp_path: Path) -> None:
