@@ -205,3 +205,38 @@ def test_progress_bar_on_a_terminal() -> None:
     train_model("solo", mlp(0), data(), s, progress=Progress(stream=out, bars=True))
     text = out.getvalue()
     assert "solo" in text and "batch" in text and "acc" in text and "\r" in text
+
+
+def test_end_to_end_lockstep_to_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Train three members together, evaluate them, and write the run's record."""
+    import json
+
+    from mncompile.runtime.metrics import ensemble_metrics
+    from mncompile.runtime.results import PhaseRecord, build_results, write_history, write_results
+
+    ds = load_dataset("digits", (64,), 10, seed=0, train_size=400, test_size=200)
+    members = {f"m{i}": mlp_digits(i) for i in range(3)}
+    s = TrainSettings(batch=32, lr=0.05, max_epochs=6, patience=3)
+    res = train_lockstep(
+        members, ds, s, seed=0, progress=QUIET, checkpoint_dir=tmp_path / "ckpt", phase="members"
+    )
+    probs = torch.stack([predict_proba(m, ds.x_test) for m in members.values()])
+    metrics = ensemble_metrics(probs, ds.y_test, names=list(members))
+    assert all(metrics["members"][n]["accuracy"] > 0.6 for n in members)
+    assert metrics["accuracy"] >= min(metrics["members"][n]["accuracy"] for n in members)
+    assert metrics["oracle_accuracy"] >= max(metrics["members"][n]["accuracy"] for n in members)
+    phases = [PhaseRecord("members", group_seconds(res), res)]
+    out = tmp_path / "out"
+    doc = build_results("fd", phases, metrics, info={"dataset": "digits"})
+    write_results(out, doc)
+    write_history(out, phases)
+    back = json.loads((out / "results.json").read_text())
+    assert back["models"]["m0"]["epochs"] == res["m0"].epochs and back["ensemble"]["size"] == 3
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + sum(r.epochs for r in res.values())
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["m0.pt", "m1.pt", "m2.pt"]
+
+
+def mlp_digits(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
