@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -35,6 +35,9 @@ from mncompile.naming import MODULE_NAMES, Namespace, comment_text, py_str
 from mncompile.resources import templates_dir
 from mncompile.shapes import infer_net
 from mncompile.table import human
+
+if TYPE_CHECKING:
+    from mncompile.passes.cluster import Plan
 
 LINE_LENGTH = 110
 #: the generated folder's marker: `mncompile SPEC -o DIR` only replaces folders that have it
@@ -196,9 +199,9 @@ BLOCK_ORDER: tuple[str, ...] = (
 )
 
 
-def source_label(ensemble: Ensemble, source_name: str | None = None) -> str:
-    """The spec's file name as generated files cite it: never a directory (no absolute paths)."""
-    return comment_text(source_name if source_name is not None else Path(ensemble.source).name)
+def source_name_of(ensemble: Ensemble, source_name: str | None = None) -> str:
+    """The spec's name as generated files cite it: by default its file name, never a directory."""
+    return source_name if source_name is not None else Path(ensemble.source).name
 
 
 def models_source(
@@ -233,7 +236,7 @@ def models_view(
                           net.name_span if net.name_span.line > 0 else None,
                           hint="every net and MotherNet needs its own name")
         seen.add(net.name)
-    source = source_label(ensemble, source_name)
+    source = comment_text(source_name_of(ensemble, source_name))
     rank = ensemble.rank
     namespace = Namespace(MODULE_NAMES)
     classes: list[ClassView] = []
@@ -293,7 +296,8 @@ class EmitContext:
     """Everything the renderers of the generated folder may read."""
 
     ensemble: Ensemble
-    plan: Any
+    plan: Plan
+    #: the spec's file name, unescaped
     source_name: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -344,9 +348,9 @@ def render_readme(ctx: EmitContext, files: Mapping[str, str]) -> dict[str, str]:
     return {"README.md": render(
         "README.md.j2",
         ensemble=comment_text(e.name),
-        source=ctx.source_name,
+        source=comment_text(ctx.source_name),
         version=__version__,
-        command=compile_command(ctx.source_name, ctx.options),
+        command=compile_command(comment_text(ctx.source_name), ctx.options),
         files=listing,
         clusters=clusters,
         first=repr(e.nets[0].name),
@@ -367,10 +371,10 @@ def compile_command(source_name: str, options: Mapping[str, Any]) -> str:
 RENDERERS: list[Renderer] = [render_models, render_plan]
 
 
-def emit_files(ensemble: Ensemble, plan: Any, source_name: str | None = None,
+def emit_files(ensemble: Ensemble, plan: Plan, source_name: str | None = None,
                options: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Every generated file: {relative path: text}, in sorted order. Pure and deterministic."""
-    ctx = EmitContext(ensemble, plan, source_label(ensemble, source_name), dict(options or {}))
+    ctx = EmitContext(ensemble, plan, source_name_of(ensemble, source_name), dict(options or {}))
     files: dict[str, str] = {}
     for renderer in RENDERERS:
         for path, text in renderer(ctx).items():
@@ -386,7 +390,7 @@ def emit_files(ensemble: Ensemble, plan: Any, source_name: str | None = None,
 class Output:
     """The result of compiling one spec: the plan and every file's text."""
 
-    plan: Any
+    plan: Plan
     files: dict[str, str]
 
 
