@@ -36,7 +36,6 @@ from fractions import Fraction
 
 import Levenshtein
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble, Net
@@ -187,6 +186,10 @@ def balanced_assign(cost: np.ndarray) -> np.ndarray:
     >>> balanced_assign(np.array([[0, 5], [0, 5], [0, 5]])).tolist()
     [0, 0, 1]
     """
+    # imported here: scipy.optimize takes most of a second to import, and every CLI command
+    # (check, fmt) would pay for it otherwise
+    from scipy.optimize import linear_sum_assignment
+
     n, k = cost.shape
     q, r = divmod(n, k)
     slots = np.repeat(np.arange(k), q)
