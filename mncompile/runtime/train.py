@@ -194,8 +194,8 @@ class _Run:
     stale: int = 0
     ckpt: Path | None = None
     # per-epoch accumulators, on the device so a GPU never waits on a .item() per batch
-    loss_sum: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     seen: int = 0
 
     @property
@@ -288,7 +288,6 @@ def _test_accuracy(model: nn.Module, data: Dataset, device: torch.device) -> flo
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float, seconds: float, test_acc: float | None) -> EpochRecord:
-    assert run.loss_sum is not None and run.correct is not None
     loss = float(run.loss_sum) / max(run.seen, 1)
     acc = float(run.correct) / max(run.seen, 1)
     rec = EpochRecord(epoch + 1, lr, loss, acc, test_acc, seconds)
@@ -352,6 +351,7 @@ def train_lockstep(
     batch = sizes.pop()
     data = data.to(dev)
     runs: list[_Run] = []
+    notes: list[str] = []
     for name, model in models.items():
         model.to(dev)
         if dev.type == "cuda" and data.x_train.dim() == 4:
@@ -363,7 +363,7 @@ def train_lockstep(
             run.ckpt = checkpoint_path(checkpoint_dir, name)
             if resume and run.ckpt.is_file():
                 _restore(run, seed)
-                progress.note(f"{name}: resumed after epoch {run.next_epoch} ({run.result.status})")
+                notes.append(f"{name}: resumed after epoch {run.next_epoch} ({run.result.status})")
         runs.append(run)
 
     todo = [r for r in runs if not r.done]
@@ -373,6 +373,8 @@ def train_lockstep(
     last = max(r.settings.max_epochs for r in todo)
     n_batches = num_batches(data, batch)
     progress.begin(phase, [r.name for r in runs], last, n_batches, done_epochs=first)
+    for note in notes:
+        progress.note(note)
     try:
         for epoch in range(first, last):
             if all(r.done for r in runs):
@@ -427,7 +429,6 @@ def train_lockstep(
                     progress.note(f"{r.name}: {r.result.status}: {r.result.message}")
                 if r.ckpt is not None:
                     save_checkpoint(r.ckpt, r.model, r.optimizer, r.meta(seed))
-                r.loss_sum = r.correct = None
     finally:
         progress.end()
     return {r.name: r.result for r in runs}
