@@ -151,7 +151,7 @@ def test_residual_shortcuts_and_strides_follow_the_contract() -> None:
 
 
 def test_forward_computes_the_contract_by_hand() -> None:
-    """A plain and a dense net against the contract's formulas written with torch.nn.functional."""
+    """Plain, dense and residual nets against the contract's formulas in torch.nn.functional."""
     F = torch.nn.functional
     e = loads("ensemble e { input 2x8; classes 3; net p plain { block { 3:4 } dense 5 }; "
               "net d dense { stem 1:3; block { 3:2 }; block { 1:2 } } }")
@@ -179,6 +179,24 @@ def test_forward_computes_the_contract_by_hand() -> None:
     h = torch.cat([h, F.conv1d(F.relu(bn(h, "block2.layer1.bn")), s["block2.layer1.conv.weight"])], 1)
     h = F.relu(bn(h, "head.bn")).mean(-1)
     torch.testing.assert_close(d(x), F.linear(h, s["head.out.weight"], s["head.out.bias"]))
+
+    e = loads("ensemble e { input 2x8; classes 3; net r residual { stem 1:3; block { 3:3 }; "
+              "block { 5:4; 3:4 } } }")
+    r = load_models(models_source(e, e.nets)).MODELS["r"]().eval()
+    s = {k: v for k, v in r.state_dict().items()}
+    h = F.relu(bn(F.conv1d(x, s["stem.conv.weight"]), "stem.bn"))
+
+    def unit(t: torch.Tensor, pre: str, stride: int, pad: int, project: bool) -> torch.Tensor:
+        out = F.relu(bn(F.conv1d(t, s[pre + ".conv1.weight"], stride=stride, padding=pad), pre + ".bn1"))
+        out = bn(F.conv1d(out, s[pre + ".conv2.weight"], padding=pad), pre + ".bn2")
+        short = (bn(F.conv1d(t, s[pre + ".shortcut.conv.weight"], stride=stride), pre + ".shortcut.bn")
+                 if project else t)
+        return F.relu(out + short)
+
+    h = unit(h, "block1.unit1", 1, 1, False)
+    h = unit(h, "block2.unit1", 2, 2, True)
+    h = unit(h, "block2.unit2", 1, 1, False).mean(-1)
+    torch.testing.assert_close(r(x), F.linear(h, s["head.out.weight"], s["head.out.bias"]))
 
 
 HOSTILE = ["MODELS", "nn", "torch", "F", "f", "head", "Head", "ConvBN", "vgg", "Vgg", "none",
