@@ -14,6 +14,7 @@ And the command itself: printing, `--check` and `-w`.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -225,9 +226,43 @@ def test_fmt_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "tiny.mnet"
     spec.write_text(MESSY)
     assert main(["fmt", "--check", str(spec)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"{spec}: not in canonical form (run 'mncompile fmt -w {spec}')\n"
+    assert spec.read_text() == MESSY
     spec.write_text(CANONICAL)
     assert main(["fmt", "--check", str(spec)]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
+    # a canonical spec with a comment is not canonical: fmt drops comments
+    spec.write_text("# hi\n" + CANONICAL)
+    assert main(["fmt", "--check", str(spec)]) == 1
+
+
+def test_fmt_check_and_write_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "tiny.mnet"
+    spec.write_text(MESSY)
+    with pytest.raises(SystemExit) as info:
+        main(["fmt", "--check", "-w", str(spec)])
+    assert info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+    assert spec.read_text() == MESSY
+
+
+def test_fmt_write_through_a_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    real = tmp_path / "real.mnet"
+    real.write_text(MESSY)
+    link = tmp_path / "link.mnet"
+    link.symlink_to(real)
+    assert main(["fmt", "-w", str(link)]) == 0
+    assert link.is_symlink() and real.read_text() == CANONICAL
+
+
+def test_fmt_write_leaves_canonical_files_untouched(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.mnet"
+    spec.write_text(CANONICAL)
+    os.utime(spec, (1_000_000_000, 1_000_000_000))
+    assert main(["fmt", "-w", str(spec)]) == 0
+    assert spec.stat().st_mtime == 1_000_000_000
 
 
 def test_fmt_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,6 +271,7 @@ def test_fmt_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.chmod(spec, 0o640)
     assert main(["fmt", "-w", str(spec)]) == 0
     assert spec.read_text() == CANONICAL
+    assert stat.S_IMODE(spec.stat().st_mode) == 0o640  # the rewrite keeps the permissions
     assert capsys.readouterr().out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.mnet"]  # no temporary left behind
     assert main(["fmt", "--check", str(spec)]) == 0

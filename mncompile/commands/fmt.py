@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
 from mncompile.api import load
+from mncompile.diagnostics import MNError
 from mncompile.fmt import format_ensemble
 
 NAME = "fmt"
@@ -16,23 +19,49 @@ HELP = "print a spec in canonical form (comments are not kept)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the .mnet file")
-    p.add_argument("-w", "--write", action="store_true",
-                   help="rewrite the file in place instead of printing")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 if the file is not already in canonical form")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-w", "--write", action="store_true",
+                      help="rewrite the file in place instead of printing")
+    mode.add_argument("--check", action="store_true",
+                      help="exit 1 if the file is not already in canonical form")
 
 
 def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
     text = format_ensemble(e)
+    path = Path(args.spec)
     if args.check:
-        return 0 if Path(args.spec).read_text(encoding="utf-8") == text else 1
+        if path.read_bytes() == text.encode("utf-8"):
+            return 0
+        print(f"{args.spec}: not in canonical form (run 'mncompile fmt -w {args.spec}')",
+              file=sys.stderr)
+        return 1
     if args.write:
-        path = Path(args.spec)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        _write(path, text)
         return 0
     print(text, end="")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the file atomically, keeping its permissions; a symlink keeps pointing at it."""
+    target = path.resolve()
+    data = text.encode("utf-8")
+    if target.read_bytes() == data:
+        return  # already canonical: leave the file (and its modification time) alone
+    mode = stat.S_IMODE(target.stat().st_mode)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise MNError(f"cannot write the file: {exc.strerror}",
+                      hint="fmt -w needs write access to the file's folder; "
+                      "or print the canonical form with 'mncompile fmt SPEC'",
+                      source=str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
