@@ -320,7 +320,8 @@ class _Planner:
         assert not missing, f"hatch planner left member tensors unplanned: {missing}"
 
     def _input(self) -> Layout:
-        c = self.input[0] if self.rank else math.prod(self.input)
+        # an mlp flattens its input; a conv net's first layer sees the channels
+        c = math.prod(self.input) if self.member.family == "mlp" else self.input[0]
         return _one(self.new_map("input", c, c), c)
 
     def _head(self, layout: Layout, carried: int, nonneg: bool) -> None:
