@@ -107,8 +107,10 @@ def parse_text(text: str, source: str = "<string>", display: str | None = None) 
         tree = parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text).with_source(shown, text) from None
+    root = tree.children[0]
+    assert isinstance(root, Tree)
     try:
-        return _Builder(source).ensemble(tree.children[0])
+        return _Builder(source).ensemble(root)
     except MNError as err:
         raise err.with_source(shown, text) from None
 
@@ -352,9 +354,9 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
 def _unexpected_character(exc: UnexpectedCharacters, text: str) -> MNError:
     char = exc.char
     span = Span(line=exc.line, column=exc.column, end_line=exc.line, end_column=exc.column + 1)
-    before = text[: exc.pos_in_stream].rstrip(" \t")
-    word_before = re.search(r"[A-Za-z0-9_]*$", before)
-    glued_word = exc.pos_in_stream > 0 and text[exc.pos_in_stream - 1] not in " \t\r\n"
+    pos = exc.pos_in_stream or 0
+    word_before = re.search(r"[A-Za-z0-9_]*$", text[:pos])
+    glued_word = pos > 0 and text[pos - 1] not in " \t\r\n"
     if char == "-":
         if glued_word and word_before and word_before.group() and not word_before.group().isdigit():
             return MNError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from mncompile.api import load
 from mncompile.shapes import infer_net, layer_count
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for net in e.nets:
         s = infer_net(net, e.input, e.classes)
         rows.append({
