@@ -271,7 +271,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
     span = _token_span(tok)
     word = str(tok)
     if expected <= {"_SEMI", "$END"}:
-        closer = stack[-1] if stack and isinstance(stack[-1], Token) else None
+        closer = next((t for t in reversed(stack) if isinstance(t, Token) and t.type == "RBRACE"), None)
         at = f" (it was closed by the '}}' at line {closer.line}, column {closer.column})" if closer else ""
         return MNError(
             f"unexpected '{word}' after the end of the ensemble{at}",

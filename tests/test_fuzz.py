@@ -58,6 +58,7 @@ def assert_clean_outcome(workdir: Path, data: bytes) -> int:
         assert out == ""
         assert err.startswith(f"{spec}:"), err
         assert ": error: " in err.split("\n")[0]
+        assert "\n  = help: " in err  # every refusal says what would be valid
     else:
         assert "is valid" in out and err == ""
     return rc
