@@ -46,6 +46,7 @@ _HUMAN_TERMINALS = {
     "_X": "'x' (a repeat such as x3)",
     "_SEMI": "';'",
     "$END": "the end of the file",
+    "<END-OF-FILE>": "the end of the file",  # what lark calls $END in some parser states
 }
 
 
@@ -270,7 +271,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
         return MNError("unexpected end of file", span, hint=hint or None)
     span = _token_span(tok)
     word = str(tok)
-    if expected <= {"_SEMI", "$END"}:
+    if expected <= {"_SEMI", "$END", "<END-OF-FILE>"}:
         closer = next((t for t in reversed(stack) if isinstance(t, Token) and t.type == "RBRACE"), None)
         at = f" (it was closed by the '}}' at line {closer.line}, column {closer.column})" if closer else ""
         return MNError(

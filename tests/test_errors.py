@@ -44,6 +44,7 @@ CASES: list[tuple[str, str, str, int, int]] = [
     ("empty_file", "", "the file is empty", 1, 1),
     ("only_comments", "# nothing\n# here\n", "the file is empty", 2, 7),
     ("second_ensemble_after", H + NET + "}\nensemble f {\n}\n", "after the end of the ensemble", 6, 1),
+    ("junk_after_semicolon", H + NET + "};\nnet b mlp { }\n", "after the end of the ensemble", 6, 1),
     ("nested_ensemble", H + NET + "  ensemble f { }\n}\n", "a second 'ensemble'", 5, 3),
     ("too_many_dims", "ensemble e {\n  input 3x32x32x3\n  classes 10\n}\n",
      "at most three dimensions", 2, 16),
