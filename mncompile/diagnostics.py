@@ -67,8 +67,28 @@ def format_error(err: MNError) -> str:
             else:
                 width = max(1, len(src_line) - span.column + 1) if span.end_line > span.line else 1
             width = max(1, min(width, max(1, len(src_line) - span.column + 1)))
-            out.append(f" {gutter} | {src_line}")
-            out.append(f" {pad} | {' ' * (span.column - 1)}{'^' * width}")
+            shown, offset, width = _window(src_line, span.column - 1, width)
+            out.append(f" {gutter} | {shown}")
+            out.append(f" {pad} | {' ' * offset}{'^' * width}")
     if err.hint:
         out.append(f"  = help: {err.hint}")
     return "\n".join(out)
+
+
+#: the longest source line quoted whole; longer ones are cut to a window around the caret
+MAX_SHOWN = 160
+
+
+def _window(line: str, start: int, width: int) -> tuple[str, int, int]:
+    """(the text to quote, the caret's offset in it, the caret's width) for a source line.
+
+    A line of 100 000 digits must not flood the terminal: past `MAX_SHOWN` characters only
+    a window around the caret is shown, with '...' where text was left out.
+    """
+    if len(line) <= MAX_SHOWN:
+        return line, start, width
+    lo = max(0, start - MAX_SHOWN // 3)
+    hi = min(len(line), lo + MAX_SHOWN)
+    head = "..." if lo > 0 else ""
+    tail = "..." if hi < len(line) else ""
+    return head + line[lo:hi] + tail, len(head) + start - lo, max(1, min(width, hi - start))

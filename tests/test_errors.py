@@ -213,11 +213,19 @@ def test_error_through_the_library(name: str, text: str, message: str, line: int
     assert err.hint, f"no hint saying what would be valid:\n{err}"
     shown = str(err).split("\n")
     assert shown[0].startswith(f"spec.mnet:{line}:{column}: error: ")
-    # the quoted source line, then the caret exactly under the reported column
-    assert shown[1] == f" {line} | {_source_line(text, line)}"
+    # the quoted source line (a window of it when long), then the caret under the reported column
+    src = _source_line(text, line)
+    quoted = shown[1].split(" | ", 1)[1]
     caret = shown[2].split(" | ", 1)[1]
-    assert caret.startswith(" " * (column - 1) + "^")
+    assert shown[1].startswith(f" {line} | ")
+    if len(src) <= 160:
+        assert quoted == src
+        assert caret.startswith(" " * (column - 1) + "^")
+    else:
+        assert len(quoted) <= 166
     assert set(caret.strip()) == {"^"}
+    at = len(caret) - len(caret.lstrip(" "))
+    assert quoted[at:].startswith(src[column - 1 : column + 4]) or column > len(src)
     assert shown[-1].startswith("  = help: ")
 
 
@@ -242,6 +250,17 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     rc = main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def test_long_lines_are_quoted_as_a_window() -> None:
+    widths = "8 " * 300 + "0 " + "8 " * 300
+    text = "ensemble e {\n  input 40\n  classes 10\n  net a mlp { dense " + widths + "}\n}\n"
+    with pytest.raises(MNError) as info:
+        loads(text, "long.mnet")
+    _, quoted, caret, _ = str(info.value).split("\n")
+    assert quoted.startswith(" 4 | ...") and quoted.endswith("...") and len(quoted) < 180
+    at = caret.index("^")
+    assert quoted[at - 2 : at + 3] == "8 0 8" and caret.split(" | ", 1)[1].strip() == "^"
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
