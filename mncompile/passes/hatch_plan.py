@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -652,3 +653,35 @@ def table_from_json(data: dict[str, Any]) -> HatchTable:
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise MNError(f"malformed hatch table: {err!r}",
                       hint="regenerate the tables with `mncompile`") from None
+
+
+def table_dumps(table: HatchTable) -> str:
+    """The table as deterministic JSON text: one line per entry, map and MotherNet tensor.
+
+    >>> from mncompile.ir import Linear, Net
+    >>> t = plan_hatching(Net(name="m", family="mlp", dense=(Linear(width=2),)),
+    ...                   Net(name="n", family="mlp", dense=(Linear(width=3),)), (4,), 2)
+    >>> text = table_dumps(t)
+    >>> table_from_json(json.loads(text)) == t, text.splitlines()[1]
+    (True, ' "bn_eps": 1e-05,')
+    """
+    data = table_to_json(table)
+    lines = ["{"]
+    items = sorted(data.items())
+    for i, (key, value) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if key in ("entries", "maps", "mother_tensors") and value:
+            if isinstance(value, list):
+                rows = [json.dumps(v, sort_keys=True) for v in value]
+                open_, close = "[", "]"
+            else:
+                rows = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(value.items())]
+                open_, close = "{", "}"
+            lines.append(f" {json.dumps(key)}: {open_}")
+            lines.extend(f"  {r}," for r in rows[:-1])
+            lines.append(f"  {rows[-1]}")
+            lines.append(f" {close}{comma}")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

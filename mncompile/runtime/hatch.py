@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mncompile.diagnostics import MNError
-from mncompile.passes.hatch_plan import Entry, HatchTable, Layout, table_from_json
+from mncompile.passes.hatch_plan import Entry, HatchTable, Layout, WidenMap, table_from_json
 
 NOISE_MODES = ("gaussian", "symmetric")
 
@@ -75,32 +75,41 @@ def check_mother(state: Mapping[str, Tensor], table: HatchTable) -> None:
                       f"of member '{table.member}' does not know", hint=hint)
 
 
+class _MapTensors:
+    """g and 1/c(g(j)) of one widening map, as tensors."""
+
+    def __init__(self, g: WidenMap) -> None:
+        keep = torch.arange(min(g.old, g.new), dtype=torch.long)
+        self.index = torch.cat([keep, torch.tensor(g.extra, dtype=torch.long)])
+        counts = torch.bincount(self.index, minlength=g.old).to(torch.float64)
+        self.scale = 1.0 / counts[self.index]
+
+
 class _Index:
     """The gather index, 1/count factors and new positions of one layout, as tensors."""
 
-    def __init__(self, layout: Layout, table: HatchTable, device: torch.device) -> None:
-        index: list[int] = []
-        scale: list[float] = []
-        new: list[int] = []
-        groups: list[int] = []
+    def __init__(self, layout: Layout, maps: dict[str, _MapTensors], device: torch.device) -> None:
+        index: list[Tensor] = []
+        scale: list[Tensor] = []
+        groups: list[Tensor] = []
+        new: list[Tensor] = []
+        start = 0
         for seg in layout:
-            start = len(index)
             if seg.map is None:
-                new.extend(range(start, start + seg.size))
-                index.extend([0] * seg.size)
-                scale.extend([0.0] * seg.size)
-                groups.extend([-1] * seg.size)
-                continue
-            g = table.maps[seg.map]
-            counts = g.counts()
-            gi = g.index()
-            index.extend(seg.at + i for i in gi)
-            scale.extend(1.0 / counts[i] for i in gi)
-            groups.extend(seg.at + i for i in gi)
-        self.index = torch.tensor(index, dtype=torch.long, device=device)
-        self.scale = torch.tensor(scale, dtype=torch.float64, device=device)
-        self.new = torch.tensor(new, dtype=torch.long, device=device)
-        self.groups = torch.tensor(groups, dtype=torch.long)
+                new.append(torch.arange(start, start + seg.size))
+                index.append(torch.zeros(seg.size, dtype=torch.long))
+                scale.append(torch.zeros(seg.size, dtype=torch.float64))
+                groups.append(torch.full((seg.size,), -1, dtype=torch.long))
+            else:
+                g = maps[seg.map]
+                index.append(g.index + seg.at)
+                scale.append(g.scale)
+                groups.append(g.index + seg.at)
+            start += seg.size
+        self.index = torch.cat(index).to(device)
+        self.scale = torch.cat(scale).to(device)
+        self.new = (torch.cat(new) if new else torch.zeros(0, dtype=torch.long)).to(device)
+        self.groups = torch.cat(groups)
         self._pairs: tuple[Tensor, Tensor] | None = None
 
     def pairs(self) -> tuple[Tensor, Tensor]:
@@ -168,13 +177,14 @@ class _Hatcher:
         self.dtype = ref.dtype if ref is not None else torch.float32
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.cache: dict[Layout, _Index] = {}
+        self.maps = {name: _MapTensors(g) for name, g in table.maps.items()}
         # new tensors are a function of the table alone, so a hatched member is reproducible
         self.gen = torch.Generator().manual_seed(
             (table.seed * 1_000_003 + zlib.crc32(table.member.encode())) % 2**63)
 
     def index(self, layout: Layout) -> _Index:
         if layout not in self.cache:
-            self.cache[layout] = _Index(layout, self.table, self.device)
+            self.cache[layout] = _Index(layout, self.maps, self.device)
         return self.cache[layout]
 
     def build(self, e: Entry) -> Tensor:
