@@ -240,3 +240,22 @@ def test_end_to_end_lockstep_to_results(tmp_path) -> None:  # type: ignore[no-un
 def mlp_digits(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_package_exports_resolve_lazily() -> None:
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+
+    import mncompile.runtime as rt
+
+    for name, module in rt._EXPORTS.items():
+        if importlib.util.find_spec(f"mncompile.runtime.{module}") is not None:
+            assert getattr(rt, name) is getattr(importlib.import_module(f"mncompile.runtime.{module}"), name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        rt.nope  # noqa: B018
+    code = "import sys, mncompile.runtime; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )

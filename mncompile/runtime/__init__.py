@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "load_dataset": "data",
     "batches": "data",
     "augment_batch": "data",
+    "num_batches": "data",
     # train.py
     "TrainSettings": "train",
     "EpochRecord": "train",
@@ -24,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "train_model": "train",
     "train_lockstep": "train",
     "train_sequential": "train",
+    "group_seconds": "train",
+    "epoch_generator": "train",
     "predict_proba": "train",
     # checkpoint.py
     "save_checkpoint": "checkpoint",
@@ -32,8 +35,12 @@ _EXPORTS: dict[str, str] = {
     "ensemble_metrics": "metrics",
     "member_metrics": "metrics",
     "diversity_over_trainings": "metrics",
+    "diversity": "metrics",
     # results.py
     "build_results": "results",
+    "PhaseRecord": "results",
+    "load_results": "results",
+    "cost_usd": "results",
     "write_results": "results",
     "write_history": "results",
     "format_table": "results",
