@@ -46,8 +46,9 @@ _EXPORTS: dict[str, str] = {
     "format_table": "results",
     # progress.py
     "Progress": "progress",
-    # hatch.py (another module's exports go here)
-    "hatch": "hatch",
+    # hatch.py. Its function `hatch` cannot be exported lazily: once the submodule
+    # mncompile.runtime.hatch is imported, the import system binds the package attribute `hatch`
+    # to the module, shadowing any lazy name. Write `from mncompile.runtime.hatch import hatch`.
     "verify_hatch": "hatch",
 }
 

@@ -53,7 +53,11 @@ STATUSES = ("training", "converged", "max_epochs", "diverged")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The settings of one training phase (a MotherNet or a hatched member, say)."""
+    """The settings of one training phase (a MotherNet or a hatched member, say).
+
+    `patience` <= 0 turns early stopping off; `tolerance` is the absolute gain in training
+    accuracy (a fraction) an epoch must beat the best by to count as an improvement.
+    """
 
     batch: int = 256
     lr: float = 0.1
