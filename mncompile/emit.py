@@ -13,6 +13,7 @@ only loop over it. Every identifier that comes from the spec is handed out by on
 
 from __future__ import annotations
 
+import json
 import linecache
 import math
 import os
@@ -21,7 +22,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ import jinja2
 
 from mncompile import __version__
 from mncompile.diagnostics import MNError
-from mncompile.ir import Ensemble, Layer, Net
+from mncompile.ir import TRAIN_DEFAULTS, Ensemble, Layer, Net
 from mncompile.naming import MODULE_NAMES, Namespace, comment_text, py_str
 from mncompile.resources import templates_dir
 from mncompile.shapes import infer_net
@@ -38,6 +39,7 @@ from mncompile.table import human
 
 if TYPE_CHECKING:
     from mncompile.passes.cluster import Plan
+    from mncompile.passes.hatch_plan import HatchTable
 
 LINE_LENGTH = 110
 #: the generated folder's marker: `mncompile SPEC -o DIR` only replaces folders that have it
@@ -309,6 +311,30 @@ class EmitContext:
     def built_for(self) -> dict[str, list[str]]:
         return {c.mother.name: list(c.members) for c in self.plan.clusters}
 
+    @cached_property
+    def tables(self) -> dict[str, HatchTable]:
+        """The hatching table of every member of a cluster of two or more nets, in spec order."""
+        return hatch_tables(self.plan)
+
+    @cached_property
+    def hatch_files(self) -> dict[str, str]:
+        """Each table's path, `hatch/<member>.json`: names unique even on case-insensitive disks."""
+        namer = Namespace(casefold=True)
+        return {m: f"hatch/{namer.create_name(m)}.json" for m in self.tables}
+
+
+def hatch_tables(plan: Plan) -> dict[str, HatchTable]:
+    """Plan every member's hatching from its cluster's MotherNet (clusters of one have none)."""
+    from mncompile.passes.hatch_plan import plan_hatching
+
+    e = plan.ensemble
+    tables = {}
+    for net in e.nets:
+        c = plan.cluster_of(net.name)
+        if len(c.members) > 1:
+            tables[net.name] = plan_hatching(c.mother, net, e.input, e.classes, seed=plan.seed)
+    return tables
+
 
 Renderer = Callable[[EmitContext], dict[str, str]]
 
@@ -316,6 +342,40 @@ Renderer = Callable[[EmitContext], dict[str, str]]
 def render_models(ctx: EmitContext) -> dict[str, str]:
     nets = [*ctx.mothers, *ctx.ensemble.nets]
     return {"models.py": models_source(ctx.ensemble, nets, ctx.source_name, mothers=ctx.built_for)}
+
+
+def render_hatch(ctx: EmitContext) -> dict[str, str]:
+    """hatch/<member>.json: one table per member of every cluster of two or more nets."""
+    from mncompile.passes.hatch_plan import table_to_json
+
+    files = ctx.hatch_files
+    return {files[m]: json.dumps(table_to_json(t), sort_keys=True, separators=(",", ":")) + "\n"
+            for m, t in ctx.tables.items()}
+
+
+def render_train(ctx: EmitContext) -> dict[str, str]:
+    """train.py: the spec's training settings and dataset, handed to mncompile.runtime.pipeline."""
+    e = ctx.ensemble
+    config = e.config.model_dump()
+    train = [(py_str(k), _literal(config[k])) for k in TRAIN_DEFAULTS]
+    return {"train.py": render(
+        "train.py.j2",
+        ensemble=comment_text(e.name),
+        source=comment_text(ctx.source_name),
+        version=__version__,
+        ensemble_literal=py_str(e.name),
+        data_literal=py_str(e.data) if e.data is not None else "None",
+        train=train,
+    )}
+
+
+def _literal(value: object) -> str:
+    """A validated setting as a Python literal (ints, finite floats, plain strings only)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise AssertionError(f"unexpected training setting {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AssertionError(f"non-finite training setting {value!r}")
+    return py_str(value) if isinstance(value, str) else repr(value)
 
 
 def render_plan(ctx: EmitContext) -> dict[str, str]:
@@ -368,13 +428,16 @@ def compile_command(source_name: str, options: Mapping[str, Any]) -> str:
 
 
 #: the renderers of the generated folder, in order; README.md comes last and lists them all
-RENDERERS: list[Renderer] = [render_models, render_plan]
+RENDERERS: list[Renderer] = [render_models, render_plan, render_hatch, render_train]
 
 
 def emit_files(ensemble: Ensemble, plan: Plan, source_name: str | None = None,
                options: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Every generated file: {relative path: text}, in sorted order. Pure and deterministic."""
-    ctx = EmitContext(ensemble, plan, source_name_of(ensemble, source_name), dict(options or {}))
+    return _emit(EmitContext(ensemble, plan, source_name_of(ensemble, source_name), dict(options or {})))
+
+
+def _emit(ctx: EmitContext) -> dict[str, str]:
     files: dict[str, str] = {}
     for renderer in RENDERERS:
         for path, text in renderer(ctx).items():
@@ -392,6 +455,8 @@ class Output:
 
     plan: Plan
     files: dict[str, str]
+    #: the hatching table of every member of a cluster of two or more nets
+    tables: dict[str, HatchTable] = field(default_factory=dict)
 
 
 def compile_ensemble(ensemble: Ensemble, clusters: int | None = None, seed: int = 0,
@@ -400,8 +465,9 @@ def compile_ensemble(ensemble: Ensemble, clusters: int | None = None, seed: int 
     from mncompile.passes.cluster import plan_ensemble
 
     plan = plan_ensemble(ensemble, clusters=clusters, seed=seed)
-    files = emit_files(ensemble, plan, source_name, {"clusters": clusters, "seed": seed})
-    return Output(plan, files)
+    options = {"clusters": clusters, "seed": seed}
+    ctx = EmitContext(ensemble, plan, source_name_of(ensemble, source_name), options)
+    return Output(plan, _emit(ctx), ctx.tables)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from mncompile.shapes import infer_net
 from mncompile.table import human, render
 
 NAME = "compile"
-HELP = "compile a spec into models.py, plan.json and README.md (the default command)"
+HELP = "compile a spec into models.py, plan.json, hatch/, train.py and README.md (the default command)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,4 +91,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
     print()
     print(summary(out))
+    print(exactness(out))
     return 0
+
+
+def exactness(out: Output) -> str:
+    """One line on the hatching tables: all exact, or which members are not, and why."""
+    tables = out.tables
+    if not tables:
+        return "hatching: no tables (every cluster has one net: its MotherNet is the net itself)"
+    inexact = {m: t for m, t in tables.items() if not t.exact}
+    if not inexact:
+        return f"hatching: all {len(tables)} tables exact (each member starts as its MotherNet's function)"
+    lines = [f"hatching: {len(tables) - len(inexact)} of {len(tables)} tables exact; not exact:"]
+    for m, t in inexact.items():
+        lines.append(f"  {m}: " + "; ".join(t.reasons))
+    return "\n".join(lines)

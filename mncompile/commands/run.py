@@ -1,0 +1,60 @@
+"""`mncompile run SPEC`: compile the spec, then train and evaluate its ensemble in-process.
+
+The same as `mncompile SPEC -o DIR` followed by `python DIR/train.py [options]`: the generated
+folder is written first (refusing folders mncompile did not generate, like compile), then the
+pipeline runs on it with the remaining options. Without `--data`, the spec's `data` is used,
+else mnist1d. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mncompile.api import load
+from mncompile.commands.compile import _positive_int
+from mncompile.diagnostics import MNError
+from mncompile.emit import compile_ensemble, write_folder
+from mncompile.runtime.pipeline import add_run_arguments, resume_command, run_guarded
+
+NAME = "run"
+HELP = "compile a spec, then train its MotherNets and members and evaluate the ensemble"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the .mnet file")
+    c = p.add_argument_group("compile")
+    c.add_argument("-o", "--output", metavar="DIR",
+                   help="the generated folder to write (default: generated/<ensemble>/)")
+    c.add_argument("--clusters", "-g", metavar="G", type=_positive_int,
+                   help="number of MotherNets (default: one per architecture class)")
+    c.add_argument("--cluster-seed", type=int, default=0, metavar="S",
+                   help="seed of the clustering restarts (default 0)")
+    c.add_argument("--force", action="store_true",
+                   help="replace the generated folder even if mncompile did not generate it")
+    add_run_arguments(p, None)
+
+
+def run(args: argparse.Namespace) -> int:
+    e = load(args.spec)
+    dest = Path(args.output) if args.output else Path("generated") / e.name
+    try:
+        out = compile_ensemble(e, clusters=args.clusters, seed=args.cluster_seed,
+                               source_name=Path(args.spec).name)
+        write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
+    except MNError as err:
+        if err.span is not None and err.span.line > 0:
+            raise err.with_source(args.spec, Path(args.spec).read_text(encoding="utf-8")) from None
+        raise err.with_source("mncompile", "") from None
+    if args.out is None:
+        args.out = str(Path("runs") / e.name)
+    print(f"wrote {dest}; training with method {args.method}", flush=True)
+    defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+    # a resume recompiles too: the same spec and options give the same folder
+    argv = sys.argv[1:] if sys.argv[1:] and "run" in sys.argv[1:] else ["run", args.spec]
+    hint = resume_command(argv, "mncompile")
+    try:
+        return run_guarded(dest, defaults, args, hint)
+    except MNError as err:
+        raise err.with_source("mncompile run", "") from None
