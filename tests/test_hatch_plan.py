@@ -146,6 +146,9 @@ def test_inexact_tables_say_why(mother: Net, member: Net, words: str) -> None:
     t = plan_hatching(mother, member, (2, 8, 8) if mother.family != "mlp" else (5,), 3)
     assert not t.exact and not t.exact_train
     assert any(words in r for r in t.reasons), t.reasons
+    flagged = [e for e in t.entries if not e.exact]
+    assert flagged and all(e.reason for e in flagged)
+    assert {r for e in flagged for r in (e.reason or "").split(" | ")} == set(t.reasons)
     hatch(state_of(mother, t.input), t)  # still produces a member
 
 

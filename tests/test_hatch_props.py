@@ -18,7 +18,7 @@ from mncompile.passes.mothernet import build_mothernet
 from mncompile.runtime.hatch import hatch, verify_hatch
 from tests.strategies import input_shapes, nets
 
-SETTINGS = settings(max_examples=12, deadline=None,
+SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CASES = [("mlp", 0), ("mlp", 2), ("plain", 1), ("plain", 2), ("residual", 1), ("residual", 2),
          ("dense", 1), ("dense", 2)]
@@ -104,7 +104,11 @@ def check_pair(shape: tuple[int, ...], mother: Net, member: Net, seed: int) -> N
     assert table_from_json(table_to_json(table)) == table
     assert table == plan_hatching(mother, member, shape, 3, seed=seed)
     assert table.exact == (not table.reasons)
-    assert table.exact == all(e.exact for e in table.entries) or not table.exact
+    # every reason is attached to the entries it concerns
+    assert table.exact == all(e.exact for e in table.entries)
+    for e in table.entries:
+        assert e.exact == (e.reason is None)
+        assert e.reason is None or set(e.reason.split(" | ")) <= set(table.reasons)
     mnet, nnet = build(shape, mother, member)
     nnet.load_state_dict(hatch(mnet, table_to_json(table)))
     x = torch.randn((4,) + shape, generator=torch.Generator().manual_seed(seed))

@@ -167,6 +167,8 @@ class _Planner:
         self.entries: dict[str, Entry] = {}
         self.reasons: list[str] = []
         self.exact_train = True
+        #: while set, every entry made is marked not exact with this reason (already in `reasons`)
+        self.scope: str | None = None
 
     # -- building blocks -------------------------------------------------------------------
 
@@ -180,12 +182,23 @@ class _Planner:
     def inexact(self, reason: str) -> None:
         self.reasons.append(reason)
 
+    def begin(self, reasons: Sequence[str] | None, outer: str | None = None) -> None:
+        """Mark the entries made from now on not exact, for these reasons (or `outer`'s)."""
+        if reasons:
+            self.reasons.extend(reasons)
+            self.scope = " | ".join(reasons)
+        else:
+            self.scope = outer
+
     def put(self, key: str, **kw: Any) -> None:
         spec = self.nspecs[key]
         reason = kw.get("reason")
         if reason is not None:
-            kw["exact"] = False
             self.inexact(reason)
+        elif self.scope is not None:
+            kw["reason"] = reason = self.scope
+        if reason is not None:
+            kw["exact"] = False
         self.entries[key] = Entry(key=key, shape=spec.shape, kind=spec.kind, **kw)
 
     def conv(self, key: str, source: str | None, rows: Layout, cols: Layout, k_from: int,
@@ -238,11 +251,12 @@ class _Planner:
     # -- alignment of a block's layers -------------------------------------------------------
 
     def align(self, where: str, mlayers: Sequence[Layer], nlayers: Sequence[Layer], carried: int,
-              nonneg: bool, keys: Sequence[str]) -> tuple[tuple[int, ...], list[str]]:
+              nonneg: bool, keys: Sequence[str]) -> tuple[tuple[int, ...], dict[int, list[str]]]:
         """Place the MotherNet's layers at member positions; the rest become identities.
 
         Prefers the first layers (the MotherNet's construction); tries other placements only
-        when that one is not exact. Returns the positions and the reasons it is not exact.
+        when that one is not exact. Returns the positions and, per member position, the
+        reasons it is not exact.
         """
         m, n = len(mlayers), len(nlayers)
         if n < m:
@@ -252,13 +266,13 @@ class _Planner:
                 nlayers[-1].span if nlayers else None,
                 hint="hatch members from a MotherNet built from their own cluster",
             )
-        first_feasible: tuple[tuple[int, ...], list[str]] | None = None
+        first_feasible: tuple[tuple[int, ...], dict[int, list[str]]] | None = None
         for pos in itertools.islice(itertools.combinations(range(n), m), MAX_ALIGNMENTS):
             reasons = self._check_alignment(mlayers, nlayers, carried, nonneg, keys, pos)
             if reasons is None:
                 continue
             if not reasons:
-                return pos, []
+                return pos, {}
             if first_feasible is None:
                 first_feasible = (pos, reasons)
         if first_feasible is None:
@@ -274,25 +288,28 @@ class _Planner:
 
     @staticmethod
     def _check_alignment(mlayers: Sequence[Layer], nlayers: Sequence[Layer], carried: int,
-                         nonneg: bool, keys: Sequence[str], pos: tuple[int, ...]) -> list[str] | None:
+                         nonneg: bool, keys: Sequence[str], pos: tuple[int, ...]
+                         ) -> dict[int, list[str]] | None:
         where = dict(zip(pos, range(len(pos)), strict=True))
-        reasons: list[str] = []
+        reasons: dict[int, list[str]] = {}
         for j, nl in enumerate(nlayers):
             if j in where:
                 ml = mlayers[where[j]]
                 if nl.filters < ml.filters:
                     return None
                 if nl.kernel < ml.kernel:
-                    reasons.append(f"{keys[j]}: kernel {nl.kernel} is smaller than the "
-                                   f"MotherNet's {ml.kernel}; the centre is cropped")
+                    reasons.setdefault(j, []).append(
+                        f"{keys[j]}.conv: kernel {nl.kernel} is smaller than the MotherNet's "
+                        f"{ml.kernel}; the centre is cropped")
                 carried = ml.filters
                 continue
             if nl.filters < carried:
-                reasons.append(f"{keys[j]}: an added identity layer of {nl.filters} units "
+                reasons.setdefault(j, []).append(f"{keys[j]}: an added identity layer of {nl.filters} units "
                                f"cannot carry the MotherNet's {carried} channels")
             if j == 0 and not nonneg:
-                reasons.append(f"{keys[j]}: an added identity layer here sees raw inputs, which "
-                               "may be negative (relu(x) != x)")
+                reasons.setdefault(j, []).append(
+                    f"{keys[j]}: an added identity layer here sees raw inputs, which may be "
+                    "negative (relu(x) != x)")
         return reasons
 
     # -- families ------------------------------------------------------------------------------
@@ -330,8 +347,7 @@ class _Planner:
         keys = [f"head.fc{i}" for i in range(1, len(nw) + 1)]
         mlayers = [Layer(kernel=1, filters=d.width, span=d.span) for d in mw]
         nlayers = [Layer(kernel=1, filters=d.width, span=d.span) for d in nw]
-        pos, reasons = self.align("the head", mlayers, nlayers, carried, nonneg, keys)
-        self.reasons.extend(reasons)
+        pos, why = self.align("the head", mlayers, nlayers, carried, nonneg, keys)
         aligned = dict(zip(pos, range(len(pos)), strict=True))
         for j, key in enumerate(keys):
             width = nw[j].width
@@ -343,9 +359,11 @@ class _Planner:
                 self.put(f"{key}.bias", source=f"{src}.bias", rows=out)
                 carried = old
             else:
+                self.begin(why.get(j))
                 out = _one(self.new_map(key, carried, width), width)
                 self.identity(key, out, layout, None)
                 self.new(f"{key}.bias", "zeros")
+                self.scope = None
             layout = out
         self.put("head.out.weight", source="head.out.weight", cols=layout)
         self.put("head.out.bias", source="head.out.bias")
@@ -362,12 +380,12 @@ class _Planner:
             keys = [f"block{b}.layer{j}" for j in range(1, len(nblock.layers) + 1)]
             if b <= len(m.blocks):
                 mlayers = m.blocks[b - 1].layers
-                pos, reasons = self.align(f"block {b}", mlayers, nblock.layers, carried, b > 1, keys)
-                self.reasons.extend(reasons)
+                pos, why = self.align(f"block {b}", mlayers, nblock.layers, carried, b > 1, keys)
             else:
-                mlayers, pos = (), ()
-                self.inexact(f"block{b}: the MotherNet has no block {b}; its 2x max-pool is not "
-                             "an identity")
+                mlayers, pos, why = (), (), {}
+                self.begin([f"block{b}: the MotherNet has no block {b}; its 2x max-pool is not "
+                            "an identity"])
+            block_scope = self.scope
             aligned = dict(zip(pos, range(len(pos)), strict=True))
             for j, (key, nl) in enumerate(zip(keys, nblock.layers, strict=True)):
                 if j in aligned:
@@ -379,11 +397,14 @@ class _Planner:
                     carried = ml.filters
                 else:
                     # an identity conv after a ReLU, then BN set to the eval-mode identity
+                    self.begin(why.get(j), block_scope)
                     out = _one(self.new_map(key, carried, nl.filters), nl.filters)
                     self.identity(f"{key}.conv", out, layout, nl.kernel)
                     self.bn(f"{key}.bn", None, None, mode="identity")
                     self.exact_train = False
+                    self.scope = block_scope
                 layout = out
+            self.scope = None
         self._head(layout, carried, nonneg=True)
 
     def _stem(self) -> Layout:
@@ -403,8 +424,8 @@ class _Planner:
             mblock = m.blocks[s - 1] if s <= len(m.blocks) else None
             w = nblock.layers[0].filters
             if mblock is None:
-                self.inexact(f"block{s}: the MotherNet has no stage {s}; its first unit's stride 2 "
-                             "subsamples the feature map, which is not an identity")
+                self.begin([f"block{s}: the MotherNet has no stage {s}; its first unit's stride 2 "
+                            "subsamples the feature map, which is not an identity"])
             elif len(nblock.layers) < len(mblock.layers):
                 raise MNError(
                     f"stage {s} of member '{n.name}' has {len(nblock.layers)} units but the "
@@ -422,6 +443,9 @@ class _Planner:
                 if mblock is not None and u <= len(mblock.layers):
                     ml = mblock.layers[u - 1]
                     mproj = f"{p}.shortcut.conv.weight" in self.mspecs
+                    if mproj and not nproj:
+                        self.begin([f"{p}: the member's identity shortcut replaces the MotherNet's "
+                                    "projection"])
                     inner = _one(self.new_map(f"{p}.inner", ml.filters, w), w)
                     out = stream
                     if nproj or mproj:
@@ -438,9 +462,7 @@ class _Planner:
                         self.identity(f"{p}.shortcut.conv", out, stream, 1)
                         self.bn(f"{p}.shortcut.bn", None, None, mode="identity")
                         self.exact_train = False
-                    elif mproj:
-                        self.inexact(f"{p}: the member's identity shortcut replaces the "
-                                     "MotherNet's projection")
+                    self.scope = None
                     carried = ml.filters
                 else:
                     out = stream
@@ -459,6 +481,7 @@ class _Planner:
                     self.fresh_conv(f"{p}.conv2")
                     self.bn(f"{p}.bn2", None, None, mode="zero")
                 stream, width = out, w
+            self.scope = None
         self._head(stream, carried, nonneg=True)
 
     def _dense(self) -> None:
@@ -500,11 +523,12 @@ class _Planner:
                     self.bn(f"{t}.bn", f"{t}.bn", layout)
                     self.conv(f"{t}.conv", f"{t}.conv", layout, layout, 1, 1)
                 else:
-                    self.inexact(f"{t}: the MotherNet has no transition here; its ReLU and 2x "
-                                 "average pool are not an identity")
+                    self.begin([f"{t}: the MotherNet has no transition here; its ReLU and 2x "
+                                "average pool are not an identity"])
                     self.bn(f"{t}.bn", None, None, mode="identity")
                     self.identity(f"{t}.conv", layout, layout, 1)
                     self.exact_train = False
+                    self.scope = None
         self.bn("head.bn", "head.bn", layout)
         self._head(layout, mc, nonneg=True)
 
