@@ -129,6 +129,11 @@ class _Index:
         return self._pairs
 
 
+def _member_seed(seed: int, member: str) -> int:
+    # one seed for a whole ensemble still gives every member its own stream
+    return (seed * 1_000_003 + zlib.crc32(member.encode())) % 2**63
+
+
 def _identity(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     n = shape[0]
     out = torch.zeros(shape, dtype=dtype, device=device)
@@ -179,8 +184,7 @@ class _Hatcher:
         self.cache: dict[Layout, _Index] = {}
         self.maps = {name: _MapTensors(g) for name, g in table.maps.items()}
         # new tensors are a function of the table alone, so a hatched member is reproducible
-        self.gen = torch.Generator().manual_seed(
-            (table.seed * 1_000_003 + zlib.crc32(table.member.encode())) % 2**63)
+        self.gen = torch.Generator().manual_seed(_member_seed(table.seed, table.member))
 
     def index(self, layout: Layout) -> _Index:
         if layout not in self.cache:
@@ -222,7 +226,7 @@ class _Hatcher:
 
 def _noise(out: dict[str, Tensor], table: HatchTable, hatcher: _Hatcher, noise: float, mode: str,
            seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(_member_seed(seed, table.member))
     for e in table.entries:
         t = out[e.key]
         if e.kind != "param" or not t.is_floating_point() or t.numel() < 2:
@@ -251,7 +255,8 @@ def hatch(mother: nn.Module | Mapping[str, Tensor], table: HatchTable | Mapping[
     `noise` > 0 then perturbs the member's parameters: `gaussian` adds N(0, (noise x the
     tensor's std)^2) to every float parameter (not to running statistics); `symmetric` adds
     +d and -d to the outgoing weights of paired replicas, which keeps the function exactly.
-    The noise is drawn from a generator seeded with `seed`.
+    The noise is drawn from a generator seeded with `seed` and the member's name, so one seed
+    for the whole ensemble still gives each member its own noise.
     """
     if noise_mode not in NOISE_MODES:
         raise MNError(f"unknown noise_mode {noise_mode!r}", hint="use 'gaussian' or 'symmetric'")
