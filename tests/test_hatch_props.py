@@ -86,7 +86,8 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5)
 
 
-def build(shape: tuple[int, ...], mother: Net, member: Net, classes: int = 3):
+def build(shape: tuple[int, ...], mother: Net, member: Net, classes: int = 3
+          ) -> tuple[torch.nn.Module, torch.nn.Module]:
     e = Ensemble(name="e", input=shape, classes=classes, nets=(mother, member))
     models = load_models(models_source(e, [mother, member])).MODELS
     torch.manual_seed(0)
