@@ -213,12 +213,12 @@ def train_mothernets(ctx: RunContext) -> Outcome:
 
     first: dict[str, nn.Module] = {}
     mother_of: dict[str, str] = {}
-    for mother, members in ctx.clusters:
-        if len(members) == 1:
-            first[members[0]] = ctx.build(members[0])
+    for mother_name, cluster in ctx.clusters:
+        if len(cluster) == 1:
+            first[cluster[0]] = ctx.build(cluster[0])
         else:
-            first[mother] = ctx.build(mother)
-            mother_of.update({m: mother for m in members})
+            first[mother_name] = ctx.build(mother_name)
+            mother_of.update({m: mother_name for m in cluster})
     first_results = ctx.train(first, ctx.mother_settings, "mothernets")
     phases = [PhaseRecord("mothernets", ctx.phase_seconds(first_results), first_results)]
     for name, r in first_results.items():
