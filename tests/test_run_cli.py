@@ -89,3 +89,19 @@ def test_train_py_refuses_an_incomplete_folder(tmp_path: Path, monkeypatch: pyte
     assert pipeline_main(tmp_path / "gen", defaults, QUICK) == 2
     assert "c24.json' is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_in_mncompile_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from mncompile.runtime import pipeline
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "execute", interrupted)
+    assert cli_main(["run", str(MNIST1D), "--clusters", "2", "--epochs-scale", "0.5", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "runs/mnist1d/ckpt" in err
+    assert (f"mncompile run {MNIST1D} --clusters 2 --out runs/mnist1d --epochs-scale 0.5 --quiet --resume"
+            in err)

@@ -9,7 +9,6 @@ else mnist1d. Importing this module does not import torch.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mncompile.api import load
@@ -23,6 +22,7 @@ HELP = "compile a spec, then train its MotherNets and members and evaluate the e
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `mncompile run`: compile options, then those of train.py."""
     p.add_argument("spec", help="the .mnet file")
     c = p.add_argument_group("compile")
     c.add_argument("-o", "--output", metavar="DIR",
@@ -34,6 +34,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--force", action="store_true",
                    help="replace the generated folder even if mncompile did not generate it")
     add_run_arguments(p, None)
+
+
+_PARSER = argparse.ArgumentParser(add_help=False)
+add_arguments(_PARSER)
+
+
+#: options that are not passed on when the run is resumed
+_NOT_OPTIONS = frozenset({"spec", "command", "handler", "debug", "resume"})
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """`run SPEC` and the options of `args` that differ from their defaults (to resume the run)."""
+    defaults = vars(_PARSER.parse_args([args.spec]))
+    argv = ["run", args.spec]
+    for dest, value in vars(args).items():
+        if dest in _NOT_OPTIONS or dest not in defaults or value == defaults[dest] or value is None:
+            continue
+        flag = "--output" if dest == "output" else "--" + dest.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {dest}; training with method {args.method}", flush=True)
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
     # a resume recompiles too: the same spec and options give the same folder
-    argv = sys.argv[1:] if sys.argv[1:] and "run" in sys.argv[1:] else ["run", args.spec]
-    hint = resume_command(argv, "mncompile")
+    hint = resume_command(command_line(args), "mncompile")
     try:
         return run_guarded(dest, defaults, args, hint)
     except MNError as err:
