@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="keep every run's results here")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
+    p.add_argument("--mn-options", default="", metavar="OPTS",
+                   help="extra train.py options for the MotherNets runs only, e.g. "
+                   "'--hatched-max-epochs 8' (settings full-data does not use); reported with the table")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             for method in METHODS:
                 start = time.perf_counter()
                 run_out = root / "runs" / e.name / f"{method}-{seed}"
-                doc = run_one(folder, defaults, method, seed, run_out, extra)
+                mine = [*extra, *shlex.split(args.mn_options)] if method == "mothernets" else extra
+                doc = run_one(folder, defaults, method, seed, run_out, mine)
                 wall = time.perf_counter() - start
                 rec = {"seconds": doc["total_seconds"], "error": doc["ensemble"]["error"],
                        "epochs": sum(m["epochs"] for m in doc["models"].values()), "wall": wall}
@@ -97,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{med['full-data']['error'] * 100:.2f}", f"{gap:+.2f}",
                      "yes" if speedup >= 3 and gap <= 1 else "no"])
     print()
-    print(f"median of seeds {args.seeds}, epochs scale {args.epochs_scale}, device {args.device}")
+    print(f"median of seeds {args.seeds}, epochs scale {args.epochs_scale}, device {args.device}"
+          + (f", MotherNets also with {args.mn_options!r}" if args.mn_options else ""))
     print(render(["ensemble", "MN s", "FD s", "speedup", "MN err %", "FD err %", "gap pts", "target met"],
                  rows))
+    mn = f" --mn-options {shlex.quote(args.mn_options)}" if args.mn_options else ""
+    threads = f" --threads {args.threads}" if args.threads else ""
     print(f"\nrepeat: python bench/mn_vs_fd.py --seeds {' '.join(map(str, args.seeds))} "
-          f"--epochs-scale {args.epochs_scale} --device {args.device}; runs kept in {root}")
+          f"--epochs-scale {args.epochs_scale} --device {args.device}{threads}{mn}; runs kept in {root}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return 0
