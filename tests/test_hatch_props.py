@@ -5,6 +5,7 @@ and random BatchNorm statistics. Every exactness claim of a table is checked num
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,6 +23,15 @@ SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CASES = [("mlp", 0), ("mlp", 2), ("plain", 1), ("plain", 2), ("residual", 1), ("residual", 2),
          ("dense", 1), ("dense", 2)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny nets gain nothing from threads, and on a busy machine idle OpenMP workers spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _smaller_layer(draw: st.DrawFn, layer: Layer, widen: bool = True) -> Layer:
