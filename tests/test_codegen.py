@@ -281,7 +281,14 @@ def test_compile_writes_the_default_folder_and_prints_a_summary(
     assert _main(str(_spec("mnist1d")), "--clusters", "2") == 0
     out = capsys.readouterr().out
     folder = tmp_path / "generated" / "mnist1d"
-    assert sorted(_tree(folder)) == [".mncompile", "README.md", "models.py", "plan.json"]
+    import json
+
+    plan = json.loads((folder / "plan.json").read_text())
+    hatched = {f"hatch/{m}.json" for c in plan["clusters"] if len(c["members"]) > 1 for m in c["members"]}
+    files = set(_tree(folder))
+    assert {".mncompile", "README.md", "models.py", "plan.json"} <= files
+    assert {f for f in files if f.startswith("hatch/")} == hatched and hatched
+    assert files - hatched <= {".mncompile", "README.md", "models.py", "plan.json", "train.py"}
     assert "wrote generated/mnist1d/" in out
     assert "mothernet1" in out and "mothernet2" in out and "c32k7" in out and "MotherNet" in out
     readme = (folder / "README.md").read_text()
