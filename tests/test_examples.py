@@ -51,3 +51,10 @@ def test_semicolons_and_spaced_repeats() -> None:
     b = loads("ensemble e {\n input 3 x 8 x 8\n classes 10\n train { batch 64 lr 1e-1 }\n"
               " net r residual { stem 3:16 block { 3:16 3:16 3:16 } }\n}")
     assert strip_spans(a) == strip_spans(b)
+
+
+def test_readme_spec_is_valid() -> None:
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in text.split("```") if b.lstrip().startswith("ensemble"))
+    e = loads(block, "README.md")
+    assert [n.family for n in e.nets] == ["plain", "residual", "dense", "mlp"]
