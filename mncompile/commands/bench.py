@@ -1,0 +1,262 @@
+"""`mncompile bench SPEC`: MotherNets at several g and every baseline, on one data set: the frontier.
+
+The spec is compiled once per g into OUT/code/g<k>/; each (method, g, seed) then runs in-process
+through the training pipeline (`pipeline.execute`, exactly what train.py does) into
+OUT/runs/<method>[-g<k>]/seed<s>/ (results.json, history.csv, log.txt, y.npy). MotherNets run at
+every g; the other methods do not depend on g and run once per seed. Finally
+`runtime/frontier.py` writes OUT/frontier.csv, frontier.md, frontier.png, breakdown.png and,
+with two seeds or more, diversity.csv. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mncompile.api import load
+from mncompile.diagnostics import MNError
+
+NAME = "bench"
+HELP = "train the ensemble with MotherNets at several g and with the baselines; write the frontier"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return sorted(set(values))
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mncompile.runtime.baselines import add_method_arguments
+
+    p.add_argument("spec", help="the .mnet file")
+    p.add_argument("--data", metavar="NAME",
+                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
+                   "(default: the spec's `data`, else mnist1d)")
+    p.add_argument("--methods", metavar="A,B,...",
+                   help="methods to run (default: every registered method that applies to the ensemble)")
+    p.add_argument("--clusters", "-g", type=_int_list, metavar="G,...",
+                   help="the g of the MotherNets runs (default: the number of architecture classes, and m)")
+    p.add_argument("--seeds", type=_positive(int), default=1, metavar="N",
+                   help="trainings per point, seeds S..S+N-1 (default 1; 2 or more adds the diversity table)")
+    p.add_argument("--seed", type=int, metavar="S", help="the first seed (default: the spec's seed)")
+    p.add_argument("--epochs-scale", type=_positive(float), default=1.0, metavar="F",
+                   help="multiply max_epochs, hatched_max_epochs and patience by F (default 1)")
+    p.add_argument("--out", metavar="DIR", help="the bench folder (default bench-out/<ensemble>)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
+    p.add_argument("--train-size", type=_positive(int), metavar="N", help="use only N training examples")
+    p.add_argument("--test-size", type=_positive(int), metavar="N", help="use only N test examples")
+    p.add_argument("--data-seed", type=int, default=0, metavar="S", help="seed of generated data (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs that finished, resume the others from their checkpoints")
+    p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
+    add_method_arguments(p)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _plan_runs(methods: Sequence[str], clusters: Sequence[int],
+               seeds: Sequence[int]) -> list[tuple[str, int | None, int]]:
+    runs: list[tuple[str, int | None, int]] = []
+    for seed in seeds:
+        for method in methods:
+            if method == "mothernets":
+                runs += [(method, g, seed) for g in clusters]
+            else:
+                runs.append((method, None, seed))
+    return runs
+
+
+def run_one(folder: Path, defaults: dict[str, Any], argv: list[str], method: str,
+            method_options: dict[str, Any], log: Path | None) -> tuple[dict[str, Any], Any]:
+    """One pipeline run of `method` with train.py's options `argv`; its results.json and Y [K, N].
+
+    The method is wrapped for the run so that it sees `method_options` in `ctx.info` and so that
+    its trained members' Y (probability of the correct class on each test example) is kept.
+    """
+    import numpy as np
+
+    from mncompile.runtime import pipeline
+    from mncompile.runtime.metrics import correct_class_probs
+    from mncompile.runtime.train import predict_proba
+
+    methods = pipeline.load_methods()
+    spec = methods[method]
+    captured: dict[str, Any] = {}
+
+    def wrapped(ctx: pipeline.RunContext) -> pipeline.Outcome:
+        import torch
+
+        ctx.info["method_options"] = dict(method_options)
+        outcome = spec.run(ctx)
+        x_test = ctx.dataset.x_test
+        probs = torch.stack([predict_proba(m, x_test, device=ctx.device) for m in outcome.members.values()])
+        captured["y"] = correct_class_probs(probs, ctx.dataset.y_test.cpu()).float().numpy()
+        captured["names"] = list(outcome.members)
+        return outcome
+
+    args = pipeline.build_parser(defaults).parse_args(argv)
+    methods[method] = pipeline.MethodSpec(method, wrapped, spec.help)
+    try:
+        if log is None:
+            doc = pipeline.execute(folder, defaults, args)
+        else:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+                doc = pipeline.execute(folder, defaults, args)
+    finally:
+        methods[method] = spec
+    out = Path(args.out)
+    np.save(out / "y.npy", captured["y"])
+    (out / "y_members.json").write_text(json.dumps(captured["names"]) + "\n", encoding="utf-8")
+    return doc, captured["y"]
+
+
+def _choose_methods(args: argparse.Namespace, families: set[str]) -> list[str]:
+    from mncompile.runtime.pipeline import load_methods
+
+    known = load_methods()
+    plain_only = families - {"plain"}
+    if args.methods:
+        names = [t.strip() for t in args.methods.split(",") if t.strip()]
+        for n in names:
+            if n not in known:
+                raise MNError(f"unknown method '{n}'", hint="known methods: " + ", ".join(sorted(known)))
+        if "treenet" in names and plain_only:
+            raise MNError("treenet needs plain conv members, but this ensemble has "
+                          f"{', '.join(sorted(plain_only))} nets",
+                          hint="leave treenet out of --methods")
+        return list(dict.fromkeys(names))
+    names = ["mothernets", *sorted(n for n in known if n != "mothernets")]
+    if plain_only:
+        print(f"bench: leaving out treenet (not defined for {', '.join(sorted(plain_only))} nets)")
+        names.remove("treenet")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from mncompile.emit import compile_ensemble, write_folder
+    from mncompile.passes.cluster import arch_classes
+    from mncompile.runtime.baselines import method_options
+    from mncompile.runtime.frontier import Run, write_frontier
+    from mncompile.runtime.results import load_results
+
+    e = load(args.spec)
+    m = len(e.nets)
+    n_classes = len(arch_classes(e))
+    clusters = args.clusters or sorted({n_classes, m})
+    bad = [g for g in clusters if not n_classes <= g <= m]
+    if bad:
+        raise MNError(f"--clusters {bad[0]} is not possible for this ensemble",
+                      hint=f"g ranges from {n_classes} (one MotherNet per architecture class) "
+                      f"to {m} (one per net)")
+    families = {family for family, _ in arch_classes(e)}
+    methods = _choose_methods(args, families)
+    first_seed = args.seed if args.seed is not None else int(e.config.seed)
+    seeds = [first_seed + i for i in range(args.seeds)]
+    out = Path(args.out) if args.out else Path("bench-out") / e.name
+    data = args.data or e.data or "mnist1d"
+    defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+
+    folders: dict[int, Path] = {}
+    needed = clusters if "mothernets" in methods else clusters[:1]
+    for g in needed:
+        folders[g] = out / "code" / f"g{g}"
+        compiled = compile_ensemble(e, clusters=g, source_name=Path(args.spec).name)
+        write_folder(folders[g], compiled.files, protect=[Path(args.spec)])
+
+    plan = _plan_runs(methods, clusters, seeds)
+    common = ["--data", data, "--epochs-scale", str(args.epochs_scale), "--device", args.device,
+              "--data-seed", str(args.data_seed)]
+    for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),
+                        ("--test-size", args.test_size)):
+        if value is not None:
+            common += [flag, str(value)]
+    opts = method_options(args)
+    print(f"bench {e.name}: {len(plan)} runs ({', '.join(methods)}; g {', '.join(map(str, clusters))}; "
+          f"seeds {', '.join(map(str, seeds))}) on {data}, epochs x{args.epochs_scale}, into {out}",
+          flush=True)
+    runs: list[Run] = []
+    walls: list[float] = []
+    start = time.perf_counter()
+    for i, (method, g, seed) in enumerate(plan, start=1):
+        name = method if g is None else f"{method}-g{g}"
+        run_dir = out / "runs" / name / f"seed{seed}"
+        where = f"[bench {i}/{len(plan)}] {name} seed {seed}"
+        if args.resume and (run_dir / "results.json").is_file() and (run_dir / "y.npy").is_file():
+            import numpy as np
+
+            doc = load_results(run_dir / "results.json")
+            runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy")))
+            print(f"{where}: kept (finished before)", flush=True)
+            continue
+        elapsed = time.perf_counter() - start
+        eta = f", ETA ~{_fmt_time(sum(walls) / len(walls) * (len(plan) - i + 1))}" if walls else ""
+        print(f"{where}: running (elapsed {_fmt_time(elapsed)}{eta})", flush=True)
+        argv = [*common, "--method", method, "--seed", str(seed), "--out", str(run_dir)]
+        argv += [] if args.verbose else ["--quiet"]
+        argv += ["--resume"] if args.resume else []
+        t0 = time.perf_counter()
+        folder = folders[g if g is not None else needed[0]]
+        try:
+            log = None if args.verbose else run_dir / "log.txt"
+            doc, y = run_one(folder, defaults, argv, method, opts, log)
+        except MNError as err:
+            raise MNError(f"{name} seed {seed}: {err.message}", hint=err.hint) from None
+        walls.append(time.perf_counter() - t0)
+        runs.append(Run(method, g, seed, doc, y))
+        print(f"{where}: ensemble error {doc['ensemble']['error'] * 100:.2f}%, "
+              f"training {doc['total_seconds']:.1f}s "
+              f"(wall {walls[-1]:.1f}s)", flush=True)
+
+    notes = [f"`mncompile bench {Path(args.spec).name} --data {data} --epochs-scale {args.epochs_scale} "
+             f"--seeds {args.seeds}`: {e.name}, {m} members, g in {clusters}, seeds {seeds}.",
+             "Training time is wall clock on this machine; cost prices it at the paper's hourly rates."]
+    paths = write_frontier(out, runs, title=f"{e.name} on {data}", notes=notes)
+    print((out / "frontier.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command alone (tests, `python -m mncompile.commands.bench`)."""
+    p = argparse.ArgumentParser(prog="mncompile bench", description=HELP)
+    add_arguments(p)
+    try:
+        return run(p.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    except MNError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
