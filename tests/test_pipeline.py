@@ -118,7 +118,7 @@ def test_all_singletons_have_no_members_phase(tmp_path: Path, monkeypatch: pytes
     spec = _write_spec(tmp_path, SPECS["mlp"])
     assert _run(tmp_path, spec, "--clusters", "3") == 0
     doc = _results(tmp_path)
-    assert [p["name"] for p in doc["phases"]] == ["mothernets", "hatching"]
+    assert [p["name"] for p in doc["phases"]] == ["mothernets"]
     assert sorted(doc["phases"][0]["models"]) == ["a", "b", "c"]
     assert not (tmp_path / "gen" / "hatch").exists()
 

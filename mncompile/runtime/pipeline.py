@@ -253,8 +253,8 @@ def train_mothernets(ctx: RunContext) -> Outcome:
                                         seed=derive_seed(ctx.seed, "noise", m)))
             hatch_seconds += time.perf_counter() - start
         hatched[m] = model
-    phases.append(PhaseRecord("hatching", hatch_seconds, {}))
     if hatched:
+        phases.append(PhaseRecord("hatching", hatch_seconds, {}))
         results = ctx.train(hatched, ctx.hatched_settings, "members")
         phases.append(PhaseRecord("members", ctx.phase_seconds(results), results))
     members.update(hatched)
