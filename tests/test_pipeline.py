@@ -282,3 +282,27 @@ def test_args_namespace_is_what_execute_reads() -> None:
     args = build_parser({"ensemble": "e"}).parse_args([])
     assert isinstance(args, argparse.Namespace)
     assert args.method == "mothernets" and args.out == "runs/e" and args.epochs_scale == 1.0
+
+
+def test_a_table_that_claims_exactness_wrongly_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A member with an extra dense block hatches inexactly; pretend its table said 'exact'."""
+    import dataclasses
+
+    real = pipeline.load_folder
+
+    def lying(folder: Path) -> Any:
+        models, plan, tables = real(folder)
+        return models, plan, {m: dataclasses.replace(t, exact=True, reasons=()) for m, t in tables.items()}
+
+    monkeypatch.setattr(pipeline, "load_folder", lying)
+    monkeypatch.chdir(tmp_path)
+    spec = _write_spec(tmp_path, """ensemble d { input 1x16 classes 3
+        net a dense { stem 3:4 block { 3:2 } }
+        net b dense { stem 3:4 block { 3:2 } block { 3:2 } } }""")
+    assert _run(tmp_path, spec) == 0
+    err = capsys.readouterr().err
+    assert "warning: hatching 'b' from 'mothernet1' should be exact" in err
+    checks = _results(tmp_path)["info"]["hatch"]
+    assert "warning" in checks["b"] and checks["b"]["relative_diff"] > 1e-3
+    assert "warning" not in checks["a"] and checks["a"]["max_abs_diff"] < 1e-4

@@ -244,8 +244,9 @@ def train_mothernets(ctx: RunContext) -> Outcome:
         checks[m] = {"mother": mother_of[m], "table_exact": table.exact, "max_abs_diff": diff,
                      "relative_diff": diff / scale, "reasons": list(table.reasons)}
         if table.exact and not diff <= EXACT_TOLERANCE * scale:
-            ctx.progress.note(f"warning: hatching '{m}' from '{mother_of[m]}' should be exact, but the "
-                              f"outputs differ by {diff:.3g} (output scale {scale:.3g})")
+            checks[m]["warning"] = (f"hatching '{m}' from '{mother_of[m]}' should be exact, but the "
+                                    f"outputs differ by {diff:.3g} (output scale {scale:.3g})")
+            print(f"warning: {checks[m]['warning']}", file=sys.stderr, flush=True)
         if ctx.noise > 0:
             # hatched again with the noise: the check above must see the noiseless member
             start = time.perf_counter()
