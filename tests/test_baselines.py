@@ -232,9 +232,8 @@ def test_treenet_rejects_skip_connections_and_mlps(tmp_path: Path, family: str, 
     assert err.value.hint and "another --method" in err.value.hint
 
 
-def test_treenet_with_more_shared_layers_than_positions_is_a_user_error(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str],
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_treenet_with_more_shared_layers_than_positions_is_a_user_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MNError, match="more than the 3 conv layers"):
         build_treenet(_ctx(tmp_path), 4)
     monkeypatch.chdir(tmp_path)
