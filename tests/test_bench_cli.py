@@ -1,0 +1,162 @@
+"""`mncompile bench`: every output file on a tiny ensemble, the Pareto front, user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mncompile.cli import main as cli_main
+from mncompile.runtime.frontier import Run, aggregate, pareto_front, time_segments
+
+SPEC = """ensemble t { input 1x16 classes 3
+    train { batch 16 max_epochs 3 hatched_max_epochs 1 patience 50 lr 0.05 }
+    net a plain { block { 3:4 } block { 3:6 } block { 3:6 } dense 8 }
+    net b plain { block { 3:4 } block { 3:8 } block { 3:6 } }
+    net c plain { block { 3:6 } block { 3:6 } block { 3:8 } } }"""
+TINY = ["--data", "synthetic", "--train-size", "40", "--test-size", "20"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _spec(tmp_path: Path, text: str = SPEC) -> Path:
+    path = tmp_path / "t.mnet"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_bench_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    rc = cli_main(["bench", str(_spec(tmp_path)), *TINY, "--seeds", "2", "--out", str(out),
+                   "--shared-layers", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    methods = ["mothernets", "bagging", "distill", "fge", "full-data", "snapshot", "treenet"]
+    # default clusters: one per architecture class (1) and m (3); 2 seeds each
+    assert "16 runs" in printed and "[bench 16/16] treenet seed 1" in printed and "ETA" in printed
+    for name in ("frontier.csv", "frontier.md", "frontier.png", "breakdown.png", "diversity.csv"):
+        assert (out / name).is_file(), name
+    for png in ("frontier.png", "breakdown.png"):
+        assert (out / png).read_bytes().startswith(PNG)
+    rows = list(csv.DictReader((out / "frontier.csv").open()))
+    labels = [(r["method"], r["g"]) for r in rows]
+    assert labels == [("mothernets", "1"), ("mothernets", "3")] + [(m, "") for m in methods[1:]]
+    assert all(r["seeds"] == "2" for r in rows)
+    assert any(r["pareto"] == "yes" for r in rows)
+    for r in rows:
+        run_errors = []
+        label = r["method"] + (f"-g{r['g']}" if r["g"] else "")
+        for seed in (0, 1):
+            doc = json.loads((out / "runs" / label / f"seed{seed}" / "results.json").read_text())
+            assert doc["method"] == r["method"]
+            run_errors.append(doc["ensemble"]["error"])
+        assert float(r["error_mean"]) == pytest.approx(sum(run_errors) / 2, abs=1e-6)
+        assert float(r["usd_m2"]) == pytest.approx(float(r["seconds_mean"]) * 3.06 / 3600, rel=1e-4)
+    # treenet got the bench's --shared-layers
+    doc = json.loads((out / "runs" / "treenet" / "seed0" / "results.json").read_text())
+    assert doc["info"]["treenet"]["shared_layers"] == 2
+    # MotherNets at g = m trains every net alone, with the same seeds as full-data: same ensemble
+    a = json.loads((out / "runs" / "mothernets-g3" / "seed0" / "results.json").read_text())
+    b = json.loads((out / "runs" / "full-data" / "seed0" / "results.json").read_text())
+    assert a["members"] == b["members"]
+    div = list(csv.DictReader((out / "diversity.csv").open()))
+    assert len(div) == len(rows) and all(float(d["member_variance"]) >= 0 for d in div)
+    md = (out / "frontier.md").read_text()
+    assert "| mothernets g=1 | 2 |" in md and "Diversity over trainings" in md
+    assert (out / "code" / "g1" / "models.py").is_file() and (out / "code" / "g3" / "plan.json").is_file()
+
+    # --resume keeps the finished runs and rewrites the same table
+    before = (out / "frontier.csv").read_text()
+    assert cli_main(["bench", str(_spec(tmp_path)), *TINY, "--seeds", "2", "--out", str(out),
+                     "--shared-layers", "2", "--resume"]) == 0
+    assert "kept (finished before)" in capsys.readouterr().out
+    assert (out / "frontier.csv").read_text() == before
+
+
+def test_bench_one_seed_has_no_diversity_and_honours_methods_and_clusters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "b1"
+    assert cli_main(["bench", str(_spec(tmp_path)), *TINY, "--methods", "mothernets,snapshot",
+                     "--clusters", "2", "--out", str(out), "--epochs-scale", "0.5"]) == 0
+    rows = list(csv.DictReader((out / "frontier.csv").open()))
+    assert [(r["method"], r["g"]) for r in rows] == [("mothernets", "2"), ("snapshot", "")]
+    assert not (out / "diversity.csv").exists() and "Diversity" not in (out / "frontier.md").read_text()
+    doc = json.loads((out / "runs" / "snapshot" / "seed0" / "results.json").read_text())
+    assert doc["info"]["config"]["max_epochs"] == 2 and doc["info"]["epochs_scale"] == 0.5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--clusters", "4"], "--clusters 4 is not possible"),
+    (["--methods", "mothernets,nope"], "unknown method 'nope'"),
+    (["--data", "digits"], "dataset 'digits'"),
+])
+def test_bench_user_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["bench", str(_spec(tmp_path)), "--data", "synthetic", "--out", "o", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bench_refuses_treenet_for_residual_nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, """ensemble r { input 2x8x8 classes 3
+        net a residual { stem 3:4 block { 3:4 } } net b residual { stem 3:4 block { 3:4 x2 } } }""")
+    assert cli_main(["bench", str(spec), "--data", "synthetic", "--methods", "treenet", "--out", "o"]) == 2
+    assert "treenet needs plain conv members" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_pareto_front() -> None:
+    # (time, error): lower is better for both
+    assert pareto_front([]) == []
+    assert pareto_front([(1.0, 0.5)]) == [0]
+    assert pareto_front([(1.0, 0.3), (2.0, 0.2), (3.0, 0.25), (0.5, 0.5)]) == [3, 0, 1]
+    # a point as fast but less accurate is dominated; of exact duplicates the first stays
+    assert pareto_front([(1.0, 0.3), (1.0, 0.2), (1.0, 0.2)]) == [1]
+    # a slower point with the same error is dominated
+    assert pareto_front([(2.0, 0.1), (1.0, 0.1)]) == [1]
+    pts = [(5.0, 0.1), (4.0, 0.2), (3.0, 0.3), (2.0, 0.4), (6.0, 0.05), (4.5, 0.25)]
+    front = pareto_front(pts)
+    assert front == [3, 2, 1, 0, 4]
+    for i, (t, e) in enumerate(pts):
+        dominated = any(t2 <= t and e2 <= e and (t2, e2) != (t, e) for t2, e2 in pts)
+        assert (i in front) == (not dominated)
+
+
+def _doc(error: float, seconds: float, phases: list[dict[str, Any]],
+         models: dict[str, float]) -> dict[str, Any]:
+    return {"ensemble": {"error": error, "oracle_accuracy": 0.9},
+            "members": {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.6}},
+            "total_seconds": seconds, "phases": phases,
+            "models": {n: {"seconds": s} for n, s in models.items()}}
+
+
+def test_aggregate_means_stds_and_pareto_flags() -> None:
+    ph = [{"name": "members", "seconds": 1.0, "models": []}]
+    runs = [Run("x", None, 0, _doc(0.1, 10.0, ph, {})), Run("x", None, 1, _doc(0.2, 12.0, ph, {})),
+            Run("mothernets", 1, 0, _doc(0.25, 5.0, ph, {})), Run("y", None, 0, _doc(0.5, 20.0, ph, {}))]
+    rows = aggregate(runs)
+    assert [r.label for r in rows] == ["x", "mothernets g=1", "y"]
+    s = rows[0].summary()
+    assert s["error_mean"] == pytest.approx(0.15) and s["error_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert s["seconds_mean"] == 11.0 and s["member_error"] == pytest.approx(0.3) and s["seeds"] == 2
+    assert [r.pareto for r in rows] == [True, True, False]
+    assert rows[1].summary()["error_std"] != rows[1].summary()["error_std"]  # NaN: one seed
+
+
+def test_time_segments_split_only_members_trained_one_at_a_time() -> None:
+    seq = _doc(0.1, 3.0, [{"name": "members", "seconds": 3.0, "models": ["a", "b"]}], {"a": 1.0, "b": 2.0})
+    assert time_segments(seq) == [("members", "a", 1.0), ("members", "b", 2.0)]
+    lock = _doc(0.1, 2.0, [{"name": "mothernets", "seconds": 1.5, "models": ["m"]},
+                           {"name": "hatching", "seconds": 0.01, "models": []},
+                           {"name": "members", "seconds": 2.0, "models": ["a", "b"]}],
+                {"m": 1.5, "a": 2.0, "b": 2.0})
+    assert time_segments(lock) == [("mothernets", "m", 1.5), ("hatching", "", 0.01),
+                                   ("members", "2 in lockstep", 2.0)]
