@@ -595,7 +595,7 @@ def train_fge(ctx: RunContext) -> Outcome:
 # ---------------------------------------------------------------------------------- TreeNet
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
+def _blocks(model: nn.Module) -> list[Any]:
     out, b = [], 1
     while hasattr(model, f"block{b}"):
         out.append(getattr(model, f"block{b}"))
@@ -603,7 +603,7 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-def _layers(block: nn.Module) -> list[nn.Module]:
+def _layers(block: Any) -> list[Any]:
     out, i = [], 1
     while hasattr(block, f"layer{i}"):
         out.append(getattr(block, f"layer{i}"))
@@ -611,7 +611,7 @@ def _layers(block: nn.Module) -> list[nn.Module]:
     return out
 
 
-def _shape(layer: nn.Module) -> tuple[int, int]:
+def _shape(layer: Any) -> tuple[int, int]:
     """(kernel, filters) of a generated conv layer (`.conv` then `.bn`)."""
     w = layer.conv.weight
     return int(w.shape[2]), int(w.shape[0])
@@ -629,7 +629,7 @@ def _rebuilt(module: nn.Module, in_width: int, kernel: int | None, seed: int) ->
         assert isinstance(module, (nn.Conv1d, nn.Conv2d))
         k = kernel if kernel is not None else int(module.kernel_size[0])
         # generated convs are 'same' padded: kernel // 2
-        return type(module)(in_width, module.out_channels, k, module.stride, k // 2,
+        return type(module)(in_width, module.out_channels, k, int(module.stride[0]), k // 2,
                             bias=module.bias is not None)
 
 
@@ -737,7 +737,7 @@ def build_treenet(ctx: RunContext, shared_layers: int) -> TreeNet:
         branch.add_module(f"block{last_b + 1}_pool", blocks[last_b].pool)
         for b in range(last_b + 1, len(blocks)):
             branch.add_module(f"block{b + 1}", blocks[b])
-        branch.add_module("head", net.head)
+        branch.add_module("head", net.get_submodule("head"))
         if _retarget_first(branch, width, derive_seed(ctx.seed, "treenet", m)):
             retargeted.append(m)
         branches[m] = branch
