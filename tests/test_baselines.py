@@ -194,7 +194,7 @@ def test_treenet_shares_exactly_the_requested_layers(tmp_path: Path) -> None:
         members = tree.members()
         per_member = sum(p.numel() for m in members.values() for p in m.parameters())
         assert per_member == 3 * trunk + branches  # each member counts the trunk; the TreeNet once
-        assert all(m[0] is tree.trunk for m in members.values())
+        assert all(next(m.children()) is tree.trunk for m in members.values())
         x = ctx.dataset.x_test[:5]
         for name, member in members.items():
             member.eval()
@@ -202,13 +202,13 @@ def test_treenet_shares_exactly_the_requested_layers(tmp_path: Path) -> None:
         if shared == 3:
             # c's block 3 has 8 filters; its head now reads the trunk's 6 channels
             assert "c" in tree.retargeted and tree.dropped == {"b": ["block1.layer2"]}
-            assert members["c"][1].head.out.in_features == 6
+            assert tree.branches["c"].get_submodule("head.out").in_features == 6
 
 
 def test_treenet_trains_the_trunk_once_for_every_branch(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, shared_layers=2)
     outcome = baselines.train_treenet(ctx)
-    assert len({id(m[0]) for m in outcome.members.values()}) == 1
+    assert len({id(next(m.children())) for m in outcome.members.values()}) == 1
     info = outcome.info["treenet"]
     counted_per_member = sum(p.numel() for m in outcome.members.values() for p in m.parameters())
     assert info["shared_layers"] == 2 and info["params"] == counted_per_member - 2 * info["trunk_params"]
