@@ -298,19 +298,23 @@ def plot_breakdown(rows: Sequence[Row], path: Path, *, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 5))
     phase_colors: dict[str, str] = {}
-    for x, row in enumerate(rows):
+    bars: list[dict[tuple[str, str], list[float]]] = []
+    for row in rows:
         seg: dict[tuple[str, str], list[float]] = {}
         for r in row.runs:
             for phase, part, s in time_segments(r.doc):
                 seg.setdefault((phase, part), []).append(s)
+        bars.append(seg)
+    # a segment is labelled only when it is tall enough on the shared axis to hold its label
+    tallest = max((sum(_mean(v) for v in seg.values()) for seg in bars), default=0.0)
+    for x, seg in enumerate(bars):
         bottom = 0.0
         for k, ((phase, part), secs) in enumerate(seg.items()):
             color = phase_colors.setdefault(phase, f"C{len(phase_colors) % 10}")
             h = _mean(secs)
             ax.bar(x, h, bottom=bottom, color=color, edgecolor="white", linewidth=0.8,
                    alpha=1.0 if k % 2 == 0 else 0.75)
-            total = sum(_mean(v) for v in seg.values())
-            if part and total > 0 and h / total > 0.06:
+            if part and tallest > 0 and h / tallest > 0.05:
                 ax.text(x, bottom + h / 2, part, ha="center", va="center", fontsize=7, color="white")
             bottom += h
     for phase, color in phase_colors.items():
