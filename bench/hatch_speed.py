@@ -31,7 +31,7 @@ from mncompile.api import load  # noqa: E402
 from mncompile.emit import load_models, models_source  # noqa: E402
 from mncompile.passes.cluster import plan_ensemble  # noqa: E402
 from mncompile.passes.hatch_plan import plan_hatching  # noqa: E402
-from mncompile.runtime.hatch import hatch  # noqa: E402
+from mncompile.runtime.hatching import hatch  # noqa: E402
 from mncompile.shapes import infer_net  # noqa: E402
 from mncompile.table import human, render  # noqa: E402
 

@@ -22,7 +22,7 @@ from mncompile.emit import load_models, models_source
 from mncompile.ir import Ensemble, Net
 from mncompile.passes.cluster import plan_ensemble
 from mncompile.passes.hatch_plan import HatchTable, plan_hatching, table_dumps, table_from_json
-from mncompile.runtime.hatch import hatch, verify_hatch
+from mncompile.runtime.hatching import hatch, verify_hatch
 from mncompile.shapes import infer_net
 from tests.test_hatch_props import randomise
 

@@ -26,7 +26,7 @@ from mncompile.passes.hatch_plan import (
     table_from_json,
     table_to_json,
 )
-from mncompile.runtime.hatch import hatch, verify_hatch
+from mncompile.runtime.hatching import hatch, verify_hatch
 from mncompile.shapes import infer_net
 from mncompile.zoo import vgg16_variants
 from tests.test_hatch_props import pairs
@@ -357,3 +357,11 @@ def test_a_table_of_the_identity_copies_the_mother() -> None:
     out = hatch(sd, t)
     assert all(torch.equal(out[k], sd[k]) for k in sd)
     assert isinstance(t, HatchTable) and math.isclose(t.bn_eps, 1e-5)
+
+
+def test_runtime_package_exports_the_hatch_function() -> None:
+    import mncompile.runtime as rt
+    from mncompile.runtime import hatching
+
+    assert rt.hatch is hatching.hatch and callable(rt.hatch)
+    assert rt.verify_hatch is hatching.verify_hatch

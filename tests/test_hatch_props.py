@@ -16,7 +16,7 @@ from mncompile.emit import load_models, models_source
 from mncompile.ir import Block, Ensemble, Layer, Linear, Net
 from mncompile.passes.hatch_plan import plan_hatching, table_from_json, table_to_json
 from mncompile.passes.mothernet import build_mothernet
-from mncompile.runtime.hatch import hatch, verify_hatch
+from mncompile.runtime.hatching import hatch, verify_hatch
 from tests.strategies import input_shapes, nets
 
 SETTINGS = settings(max_examples=10, deadline=None,

@@ -4,7 +4,7 @@
 torch): for every state_dict entry of the member's generated module (keys from
 `mncompile.shapes.infer_net`) it records where the tensor comes from in the MotherNet and
 how to map it, or how to initialise it when the MotherNet has nothing to give, and whether
-the result preserves the MotherNet's function exactly. `mncompile.runtime.hatch.hatch`
+the result preserves the MotherNet's function exactly. `mncompile.runtime.hatch`
 applies a table to real tensors. The rules are those of `spec/mothernets.md` section 5 and
 are documented with the JSON format in `docs/hatch-tables.md`.
 

@@ -46,10 +46,11 @@ _EXPORTS: dict[str, str] = {
     "format_table": "results",
     # progress.py
     "Progress": "progress",
-    # hatch.py. Its function `hatch` cannot be exported lazily: once the submodule
-    # mncompile.runtime.hatch is imported, the import system binds the package attribute `hatch`
-    # to the module, shadowing any lazy name. Write `from mncompile.runtime.hatch import hatch`.
-    "verify_hatch": "hatch",
+    # hatching.py: the submodule is not called `hatch`, so that `mncompile.runtime.hatch`
+    # stays the function (a submodule of the same name would shadow it once imported)
+    "hatch": "hatching",
+    "verify_hatch": "hatching",
+    "load_table": "hatching",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -208,7 +208,7 @@ def derive_seed(seed: int, *parts: str) -> int:
 @register_method("mothernets", help="train the MotherNets, hatch the members, train them (default)")
 def train_mothernets(ctx: RunContext) -> Outcome:
     """MotherNets: mothers (and lone members) first, then hatching, then the hatched members."""
-    from mncompile.runtime.hatch import hatch, verify_hatch
+    from mncompile.runtime.hatching import hatch, verify_hatch
     from mncompile.runtime.results import PhaseRecord
 
     first: dict[str, nn.Module] = {}
@@ -405,7 +405,7 @@ def resolve_config(train: Mapping[str, Any], args: argparse.Namespace) -> dict[s
 
 def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, HatchTable]]:
     """models.py (as a fresh module), plan.json and the hatch tables of a generated folder, checked."""
-    from mncompile.runtime.hatch import load_table
+    from mncompile.runtime.hatching import load_table
 
     folder = Path(folder)
     plan_path, models_path = folder / "plan.json", folder / "models.py"
