@@ -296,3 +296,12 @@ def test_baselines_are_registered_and_deterministic(tmp_path: Path, monkeypatch:
     # everything finished: a resume trains nothing again and evaluates the same snapshots
     c = _run(tmp_path, "snapshot", "--resume", out="a")
     assert c["members"] == a["members"]
+
+
+def test_train_py_options_reach_the_baselines(tmp_path: Path) -> None:
+    """`--alpha` etc. given to train.py / mncompile run land in the method's options."""
+    from mncompile.runtime import pipeline as pl
+
+    parser = pl.build_parser({"seed": 0}, prog="train.py")
+    args = parser.parse_args(["--method", "distill", "--alpha", "0.5", "--temperature", "8"])
+    assert baselines.method_options(args) == {"alpha": 0.5, "temperature": 8.0}

@@ -336,8 +336,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> No
                    help="train the nets of a phase one at a time instead of over one shared batch "
                    "stream (same weights on the CPU, slower)")
     g.add_argument("--method", default="mothernets", metavar="NAME",
-                   help="how to train the ensemble: mothernets (default) or full-data (every "
-                   "member from scratch with the MotherNet settings)")
+                   help="how to train the ensemble: mothernets (default), full-data, bagging, "
+                   "distill, snapshot, fge or treenet (docs/baselines.md)")
     g.add_argument("--noise-mode", choices=NOISE_MODES, default="gaussian",
                    help="noise after hatching: gaussian (default), or symmetric (exact +d/-d pairs)")
     t = p.add_argument_group("training settings (override the spec's train { ... })")
@@ -357,6 +357,10 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> No
     t.add_argument("--noise", type=_number(float, 0.0), metavar="STD",
                    help="std of the noise added after hatching, relative to each tensor's std")
     t.add_argument("--schedule", choices=("cosine", "constant"), help="learning-rate schedule")
+    # imported here: baselines imports this module; its options are plain argparse (no torch)
+    from mncompile.runtime.baselines import add_method_arguments
+
+    add_method_arguments(p)
 
 
 def build_parser(defaults: Mapping[str, Any], prog: str = "train.py") -> argparse.ArgumentParser:
@@ -500,6 +504,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
         sequential=args.sequential, method=args.method, noise=float(config["noise"]),
         noise_mode=args.noise_mode,
     )
+    from mncompile.runtime.baselines import method_options
+
+    ctx.info["method_options"] = method_options(args)
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
