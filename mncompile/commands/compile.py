@@ -8,6 +8,7 @@ from pathlib import Path
 from mncompile.api import load
 from mncompile.diagnostics import MNError
 from mncompile.emit import Output, compile_ensemble, write_folder
+from mncompile.ir import Ensemble
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
 
@@ -75,18 +76,24 @@ def _listing(files: dict[str, str]) -> list[str]:
     return [f"{p}/ ({folders[p]} files)" if p in folders else p for p in out]
 
 
-def run(args: argparse.Namespace) -> int:
-    e = load(args.spec)
-    dest = Path(args.output) if args.output else Path("generated") / e.name
+def compile_to(spec: str, e: Ensemble, output: str | None, clusters: int | None, seed: int,
+               force: bool) -> tuple[Path, Output]:
+    """Compile a loaded spec into `output` (default generated/<ensemble>); the folder and result."""
+    dest = Path(output) if output else Path("generated") / e.name
     try:
-        out = compile_ensemble(e, clusters=args.clusters, seed=args.seed,
-                               source_name=Path(args.spec).name)
-        write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
+        out = compile_ensemble(e, clusters=clusters, seed=seed, source_name=Path(spec).name)
+        write_folder(dest, out.files, force=force, protect=[Path(spec)])
     except MNError as err:
         # errors about a spec position show that line; errors about options or files name the tool
         if err.span is not None and err.span.line > 0:
-            raise err.with_source(args.spec, Path(args.spec).read_text(encoding="utf-8")) from None
+            raise err.with_source(spec, Path(spec).read_text(encoding="utf-8")) from None
         raise err.with_source("mncompile", "") from None
+    return dest, out
+
+
+def run(args: argparse.Namespace) -> int:
+    e = load(args.spec)
+    dest, out = compile_to(args.spec, e, args.output, args.clusters, args.seed, args.force)
     listed = ", ".join(_listing(out.files))
     print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
     print()

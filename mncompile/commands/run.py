@@ -12,9 +12,8 @@ import argparse
 from pathlib import Path
 
 from mncompile.api import load
-from mncompile.commands.compile import _positive_int
+from mncompile.commands.compile import _positive_int, compile_to
 from mncompile.diagnostics import MNError
-from mncompile.emit import compile_ensemble, write_folder
 from mncompile.runtime.pipeline import add_run_arguments, resume_command, run_guarded
 
 NAME = "run"
@@ -58,15 +57,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
-    dest = Path(args.output) if args.output else Path("generated") / e.name
-    try:
-        out = compile_ensemble(e, clusters=args.clusters, seed=args.cluster_seed,
-                               source_name=Path(args.spec).name)
-        write_folder(dest, out.files, force=args.force, protect=[Path(args.spec)])
-    except MNError as err:
-        if err.span is not None and err.span.line > 0:
-            raise err.with_source(args.spec, Path(args.spec).read_text(encoding="utf-8")) from None
-        raise err.with_source("mncompile", "") from None
+    dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force)
     if args.out is None:
         args.out = str(Path("runs") / e.name)
     print(f"wrote {dest}; training with method {args.method}", flush=True)
