@@ -19,6 +19,7 @@ file, a CI job) bars would be unreadable, so every finished epoch prints one lin
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -32,6 +33,9 @@ class Progress:
         self.stream = stream if stream is not None else sys.stdout
         isatty = getattr(self.stream, "isatty", None)
         self.bars = bool(isatty and isatty()) if bars is None else bars
+        if bars is None and self.bars and shutil.get_terminal_size((0, 0)).columns < 20:
+            # a terminal that reports no width (some pseudo-terminals) would get empty bars
+            self.bars = False
         self._bar: Any = None
         self._phase = ""
         self._latest: dict[str, str] = {}
