@@ -225,28 +225,11 @@ def _restore(ctx: RunContext, st: _State, path: Any) -> None:
 
 def _end_epoch(st: _State, epoch: int, lr: float, seconds: float) -> None:
     """The standard loop's bookkeeping: divergence, then early stopping on training accuracy."""
-    from mncompile.runtime.train import EpochRecord
+    from mncompile.runtime.train import record_epoch
 
     loss = st.loss_sum / max(st.seen, 1)
     acc = st.correct / max(st.seen, 1)
-    st.result.history.append(EpochRecord(epoch + 1, lr, loss, acc, None, seconds))
-    s = st.job.settings
-    if not math.isfinite(loss):
-        st.result.status = "diverged"
-        st.result.message = (f"training loss became {loss} in epoch {epoch + 1} (lr {lr:.4g}); "
-                             "its weights are not usable (try a lower learning rate)")
-        return
-    if acc > st.best + s.tolerance:
-        st.best, st.stale = acc, 0
-    else:
-        st.stale += 1
-    if s.patience > 0 and st.stale >= s.patience:
-        st.result.status = "converged"
-        st.result.message = (f"training accuracy has not improved for {s.patience} epochs "
-                             f"(best {st.best * 100:.2f}%)")
-    elif epoch + 1 >= s.max_epochs:
-        st.result.status = "max_epochs"
-        st.result.message = f"reached max_epochs {s.max_epochs}"
+    record_epoch(st, st.job.settings, epoch, lr, loss, acc, None, seconds)
 
 
 def fit(ctx: RunContext, jobs: Sequence[Job], phase: str,

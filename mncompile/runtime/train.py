@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -291,32 +291,46 @@ def _test_accuracy(model: nn.Module, data: Dataset, device: torch.device) -> flo
     return float((probs.argmax(1) == data.y_test.cpu()).double().mean())
 
 
-def _end_epoch(run: _Run, epoch: int, lr: float, seconds: float, test_acc: float | None) -> EpochRecord:
-    loss = float(run.loss_sum) / max(run.seen, 1)
-    acc = float(run.correct) / max(run.seen, 1)
+class StoppingState(Protocol):
+    """What early-stopping bookkeeping needs of a model's training state."""
+
+    result: ModelResult
+    best: float
+    stale: int
+
+
+def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: float, loss: float, acc: float,
+                 test_acc: float | None, seconds: float) -> EpochRecord:
+    """Append epoch `epoch` (0-based) to the history; stop on divergence, patience or max_epochs."""
     rec = EpochRecord(epoch + 1, lr, loss, acc, test_acc, seconds)
-    run.result.history.append(rec)
-    s = run.settings
+    st.result.history.append(rec)
+    s = settings
     if not math.isfinite(loss):
-        run.result.status = "diverged"
-        run.result.message = (
+        st.result.status = "diverged"
+        st.result.message = (
             f"training loss became {loss} in epoch {epoch + 1} (lr {lr:.4g}); stopped this model, "
             "its weights are not usable (try a lower learning rate)"
         )
+        return rec
+    if acc > st.best + s.tolerance:
+        st.best, st.stale = acc, 0
     else:
-        if acc > run.best + s.tolerance:
-            run.best, run.stale = acc, 0
-        else:
-            run.stale += 1
-        if s.patience > 0 and run.stale >= s.patience:
-            run.result.status = "converged"
-            run.result.message = (
-                f"training accuracy has not improved for {s.patience} epochs (best {run.best * 100:.2f}%)"
-            )
-        elif epoch + 1 >= s.max_epochs:
-            run.result.status = "max_epochs"
-            run.result.message = f"reached max_epochs {s.max_epochs}"
+        st.stale += 1
+    if s.patience > 0 and st.stale >= s.patience:
+        st.result.status = "converged"
+        st.result.message = (
+            f"training accuracy has not improved for {s.patience} epochs (best {st.best * 100:.2f}%)"
+        )
+    elif epoch + 1 >= s.max_epochs:
+        st.result.status = "max_epochs"
+        st.result.message = f"reached max_epochs {s.max_epochs}"
     return rec
+
+
+def _end_epoch(run: _Run, epoch: int, lr: float, seconds: float, test_acc: float | None) -> EpochRecord:
+    loss = float(run.loss_sum) / max(run.seen, 1)
+    acc = float(run.correct) / max(run.seen, 1)
+    return record_epoch(run, run.settings, epoch, lr, loss, acc, test_acc, seconds)
 
 
 def _stream(data: Dataset, batch: int, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
