@@ -306,3 +306,21 @@ def test_a_table_that_claims_exactness_wrongly_is_reported(tmp_path: Path, monke
     checks = _results(tmp_path)["info"]["hatch"]
     assert "warning" in checks["b"] and checks["b"]["relative_diff"] > 1e-3
     assert "warning" not in checks["a"] and checks["a"]["max_abs_diff"] < 1e-4
+
+
+def test_a_fresh_run_starts_from_an_empty_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Checkpoints left by an earlier run must never be taken for this run's on a later --resume."""
+    monkeypatch.chdir(tmp_path)
+    spec = _write_spec(tmp_path, SPECS["mlp"])
+    assert _run(tmp_path, spec) == 0
+    stale = tmp_path / "out" / "ckpt" / "mothernets" / "members" / "b.pt"
+    leftover = stale.parent / "leftover.pt"
+    leftover.write_bytes(stale.read_bytes())
+    first = stale.read_bytes()
+    assert _run(tmp_path, spec, "--lr", "0.07") == 0
+    assert not leftover.exists()
+    assert stale.read_bytes() != first  # retrained from the new MotherNet, not kept
+    capsys.readouterr()
+    assert _run(tmp_path, spec, "--lr", "0.07", "--resume", "--alpha", "0.5") == 2
+    assert "method_options" in capsys.readouterr().err

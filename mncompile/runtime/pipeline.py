@@ -453,8 +453,14 @@ def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, Hat
 
 def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
     """On --resume, refuse a run whose data or settings differ from the run that wrote the checkpoints."""
+    import shutil
+
     from mncompile.runtime.checkpoint import atomic_write_text
 
+    if not resume and path.parent.is_dir():
+        # a fresh run must not find an earlier run's checkpoints (members, snapshots) and take
+        # them for its own on a later --resume: start this method's checkpoint folder empty
+        shutil.rmtree(path.parent)
     if resume and path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -516,7 +522,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
         "torch": torch.__version__,
     })
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
-                                       "seed", "method", "config", "noise_mode")}
+                                       "seed", "method", "config", "noise_mode", "method_options", "g",
+                                       "clustering_seed")}
     out.mkdir(parents=True, exist_ok=True)
     _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
 
