@@ -10,17 +10,19 @@ from pathlib import Path
 
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
-from mncompile.parse import parse_file, parse_text
+from mncompile.parse import parse_text, read_spec
 from mncompile.passes.check import check_ensemble
 
 
 def load(path: str | Path) -> Ensemble:
     """Parse and check a `.mnet` file; raises `MNError` (with file, line and caret) on bad input."""
-    e = parse_file(path)
+    # read once: a pipe or FIFO cannot be read again to quote the offending line
+    text = read_spec(path)
+    e = parse_text(text, source=Path(path).name, display=str(path))
     try:
         return check_ensemble(e)
     except MNError as err:
-        raise err.with_source(str(path), Path(path).read_text(encoding="utf-8")) from None
+        raise err.with_source(str(path), text) from None
 
 
 def loads(text: str, source: str = "<string>") -> Ensemble:

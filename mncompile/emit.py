@@ -319,7 +319,9 @@ class EmitContext:
     @cached_property
     def hatch_files(self) -> dict[str, str]:
         """Each table's path, `hatch/<member>.json`: names unique even on case-insensitive disks."""
-        namer = Namespace(casefold=True)
+        # device names that Windows will not open as files, whatever the extension
+        windows = ["con", "prn", "aux", "nul"] + [f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)]
+        namer = Namespace(windows, casefold=True, python=False)
         return {m: f"hatch/{namer.create_name(m)}.json" for m in self.tables}
 
 

@@ -69,9 +69,12 @@ class Namespace:
     on case-insensitive file systems). Asking again with the same `obj` returns the same name.
     """
 
-    def __init__(self, reserved: Iterable[str] = (), *, casefold: bool = False) -> None:
+    def __init__(self, reserved: Iterable[str] = (), *, casefold: bool = False, python: bool = True) -> None:
         self._casefold = casefold
-        self._used: set[str] = {self._key(n) for n in PYTHON_NAMES | set(reserved)}
+        # python=False: names that never become Python identifiers (file names) need not avoid
+        # builtins, whose list depends on the interpreter (a notebook adds `display`)
+        avoid = (PYTHON_NAMES if python else frozenset()) | set(reserved)
+        self._used: set[str] = {self._key(n) for n in avoid}
         self._by_obj: dict[Hashable, str] = {}
 
     def _key(self, name: str) -> str:

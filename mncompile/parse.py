@@ -63,6 +63,11 @@ def parser() -> Lark:
 
 def parse_file(path: str | Path) -> Ensemble:
     """Parse a `.mnet` file. Errors name the file by the path as given."""
+    return parse_text(read_spec(path), source=Path(path).name, display=str(path))
+
+
+def read_spec(path: str | Path) -> str:
+    """The text of a `.mnet` file (a leading byte-order mark dropped); clear errors otherwise."""
     p = Path(path)
     shown = str(path)
     try:
@@ -90,7 +95,7 @@ def parse_file(path: str | Path) -> Ensemble:
             source=shown,
             text=raw.decode("utf-8", "replace"),
         ) from None
-    return parse_text(text, source=p.name, display=str(path))
+    return text
 
 
 def parse_text(text: str, source: str = "<string>", display: str | None = None) -> Ensemble:

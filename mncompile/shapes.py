@@ -190,9 +190,17 @@ def infer_net(net: Net, input_shape: tuple[int, ...], classes: int) -> NetShape:
 
 
 def layer_count(net: Net) -> int:
-    """Convolutions written in the spec (stem included) plus linear layers (output included)."""
+    """The net's depth as its family counts it: ResNet-20 is 20, DenseNet-40 is 40, VGG-16 is 16.
+
+    Weight layers on the main path: convolutions (the stem; two per residual unit; one per plain
+    or dense layer and per transition) plus the linear layers (the output included). Shortcut
+    projections are not counted, as in the papers' names.
+    """
     stem = 1 if net.stem is not None else 0
-    return stem + sum(len(b.layers) for b in net.blocks) + len(net.dense) + 1
+    per_layer = 2 if net.family == "residual" else 1
+    convs = sum(len(b.layers) for b in net.blocks) * per_layer
+    transitions = max(0, len(net.blocks) - 1) if net.family == "dense" else 0
+    return stem + convs + transitions + len(net.dense) + 1
 
 
 def same_layer(a: Layer, b: Layer) -> bool:

@@ -99,3 +99,21 @@ def test_comment_text_cannot_escape_a_docstring_or_comment(text: str) -> None:
     assert ast.literal_eval('"""' + safe + '"""') == text
     module = ast.parse(f'"""{safe}"""\n# {safe}\nx = 1\n')
     assert [type(n) for n in module.body] == [ast.Expr, ast.Assign]
+
+
+def test_hatch_file_names_do_not_depend_on_the_interpreters_builtins(tmp_path, monkeypatch) -> None:
+    """A notebook adds builtins such as `display`; generated file names must not change."""
+    import builtins
+
+    from mncompile.api import loads
+    from mncompile.emit import compile_ensemble
+
+    e = loads("ensemble e { input 8 classes 2 net display mlp { dense 4 } net input mlp { dense 6 }"
+              " net Input mlp { dense 7 } }")
+    before = sorted(compile_ensemble(e).files)
+    monkeypatch.setattr(builtins, "display", print, raising=False)
+    import mncompile.naming as naming
+
+    monkeypatch.setattr(naming, "PYTHON_NAMES", naming.PYTHON_NAMES | {"display"})
+    assert sorted(compile_ensemble(e).files) == before
+    assert {"hatch/display.json", "hatch/input.json", "hatch/Input_1.json"} <= set(before)

@@ -244,7 +244,7 @@ def test_compile_writes_train_py_and_hatch_tables_with_safe_names(tmp_path: Path
     e = loads(text, source="e.mnet")
     out = compile_ensemble(e)
     hatch = sorted(p for p in out.files if p.startswith("hatch/"))
-    assert hatch == ["hatch/AB_1.json", "hatch/ab.json", "hatch/input_1.json"]
+    assert hatch == ["hatch/AB_1.json", "hatch/ab.json", "hatch/input.json"]
     members = {json.loads(out.files[p])["member"] for p in hatch}
     assert members == {"ab", "AB", "input"}
     namespace: dict[str, Any] = {}
