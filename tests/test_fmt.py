@@ -253,7 +253,7 @@ def test_fmt_write_through_a_symlink(tmp_path: Path, capsys: pytest.CaptureFixtu
     real.write_text(MESSY)
     link = tmp_path / "link.mnet"
     link.symlink_to(real)
-    assert main(["fmt", "-w", str(link)]) == 0
+    assert main(["fmt", "-w", "--drop-comments", str(link)]) == 0
     assert link.is_symlink() and real.read_text() == CANONICAL
 
 
@@ -269,7 +269,9 @@ def test_fmt_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "tiny.mnet"
     spec.write_text(MESSY)
     os.chmod(spec, 0o640)
-    assert main(["fmt", "-w", str(spec)]) == 0
+    assert main(["fmt", "-w", str(spec)]) == 2  # MESSY has comments: kept unless asked
+    assert "--drop-comments" in capsys.readouterr().err and spec.read_text() == MESSY
+    assert main(["fmt", "-w", "--drop-comments", str(spec)]) == 0
     assert spec.read_text() == CANONICAL
     assert stat.S_IMODE(spec.stat().st_mode) == 0o640  # the rewrite keeps the permissions
     assert capsys.readouterr().out == ""
@@ -285,7 +287,7 @@ def test_fmt_write_examples_then_check(
 ) -> None:
     copy = tmp_path / path.name
     copy.write_text(path.read_text())
-    assert main(["fmt", "-w", str(copy)]) == 0
+    assert main(["fmt", "-w", "--drop-comments", str(copy)]) == 0
     assert main(["fmt", "--check", str(copy)]) == 0
     assert strip_spans(load(copy)) == strip_spans(load(path))
     capsys.readouterr()

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("-w", "--write", action="store_true",
                       help="rewrite the file in place instead of printing")
+    p.add_argument("--drop-comments", action="store_true",
+                   help="with -w: rewrite even when that removes the file's comments")
     mode.add_argument("--check", action="store_true",
                       help="exit 1 if the file is not already in canonical form")
 
@@ -37,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if args.write:
+        # '#' only ever starts a comment in the language, and the canonical form keeps none
+        comments = sum(1 for line in path.read_text(encoding="utf-8-sig").splitlines() if "#" in line)
+        if comments and not args.drop_comments:
+            raise MNError(
+                f"{comments} comment line(s) here, and the canonical form keeps no comments",
+                hint="add --drop-comments to rewrite it anyway, or print the canonical form "
+                f"with 'mncompile fmt {args.spec}'",
+                source=args.spec,
+            )
         _write(path, text)
         return 0
     print(text, end="")
