@@ -11,7 +11,6 @@ of 2. `pytest -m slow tests/test_hatch_examples.py` checks every member of every
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 SMALL = {"mlp", "mnist1d", "digits", "v5"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets gain nothing from threads, and on a busy machine idle OpenMP workers spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tables(path: Path) -> tuple[Ensemble, list[tuple[Net, Net, HatchTable]]]:

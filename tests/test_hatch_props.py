@@ -5,7 +5,6 @@ and random BatchNorm statistics. Every exactness claim of a table is checked num
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,13 +24,7 @@ CASES = [("mlp", 0), ("mlp", 2), ("plain", 1), ("plain", 2), ("residual", 1), ("
          ("dense", 1), ("dense", 2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets gain nothing from threads, and on a busy machine idle OpenMP workers spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _smaller_layer(draw: st.DrawFn, layer: Layer, widen: bool = True) -> Layer:

@@ -18,11 +18,16 @@ HELP = "compile a spec into models.py, plan.json, hatch/, train.py and README.md
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the .mnet file")
+    add_compile_arguments(p, seed_flag="--seed")
+
+
+def add_compile_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, seed_flag: str) -> None:
+    """-o, --clusters, the clustering seed (named `seed_flag`) and --force: shared with `run`."""
     p.add_argument("-o", "--output", metavar="DIR",
                    help="the folder to write (default: generated/<ensemble>/ under the current folder)")
     p.add_argument("--clusters", "-g", metavar="G", type=_positive_int,
                    help="number of MotherNets (default: one per architecture class)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument(seed_flag, type=int, default=0, metavar="S",
                    help="seed of the clustering restarts (default 0)")
     p.add_argument("--force", action="store_true",
                    help="replace the output folder even if mncompile did not generate it")

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from mncompile.api import load
-from mncompile.commands.compile import _positive_int, compile_to
+from mncompile.commands.compile import add_compile_arguments, compile_to
 from mncompile.diagnostics import MNError
 from mncompile.runtime.pipeline import add_run_arguments, resume_command, run_guarded
 
@@ -23,15 +23,8 @@ HELP = "compile a spec, then train its MotherNets and members and evaluate the e
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `mncompile run`: compile options, then those of train.py."""
     p.add_argument("spec", help="the .mnet file")
-    c = p.add_argument_group("compile")
-    c.add_argument("-o", "--output", metavar="DIR",
-                   help="the generated folder to write (default: generated/<ensemble>/)")
-    c.add_argument("--clusters", "-g", metavar="G", type=_positive_int,
-                   help="number of MotherNets (default: one per architecture class)")
-    c.add_argument("--cluster-seed", type=int, default=0, metavar="S",
-                   help="seed of the clustering restarts (default 0)")
-    c.add_argument("--force", action="store_true",
-                   help="replace the generated folder even if mncompile did not generate it")
+    # --seed is the training seed here, as in train.py; the clustering seed is --cluster-seed
+    add_compile_arguments(p.add_argument_group("compile"), seed_flag="--cluster-seed")
     add_run_arguments(p, None)
 
 
