@@ -288,7 +288,7 @@ def test_compile_writes_the_default_folder_and_prints_a_summary(
     files = set(_tree(folder))
     assert {".mncompile", "README.md", "models.py", "plan.json"} <= files
     assert {f for f in files if f.startswith("hatch/")} == hatched and hatched
-    assert files - hatched <= {".mncompile", "README.md", "models.py", "plan.json", "train.py"}
+    assert files - hatched == {".mncompile", "README.md", "models.py", "plan.json", "shared.py", "train.py"}
     assert "wrote generated/mnist1d/" in out
     assert "mothernet1" in out and "mothernet2" in out and "c32k7" in out and "MotherNet" in out
     readme = (folder / "README.md").read_text()

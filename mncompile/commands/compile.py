@@ -13,7 +13,8 @@ from mncompile.shapes import infer_net
 from mncompile.table import human, render
 
 NAME = "compile"
-HELP = "compile a spec into models.py, plan.json, hatch/, train.py and README.md (the default command)"
+HELP = ("compile a spec into models.py, plan.json, hatch/, shared.py, train.py and README.md "
+        "(the default command)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,7 +105,27 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary(out))
     print(exactness(out))
+    print(sharing(out))
     return 0
+
+
+def sharing(out: Output) -> str:
+    """Which clusters shared.py shares (--method shared-mothernets), and why the others are not."""
+    from mncompile.passes.share_plan import Refusal, param_count
+
+    if not out.shares:
+        return "shared-mothernets: no cluster of two or more nets, nothing to share"
+    e = out.plan.ensemble
+    lines = []
+    for mother, sp in out.shares.items():
+        if isinstance(sp, Refusal):
+            lines.append(f"  {mother}: separate members ({sp.reason})")
+            continue
+        separate = sum(infer_net(e.net(m), e.input, e.classes).params for m in sp.members)
+        lines.append(f"  {mother}: shared, {human(param_count(sp))} parameters instead of {human(separate)}")
+    shared = sum(not isinstance(sp, Refusal) for sp in out.shares.values())
+    head = f"shared-mothernets: {shared} of {len(out.shares)} clusters shared (shared.py):"
+    return "\n".join([head, *lines])
 
 
 def exactness(out: Output) -> str:

@@ -67,7 +67,7 @@ DEFAULT_DATA = "mnist1d"
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_MODES = ("gaussian", "symmetric")
 #: modules that register more methods when imported; skipped when they do not exist
-METHOD_MODULES: list[str] = ["mncompile.runtime.baselines"]
+METHOD_MODULES: list[str] = ["mncompile.runtime.baselines", "mncompile.runtime.shared"]
 #: the largest |hatched - MotherNet| output difference, relative to the output scale, that
 #: still counts as "the same function" for a table that claims to be exact
 EXACT_TOLERANCE = 1e-3
@@ -208,7 +208,24 @@ def derive_seed(seed: int, *parts: str) -> int:
 @register_method("mothernets", help="train the MotherNets, hatch the members, train them (default)")
 def train_mothernets(ctx: RunContext) -> Outcome:
     """MotherNets: mothers (and lone members) first, then hatching, then the hatched members."""
-    from mncompile.runtime.hatching import hatch, verify_hatch
+    from mncompile.runtime.results import PhaseRecord
+
+    first, mother_of, phases = train_first_phase(ctx)
+    members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
+    hatched, checks, hatch_seconds = hatch_members(ctx, first, mother_of)
+    if hatched:
+        phases.append(PhaseRecord("hatching", hatch_seconds, {}))
+        results = ctx.train(hatched, ctx.hatched_settings, "members")
+        phases.append(PhaseRecord("members", ctx.phase_seconds(results), results))
+    members.update(hatched)
+    return Outcome(phases, {m: members[m] for m in ctx.members}, {"hatch": checks})
+
+
+def train_first_phase(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, str], list[PhaseRecord]]:
+    """Train every MotherNet and every lone member (a cluster of one) in lockstep.
+
+    Returns the trained nets by name, each hatched member's MotherNet, and the phase record.
+    """
     from mncompile.runtime.results import PhaseRecord
 
     first: dict[str, nn.Module] = {}
@@ -225,8 +242,18 @@ def train_mothernets(ctx: RunContext) -> Outcome:
         if not r.ok:
             raise MNError(f"MotherNet '{name}' diverged: {r.message}",
                           hint="lower --lr, or check the data; nothing can hatch from it")
+    return first, mother_of, phases
 
-    members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
+
+def hatch_members(ctx: RunContext, first: Mapping[str, nn.Module], mother_of: Mapping[str, str], *,
+                  noise: bool = True) -> tuple[dict[str, nn.Module], dict[str, Any], float]:
+    """Hatch every member of a cluster from its trained MotherNet, check it, then add the run's noise.
+
+    With `noise=False` the members are left exactly as hatched (the run's noise is not added).
+    Returns the hatched members (spec order), the numerical check of each, and the seconds spent.
+    """
+    from mncompile.runtime.hatching import hatch, verify_hatch
+
     hatched: dict[str, nn.Module] = {}
     checks: dict[str, Any] = {}
     batch = ctx.dataset.x_train[: min(256, len(ctx.dataset.x_train))].to(ctx.device)
@@ -247,19 +274,14 @@ def train_mothernets(ctx: RunContext) -> Outcome:
             checks[m]["warning"] = (f"hatching '{m}' from '{mother_of[m]}' should be exact, but the "
                                     f"outputs differ by {diff:.3g} (output scale {scale:.3g})")
             print(f"warning: {checks[m]['warning']}", file=sys.stderr, flush=True)
-        if ctx.noise > 0:
+        if noise and ctx.noise > 0:
             # hatched again with the noise: the check above must see the noiseless member
             start = time.perf_counter()
             model.load_state_dict(hatch(mother, table, noise=ctx.noise, noise_mode=ctx.noise_mode,
                                         seed=derive_seed(ctx.seed, "noise", m)))
             hatch_seconds += time.perf_counter() - start
         hatched[m] = model
-    if hatched:
-        phases.append(PhaseRecord("hatching", hatch_seconds, {}))
-        results = ctx.train(hatched, ctx.hatched_settings, "members")
-        phases.append(PhaseRecord("members", ctx.phase_seconds(results), results))
-    members.update(hatched)
-    return Outcome(phases, {m: members[m] for m in ctx.members}, {"hatch": checks})
+    return hatched, checks, hatch_seconds
 
 
 def verify_scale(mother: nn.Module, batch: torch.Tensor) -> float:

@@ -1,0 +1,320 @@
+"""Shared-MotherNets at run time: build one from hatched members, check it, train it.
+
+A generated folder's `shared.py` has one `SharedNet` class per cluster that can be shared (see
+`mncompile.passes.share_plan` for the structure). `consolidate(shared, members)` fills a
+Shared-MotherNet from the cluster's hatched members:
+
+- a unit the members copied from the MotherNet (a *shared* row of a step) gets the mean of the
+  members' incoming weights, bias and BatchNorm entries for that unit, each member's weights
+  placed on the columns of the groups that member reads (its kernel centred in the step's);
+  the shared unit then computes (1/K) * sum_k (member k's pre-activation), which is member k's
+  pre-activation for every k as long as the members agree on that unit, as hatched members do;
+- a member's own unit gets that member's weights; every other entry stays zero (masked).
+
+`verify_shared(shared, members, batch)` returns the largest difference between the K outputs
+and the members' outputs. The method `shared-mothernets` trains the MotherNets, hatches,
+consolidates, checks, then trains each Shared-MotherNet on the sum of its K cross-entropies;
+clusters that `shared.py` lists in `NOT_SHARED` train their hatched members separately, as
+`mothernets` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import sys
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from mncompile.diagnostics import MNError
+from mncompile.runtime.pipeline import (
+    EXACT_TOLERANCE,
+    Outcome,
+    RunContext,
+    hatch_members,
+    register_method,
+    train_first_phase,
+    verify_scale,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def load_shared_module(folder: str | Path) -> ModuleType:
+    """The generated folder's shared.py as a fresh module; MNError when it is missing."""
+    path = Path(folder) / "shared.py"
+    if not path.is_file():
+        raise MNError(f"'{path}' does not exist",
+                      hint="compile the spec again with this mncompile: it writes shared.py")
+    spec = importlib.util.spec_from_file_location(f"mncompile_shared_{zlib.crc32(str(path).encode())}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not isinstance(getattr(module, "SHARED", None), dict):
+        raise MNError(f"'{path}' has no SHARED table", hint="compile the spec again")
+    return module
+
+
+def _ranges(groups: Mapping[int, tuple[Any, int]], ids: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    out, at = {}, 0
+    for g in ids:
+        out[g] = (at, at + int(groups[g][1]))
+        at += int(groups[g][1])
+    return out
+
+
+def _member_keys(op: str, key: str) -> dict[str, str]:
+    if op == "conv":
+        return {"weight": f"{key}.conv.weight", **{f"bn.{t}": f"{key}.bn.{t}" for t in
+                                                   ("weight", "bias", "running_mean", "running_var")}}
+    return {"weight": f"{key}.weight", "bias": f"{key}.bias"}
+
+
+def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+                ) -> dict[str, torch.Tensor]:
+    """The state_dict of `shared` built from the hatched members' weights (module docstring).
+
+    `members` maps every name in `shared.MEMBERS` to its module or state_dict. Raises MNError
+    when one is missing or a tensor has the wrong shape (members from another compile).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    states = {}
+    for m in shared.MEMBERS:
+        if m not in members:
+            raise MNError(f"member '{m}' of Shared-MotherNet '{shared.MOTHER}' was not given")
+        sd = members[m]
+        states[m] = sd.state_dict() if hasattr(sd, "state_dict") else sd
+    out: dict[str, torch.Tensor] = {}
+    own = shared.state_dict()
+    layer_steps = [(i, s) for i, s in enumerate(shared.STEPS) if s["op"] in ("conv", "linear")]
+    for i, step in layer_steps:
+        module = shared.steps[i]
+        rows = _ranges(shared.GROUPS, tuple(step["makes"]))
+        cols = _ranges(shared.GROUPS, tuple(step["reads"]))
+        contributors = {g: sum(g in p["rows"] for p in step["parts"]) for g in step["makes"]}
+        target = {name: torch.zeros_like(t, dtype=torch.float32)
+                  for name, t in own.items() if name.startswith(f"steps.{i}.")}
+        steps_done = torch.zeros((), dtype=torch.long)
+        kernel = step["kernel"]
+        for part in step["parts"]:
+            sd = states[part["member"]]
+            for field, key in _member_keys(step["op"], part["key"]).items():
+                if key not in sd:
+                    raise MNError(f"member '{part['member']}' has no tensor '{key}'",
+                                  hint="the members do not come from this compile of the spec")
+                t = sd[key].detach().float().cpu()
+                if field == "weight" and kernel is not None:
+                    pad = (kernel - part["kernel"]) // 2
+                    if t.shape[2] != part["kernel"]:
+                        raise MNError(f"'{part['member']}.{key}' has kernel {t.shape[2]}, shared.py expects "
+                                      f"{part['kernel']}", hint="compile the spec again")
+                    t = F.pad(t, (pad, pad) * (t.dim() - 2))
+                dest = target[f"steps.{i}.{field}"]
+                at = 0
+                for r in part["rows"]:
+                    lo, hi = rows[r]
+                    piece = t[at:at + hi - lo] / contributors[r]
+                    if field == "weight":
+                        c_at = 0
+                        for c in part["cols"]:
+                            clo, chi = cols[c]
+                            block = piece[:, c_at:c_at + chi - clo]
+                            if block.shape != dest[lo:hi, clo:chi].shape:
+                                raise MNError(f"'{part['member']}.{key}' does not fit Shared-MotherNet "
+                                              f"'{shared.MOTHER}' ({tuple(t.shape)})",
+                                              hint="compile the spec again")
+                            dest[lo:hi, clo:chi] += block
+                            c_at += chi - clo
+                        if c_at != t.shape[1]:
+                            raise MNError(f"'{part['member']}.{key}' has {t.shape[1]} input channels, "
+                                          f"shared.py expects {c_at}", hint="compile the spec again")
+                    else:
+                        dest[lo:hi] += piece
+                    at += hi - lo
+                if at != t.shape[0]:
+                    raise MNError(f"'{part['member']}.{key}' has {t.shape[0]} output channels, shared.py "
+                                  f"expects {at}", hint="compile the spec again")
+            nbt = sd.get(f"{part['key']}.bn.num_batches_tracked")
+            if nbt is not None:
+                steps_done = torch.maximum(steps_done, nbt.detach().cpu().long())
+        for name, t in target.items():
+            if name.endswith("num_batches_tracked"):
+                t = steps_done.clone()
+            out[name] = t.to(own[name].dtype)
+        out[f"steps.{i}.weight"] = out[f"steps.{i}.weight"] * module.mask.cpu()
+    return out
+
+
+def build_shared(cls: type[nn.Module], members: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+                 device: torch.device | str | None = None) -> nn.Module:
+    """A new Shared-MotherNet of class `cls` filled from the members (`consolidate`)."""
+    model = cls()
+    model.load_state_dict(consolidate(model, members))
+    return model.to(device) if device is not None else model
+
+
+def verify_shared(shared: nn.Module, members: Mapping[str, nn.Module], batch: torch.Tensor, *,
+                  train: bool = False) -> float:
+    """max |shared(batch)[:, k] - member_k(batch)| over k, in eval mode (or train mode on copies)."""
+    import torch
+
+    if train:
+        shared, members = copy.deepcopy(shared), {m: copy.deepcopy(members[m]) for m in shared.MEMBERS}
+    modules = [shared, *(members[m] for m in shared.MEMBERS)]
+    was = [m.training for m in modules]
+    for m in modules:
+        m.train(train)
+    try:
+        with torch.no_grad():
+            out = shared(batch)
+            return max(float((out[:, k] - members[m](batch)).abs().max())
+                       for k, m in enumerate(shared.MEMBERS))
+    finally:
+        for m, w in zip(modules, was, strict=True):
+            m.train(w)
+
+
+@functools.cache
+def _member_view() -> type:
+    from torch import nn
+
+    class SharedMember(nn.Module):
+        """Member `member` of a Shared-MotherNet as a module of its own (input -> its logits).
+
+        It runs the whole shared model and keeps that member's output: for evaluating members
+        one at a time. The shared model is a submodule, so the view moves and saves with it.
+        """
+
+        def __init__(self, shared: nn.Module, member: str) -> None:
+            super().__init__()
+            self.shared = shared
+            self.index = list(shared.MEMBERS).index(member)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.shared(x)[:, self.index]
+
+    return SharedMember
+
+
+def shared_member(shared: nn.Module, member: str) -> nn.Module:
+    """Member `member` of `shared` as an `nn.Module` (input -> that member's logits)."""
+    return _member_view()(shared, member)
+
+
+def effective_params(shared: nn.Module) -> int:
+    """Trainable parameters of a Shared-MotherNet: unmasked weights, biases, BatchNorm affines."""
+    total = 0
+    for step in shared.steps:
+        if hasattr(step, "mask"):
+            total += int(step.mask.count_nonzero())
+            total += sum(p.numel() for n, p in step.named_parameters() if n != "weight")
+    return total
+
+
+def param_counts(shared: nn.Module, members: Mapping[str, nn.Module], mother: nn.Module) -> dict[str, Any]:
+    """Parameter counts of Appendix C: members' sum, the shared model, what it saves, and chi.
+
+    chi = 1 - K * |M| / sum_i |N_i| is the paper's formula as printed; (K - 1) * |M| is the
+    saving it describes; `saved` is what this shared model actually saves (the members' sum
+    minus its own count), which differs from (K - 1) * |M| where kernels or head layers differ.
+    """
+    def count(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    k = len(shared.MEMBERS)
+    total = sum(count(members[m]) for m in shared.MEMBERS)
+    mother_params = count(mother)
+    own = effective_params(shared)
+    return {"members": k, "members_params": total, "shared_params": own, "saved": total - own,
+            "mother_params": mother_params, "paper_saving": (k - 1) * mother_params,
+            "chi": 1 - k * mother_params / total, "reduction": 1 - own / total}
+
+
+@register_method("shared-mothernets",
+                 help="MotherNets, then each cluster consolidated into one Shared-MotherNet trained jointly")
+def train_shared_mothernets(ctx: RunContext) -> Outcome:
+    """Appendix C: MotherNets, hatching, consolidation, then joint training of each shared model."""
+    import torch.nn.functional as F
+
+    from mncompile.runtime.baselines import Job, fit
+    from mncompile.runtime.results import PhaseRecord
+    from mncompile.runtime.train import group_seconds
+
+    module = load_shared_module(ctx.folder)
+    first, mother_of, phases = train_first_phase(ctx)
+    members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
+    plain, checks, hatch_seconds = hatch_members(ctx, first, mother_of, noise=False)
+    batch = ctx.dataset.x_train[: min(256, len(ctx.dataset.x_train))].to(ctx.device)
+    noisy = hatch_members(ctx, first, mother_of)[0] if ctx.noise > 0 else plain
+    shared_models: dict[str, nn.Module] = {}
+    report: dict[str, Any] = {}
+    separate: dict[str, nn.Module] = {}
+    start = time.perf_counter()
+    for mother_name, cluster in ctx.clusters:
+        if len(cluster) < 2:
+            continue
+        cls = module.SHARED.get(mother_name)
+        if cls is None:
+            why = module.NOT_SHARED.get(mother_name, "shared.py has no class for it")
+            ctx.progress.note(f"shared-mothernets: cluster {mother_name} keeps separate members: {why}")
+            report[mother_name] = {"shared": False, "reason": why}
+            separate.update({m: noisy[m] for m in cluster})
+            continue
+        if list(cls.MEMBERS) != list(cluster):
+            raise MNError(f"shared.py's '{mother_name}' is for members {list(cls.MEMBERS)}, plan.json has "
+                          f"{cluster}", hint="the folder is out of date: compile the spec again")
+        shared = build_shared(cls, plain, ctx.device)
+        scale = verify_scale(first[mother_name], batch)
+        diff = verify_shared(shared, plain, batch)
+        diff_train = verify_shared(shared, plain, batch, train=True)
+        entry: dict[str, Any] = {"shared": True, "max_abs_diff": diff, "relative_diff": diff / scale,
+                                 "train_max_abs_diff": diff_train,
+                                 **param_counts(shared, plain, first[mother_name])}
+        exact = all(ctx.tables[m].exact for m in cluster)
+        if exact and not diff <= EXACT_TOLERANCE * scale:
+            entry["warning"] = (f"the Shared-MotherNet of '{mother_name}' should reproduce its hatched "
+                                f"members, but the outputs differ by {diff:.3g} (output scale {scale:.3g})")
+            print(f"warning: {entry['warning']}", file=sys.stderr, flush=True)
+        if noisy is not plain:
+            shared = build_shared(cls, noisy, ctx.device)
+        shared_models[mother_name] = shared
+        report[mother_name] = entry
+    hatch_seconds += time.perf_counter() - start
+    phases.append(PhaseRecord("hatching", hatch_seconds, {}))
+
+    if separate:
+        results = ctx.train(separate, ctx.hatched_settings, "members")
+        phases.append(PhaseRecord("members", ctx.phase_seconds(results), results))
+        members.update(separate)
+    if shared_models:
+        def loss(out: torch.Tensor, y: torch.Tensor, _: Any) -> torch.Tensor:
+            # the sum of the K members' cross-entropies
+            k = out.shape[1]
+            return F.cross_entropy(out.float().flatten(0, 1), y.repeat_interleave(k)) * k
+
+        def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # early stopping watches the heads' mean training accuracy
+            return (out.argmax(2) == y[:, None]).double().sum() / out.shape[1]
+
+        jobs = [Job(f"shared:{name}", model, ctx.hatched_settings, loss=loss, correct=correct,
+                    extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
+        results = fit(ctx, jobs, "shared")
+        for name, r in results.items():
+            if not r.ok:
+                ctx.progress.note(f"{name}: {r.status}: {r.message}")
+        phases.append(PhaseRecord("shared", group_seconds(results), dict(results)))
+        for model in shared_models.values():
+            members.update({m: shared_member(model, m) for m in model.MEMBERS})
+    totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
+              "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
+    info = {"clusters": report, **totals, "hatch": checks}
+    return Outcome(phases, {m: members[m] for m in ctx.members}, {"shared": info})
