@@ -51,6 +51,16 @@ _EXPORTS: dict[str, str] = {
     "hatch": "hatching",
     "verify_hatch": "hatching",
     "load_table": "hatching",
+    # shared.py: Shared-MotherNets (Appendix C)
+    "load_shared_module": "shared",
+    "consolidate": "shared",
+    "build_shared": "shared",
+    "verify_shared": "shared",
+    "shared_member": "shared",
+    # ensemble.py: a trained ensemble, saved and loaded, predicting in one call
+    "TrainedEnsemble": "ensemble",
+    "save_ensemble": "ensemble",
+    "load_ensemble": "ensemble",
 }
 
 __all__ = sorted(_EXPORTS)

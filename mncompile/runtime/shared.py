@@ -316,5 +316,5 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
             members.update({m: shared_member(model, m) for m in model.MEMBERS})
     totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
               "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
-    info = {"clusters": report, **totals, "hatch": checks}
-    return Outcome(phases, {m: members[m] for m in ctx.members}, {"shared": info})
+    info = {"clusters": report, **totals}
+    return Outcome(phases, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks})
