@@ -2,8 +2,8 @@
 
 The spec is compiled once per g into OUT/code/g<k>/; each (method, g, seed) then runs in-process
 through the training pipeline (`pipeline.execute`, exactly what train.py does) into
-OUT/runs/<method>[-g<k>]/seed<s>/ (results.json, history.csv, log.txt, y.npy). MotherNets run at
-every g; the other methods do not depend on g and run once per seed. Finally
+OUT/runs/<method>[-g<k>]/seed<s>/ (results.json, history.csv, log.txt, y.npy). MotherNets (and
+Shared-MotherNets) run at every g; the other methods do not depend on g and run once per seed. Finally
 `runtime/frontier.py` writes OUT/frontier.csv, frontier.md, frontier.png, breakdown.png and,
 with two seeds or more, diversity.csv. Importing this module does not import torch.
 """
@@ -84,12 +84,16 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+#: methods whose result depends on the number of MotherNets g: run once per g
+G_METHODS = ("mothernets", "shared-mothernets")
+
+
 def _plan_runs(methods: Sequence[str], clusters: Sequence[int],
                seeds: Sequence[int]) -> list[tuple[str, int | None, int]]:
     runs: list[tuple[str, int | None, int]] = []
     for seed in seeds:
         for method in methods:
-            if method == "mothernets":
+            if method in G_METHODS:
                 runs += [(method, g, seed) for g in clusters]
             else:
                 runs.append((method, None, seed))
@@ -188,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
 
     folders: dict[int, Path] = {}
-    needed = clusters if "mothernets" in methods else clusters[:1]
+    needed = clusters if any(m in G_METHODS for m in methods) else clusters[:1]
     for g in needed:
         folders[g] = out / "code" / f"g{g}"
         compiled = compile_ensemble(e, clusters=g, source_name=Path(args.spec).name)
