@@ -62,6 +62,18 @@ class SharedStep(nn.Module):
                 for c in part["cols"]:
                     mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
+        # runs of rows whose members share one kernel: each run is one convolution with that kernel
+        row_kernel = {g: 0 for g in step["makes"]}
+        for part in step["parts"]:
+            for r in part["rows"]:
+                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+        self.kernel = kernel
+        self.runs = []
+        for g in step["makes"]:
+            if self.runs and self.runs[-1][2] == row_kernel[g]:
+                self.runs[-1][1] = rows[g][1]
+            else:
+                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
         weight = torch.empty(shape)
         nn.init.kaiming_normal_(weight)
         self.weight = nn.Parameter(weight * mask)
@@ -72,16 +84,27 @@ class SharedStep(nn.Module):
         # a loaded weight keeps the structure: masked entries are zero
         self.register_load_state_dict_post_hook(_zero_masked)
 
+    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+              padding: int) -> torch.Tensor:
+        conv = F.conv2d if self.rank == 2 else F.conv1d
+        return conv(h, w, bias, 1, padding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.gather is None else x.index_select(1, self.gather)
         # training keeps masked entries at zero (zero gradient); in eval they already are zero
         w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 2:
-            y = F.conv2d(h, w, self.bias, 1, self.padding)
-        elif self.rank == 1:
-            y = F.conv1d(h, w, self.bias, 1, self.padding)
-        else:
+        if self.rank == 0:
             y = F.linear(h, w, self.bias)
+        elif len(self.runs) == 1:
+            y = self._conv(h, w, self.bias, self.padding)
+        else:
+            parts = []
+            for lo, hi, k in self.runs:
+                c = (self.kernel - k) // 2
+                taps = (slice(c, c + k),) * self.rank
+                bias = None if self.bias is None else self.bias[lo:hi]
+                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+            y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:

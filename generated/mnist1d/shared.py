@@ -62,6 +62,18 @@ class SharedStep(nn.Module):
                 for c in part["cols"]:
                     mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
+        # runs of rows whose members share one kernel: each run is one convolution with that kernel
+        row_kernel = {g: 0 for g in step["makes"]}
+        for part in step["parts"]:
+            for r in part["rows"]:
+                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+        self.kernel = kernel
+        self.runs = []
+        for g in step["makes"]:
+            if self.runs and self.runs[-1][2] == row_kernel[g]:
+                self.runs[-1][1] = rows[g][1]
+            else:
+                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
         weight = torch.empty(shape)
         nn.init.kaiming_normal_(weight)
         self.weight = nn.Parameter(weight * mask)
@@ -72,16 +84,27 @@ class SharedStep(nn.Module):
         # a loaded weight keeps the structure: masked entries are zero
         self.register_load_state_dict_post_hook(_zero_masked)
 
+    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+              padding: int) -> torch.Tensor:
+        conv = F.conv2d if self.rank == 2 else F.conv1d
+        return conv(h, w, bias, 1, padding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.gather is None else x.index_select(1, self.gather)
         # training keeps masked entries at zero (zero gradient); in eval they already are zero
         w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 2:
-            y = F.conv2d(h, w, self.bias, 1, self.padding)
-        elif self.rank == 1:
-            y = F.conv1d(h, w, self.bias, 1, self.padding)
-        else:
+        if self.rank == 0:
             y = F.linear(h, w, self.bias)
+        elif len(self.runs) == 1:
+            y = self._conv(h, w, self.bias, self.padding)
+        else:
+            parts = []
+            for lo, hi, k in self.runs:
+                c = (self.kernel - k) // 2
+                taps = (slice(c, c + k),) * self.rank
+                bias = None if self.bias is None else self.bias[lo:hi]
+                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+            y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -143,14 +166,14 @@ class SharedMothernet1(SharedNet):
     INPUT_SHAPE = (1, 40)
     NUM_CLASSES = 10
     GROUPS: ClassVar[dict] = {
-        0: (None, 1), 1: (None, 24), 2: ("c32", 8), 3: ("c32k7", 8), 4: ("c32w", 8), 5: ("c24d2", 24),
+        0: (None, 1), 1: (None, 24), 2: ("c32k7", 8), 3: ("c32", 8), 4: ("c32w", 8), 5: ("c24d2", 24),
         6: (None, 48), 7: ("c24d2", 16), 8: ("c32w", 16), 9: ("c32", 48), 10: (None, 48), 11: ("c32", 16),
         12: ("c32k7", 16), 13: ("c24d2", 16), 14: ("c32w", 48), 15: ("c32k7", 64), 16: (None, 64),
         17: ("c32k7", 32), 18: ("c32w", 64), 19: ("c24d2", 64), 20: ("c24", 10), 21: ("c32", 10),
         22: ("c32k7", 10), 23: ("c24d2", 10), 24: ("c32w", 10),
     }
     STEPS = (
-        # block1.layer1: shared 24 | c32 +8 | c32k7 +8 | c32w +8
+        # block1.layer1: shared 24 | c32k7 +8 | c32 +8 | c32w +8
         {'op': 'conv',
          'name': 'block1.layer1',
          'kernel': 7,
@@ -161,8 +184,8 @@ class SharedMothernet1(SharedNet):
          'makes': (1, 2, 3, 4),
          'carries': (),
          'parts': ({'member': 'c24', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 5},
-                   {'member': 'c32', 'key': 'block1.layer1', 'rows': (1, 2), 'cols': (0,), 'kernel': 5},
-                   {'member': 'c32k7', 'key': 'block1.layer1', 'rows': (1, 3), 'cols': (0,), 'kernel': 7},
+                   {'member': 'c32', 'key': 'block1.layer1', 'rows': (1, 3), 'cols': (0,), 'kernel': 5},
+                   {'member': 'c32k7', 'key': 'block1.layer1', 'rows': (1, 2), 'cols': (0,), 'kernel': 7},
                    {'member': 'c24d2', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 5},
                    {'member': 'c32w', 'key': 'block1.layer1', 'rows': (1, 4), 'cols': (0,), 'kernel': 5})},
         # block1.layer2: c24d2 +24
@@ -188,8 +211,8 @@ class SharedMothernet1(SharedNet):
          'makes': (6, 7, 8),
          'carries': (),
          'parts': ({'member': 'c24', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'c32', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 2), 'kernel': 3},
-                   {'member': 'c32k7', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 3), 'kernel': 5},
+                   {'member': 'c32', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 3), 'kernel': 3},
+                   {'member': 'c32k7', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 2), 'kernel': 5},
                    {'member': 'c24d2', 'key': 'block2.layer1', 'rows': (6, 7), 'cols': (5,), 'kernel': 3},
                    {'member': 'c32w',
                     'key': 'block2.layer1',

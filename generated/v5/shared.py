@@ -62,6 +62,18 @@ class SharedStep(nn.Module):
                 for c in part["cols"]:
                     mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
+        # runs of rows whose members share one kernel: each run is one convolution with that kernel
+        row_kernel = {g: 0 for g in step["makes"]}
+        for part in step["parts"]:
+            for r in part["rows"]:
+                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+        self.kernel = kernel
+        self.runs = []
+        for g in step["makes"]:
+            if self.runs and self.runs[-1][2] == row_kernel[g]:
+                self.runs[-1][1] = rows[g][1]
+            else:
+                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
         weight = torch.empty(shape)
         nn.init.kaiming_normal_(weight)
         self.weight = nn.Parameter(weight * mask)
@@ -72,16 +84,27 @@ class SharedStep(nn.Module):
         # a loaded weight keeps the structure: masked entries are zero
         self.register_load_state_dict_post_hook(_zero_masked)
 
+    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+              padding: int) -> torch.Tensor:
+        conv = F.conv2d if self.rank == 2 else F.conv1d
+        return conv(h, w, bias, 1, padding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.gather is None else x.index_select(1, self.gather)
         # training keeps masked entries at zero (zero gradient); in eval they already are zero
         w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 2:
-            y = F.conv2d(h, w, self.bias, 1, self.padding)
-        elif self.rank == 1:
-            y = F.conv1d(h, w, self.bias, 1, self.padding)
-        else:
+        if self.rank == 0:
             y = F.linear(h, w, self.bias)
+        elif len(self.runs) == 1:
+            y = self._conv(h, w, self.bias, self.padding)
+        else:
+            parts = []
+            for lo, hi, k in self.runs:
+                c = (self.kernel - k) // 2
+                taps = (slice(c, c + k),) * self.rank
+                bias = None if self.bias is None else self.bias[lo:hi]
+                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+            y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -144,10 +167,10 @@ class SharedMothernet1(SharedNet):
     NUM_CLASSES = 10
     GROUPS: ClassVar[dict] = {
         0: (None, 3), 1: (None, 64), 2: (None, 64), 3: (None, 128), 4: (None, 128), 5: (None, 256),
-        6: (None, 256), 7: ("vgg16", 256), 8: ("vgg16a", 256), 9: ("vgg16b", 256), 10: ("vgg19", 256),
-        11: ("vgg19", 256), 12: (None, 512), 13: (None, 512), 14: ("vgg16", 512), 15: ("vgg16a", 512),
-        16: ("vgg16b", 768), 17: ("vgg19", 512), 18: ("vgg19", 512), 19: (None, 512), 20: (None, 512),
-        21: ("vgg16", 512), 22: ("vgg16a", 512), 23: ("vgg16b", 768), 24: ("vgg19", 512), 25: ("vgg19", 512),
+        6: (None, 256), 7: ("vgg16", 256), 8: ("vgg16b", 256), 9: ("vgg19", 256), 10: ("vgg16a", 256),
+        11: ("vgg19", 256), 12: (None, 512), 13: (None, 512), 14: ("vgg16", 512), 15: ("vgg16b", 768),
+        16: ("vgg19", 512), 17: ("vgg16a", 512), 18: ("vgg19", 512), 19: (None, 512), 20: (None, 512),
+        21: ("vgg16", 512), 22: ("vgg16b", 768), 23: ("vgg19", 512), 24: ("vgg16a", 512), 25: ("vgg19", 512),
         26: (None, 512), 27: ("vgg13", 10), 28: ("vgg16", 10), 29: ("vgg16a", 10), 30: ("vgg16b", 10),
         31: ("vgg19", 10),
     }
@@ -244,7 +267,7 @@ class SharedMothernet1(SharedNet):
                    {'member': 'vgg16a', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
                    {'member': 'vgg16b', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
                    {'member': 'vgg19', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3})},
-        # block3.layer3: vgg16 +256 | vgg16a +256 | vgg16b +256 | vgg19 +256
+        # block3.layer3: vgg16 +256 | vgg16b +256 | vgg19 +256 | vgg16a +256
         {'op': 'conv',
          'name': 'block3.layer3',
          'kernel': 3,
@@ -255,9 +278,9 @@ class SharedMothernet1(SharedNet):
          'makes': (7, 8, 9, 10),
          'carries': (6,),
          'parts': ({'member': 'vgg16', 'key': 'block3.layer3', 'rows': (7,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block3.layer3', 'rows': (8,), 'cols': (6,), 'kernel': 1},
-                   {'member': 'vgg16b', 'key': 'block3.layer3', 'rows': (9,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block3.layer3', 'rows': (10,), 'cols': (6,), 'kernel': 3})},
+                   {'member': 'vgg16a', 'key': 'block3.layer3', 'rows': (10,), 'cols': (6,), 'kernel': 1},
+                   {'member': 'vgg16b', 'key': 'block3.layer3', 'rows': (8,), 'cols': (6,), 'kernel': 3},
+                   {'member': 'vgg19', 'key': 'block3.layer3', 'rows': (9,), 'cols': (6,), 'kernel': 3})},
         # block3.layer4: vgg19 +256
         {'op': 'conv',
          'name': 'block3.layer4',
@@ -265,13 +288,13 @@ class SharedMothernet1(SharedNet):
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (10,),
+         'reads': (9,),
          'makes': (11,),
-         'carries': (7, 8, 9, 6),
+         'carries': (7, 8, 10, 6),
          'parts': ({'member': 'vgg19',
                     'key': 'block3.layer4',
                     'rows': (11,),
-                    'cols': (10,),
+                    'cols': (9,),
                     'kernel': 3},)},
         {'op': 'pool'},
         # block4.layer1: shared 512
@@ -281,13 +304,17 @@ class SharedMothernet1(SharedNet):
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (11, 7, 8, 9, 6),
+         'reads': (11, 7, 8, 10, 6),
          'makes': (12,),
          'carries': (),
          'parts': ({'member': 'vgg13', 'key': 'block4.layer1', 'rows': (12,), 'cols': (6,), 'kernel': 3},
                    {'member': 'vgg16', 'key': 'block4.layer1', 'rows': (12,), 'cols': (7,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block4.layer1', 'rows': (12,), 'cols': (8,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block4.layer1', 'rows': (12,), 'cols': (9,), 'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block4.layer1',
+                    'rows': (12,),
+                    'cols': (10,),
+                    'kernel': 3},
+                   {'member': 'vgg16b', 'key': 'block4.layer1', 'rows': (12,), 'cols': (8,), 'kernel': 3},
                    {'member': 'vgg19',
                     'key': 'block4.layer1',
                     'rows': (12,),
@@ -320,7 +347,7 @@ class SharedMothernet1(SharedNet):
                     'rows': (13,),
                     'cols': (12,),
                     'kernel': 3})},
-        # block4.layer3: vgg16 +512 | vgg16a +512 | vgg16b +768 | vgg19 +512
+        # block4.layer3: vgg16 +512 | vgg16b +768 | vgg19 +512 | vgg16a +512
         {'op': 'conv',
          'name': 'block4.layer3',
          'kernel': 3,
@@ -333,17 +360,17 @@ class SharedMothernet1(SharedNet):
          'parts': ({'member': 'vgg16', 'key': 'block4.layer3', 'rows': (14,), 'cols': (13,), 'kernel': 3},
                    {'member': 'vgg16a',
                     'key': 'block4.layer3',
-                    'rows': (15,),
+                    'rows': (17,),
                     'cols': (13,),
                     'kernel': 1},
                    {'member': 'vgg16b',
                     'key': 'block4.layer3',
-                    'rows': (16,),
+                    'rows': (15,),
                     'cols': (13,),
                     'kernel': 3},
                    {'member': 'vgg19',
                     'key': 'block4.layer3',
-                    'rows': (17,),
+                    'rows': (16,),
                     'cols': (13,),
                     'kernel': 3})},
         # block4.layer4: vgg19 +512
@@ -353,13 +380,13 @@ class SharedMothernet1(SharedNet):
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (17,),
+         'reads': (16,),
          'makes': (18,),
-         'carries': (14, 15, 16, 13),
+         'carries': (14, 15, 17, 13),
          'parts': ({'member': 'vgg19',
                     'key': 'block4.layer4',
                     'rows': (18,),
-                    'cols': (17,),
+                    'cols': (16,),
                     'kernel': 3},)},
         {'op': 'pool'},
         # block5.layer1: shared 512
@@ -369,7 +396,7 @@ class SharedMothernet1(SharedNet):
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (18, 14, 15, 16, 13),
+         'reads': (18, 14, 15, 17, 13),
          'makes': (19,),
          'carries': (),
          'parts': ({'member': 'vgg13', 'key': 'block5.layer1', 'rows': (19,), 'cols': (13,), 'kernel': 3},
@@ -377,12 +404,12 @@ class SharedMothernet1(SharedNet):
                    {'member': 'vgg16a',
                     'key': 'block5.layer1',
                     'rows': (19,),
-                    'cols': (15,),
+                    'cols': (17,),
                     'kernel': 3},
                    {'member': 'vgg16b',
                     'key': 'block5.layer1',
                     'rows': (19,),
-                    'cols': (16,),
+                    'cols': (15,),
                     'kernel': 3},
                    {'member': 'vgg19',
                     'key': 'block5.layer1',
@@ -416,7 +443,7 @@ class SharedMothernet1(SharedNet):
                     'rows': (20,),
                     'cols': (19,),
                     'kernel': 3})},
-        # block5.layer3: vgg16 +512 | vgg16a +512 | vgg16b +768 | vgg19 +512
+        # block5.layer3: vgg16 +512 | vgg16b +768 | vgg19 +512 | vgg16a +512
         {'op': 'conv',
          'name': 'block5.layer3',
          'kernel': 3,
@@ -429,17 +456,17 @@ class SharedMothernet1(SharedNet):
          'parts': ({'member': 'vgg16', 'key': 'block5.layer3', 'rows': (21,), 'cols': (20,), 'kernel': 3},
                    {'member': 'vgg16a',
                     'key': 'block5.layer3',
-                    'rows': (22,),
+                    'rows': (24,),
                     'cols': (20,),
                     'kernel': 1},
                    {'member': 'vgg16b',
                     'key': 'block5.layer3',
-                    'rows': (23,),
+                    'rows': (22,),
                     'cols': (20,),
                     'kernel': 3},
                    {'member': 'vgg19',
                     'key': 'block5.layer3',
-                    'rows': (24,),
+                    'rows': (23,),
                     'cols': (20,),
                     'kernel': 3})},
         # block5.layer4: vgg19 +512
@@ -449,13 +476,13 @@ class SharedMothernet1(SharedNet):
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (24,),
+         'reads': (23,),
          'makes': (25,),
-         'carries': (21, 22, 23, 20),
+         'carries': (21, 22, 24, 20),
          'parts': ({'member': 'vgg19',
                     'key': 'block5.layer4',
                     'rows': (25,),
-                    'cols': (24,),
+                    'cols': (23,),
                     'kernel': 3},)},
         {'op': 'pool'},
         {'op': 'gap'},
@@ -466,13 +493,13 @@ class SharedMothernet1(SharedNet):
          'bn': False,
          'relu': True,
          'bias': True,
-         'reads': (25, 21, 22, 23, 20),
+         'reads': (25, 21, 22, 24, 20),
          'makes': (26,),
          'carries': (),
          'parts': ({'member': 'vgg13', 'key': 'head.fc1', 'rows': (26,), 'cols': (20,), 'kernel': None},
                    {'member': 'vgg16', 'key': 'head.fc1', 'rows': (26,), 'cols': (21,), 'kernel': None},
-                   {'member': 'vgg16a', 'key': 'head.fc1', 'rows': (26,), 'cols': (22,), 'kernel': None},
-                   {'member': 'vgg16b', 'key': 'head.fc1', 'rows': (26,), 'cols': (23,), 'kernel': None},
+                   {'member': 'vgg16a', 'key': 'head.fc1', 'rows': (26,), 'cols': (24,), 'kernel': None},
+                   {'member': 'vgg16b', 'key': 'head.fc1', 'rows': (26,), 'cols': (22,), 'kernel': None},
                    {'member': 'vgg19', 'key': 'head.fc1', 'rows': (26,), 'cols': (25,), 'kernel': None})},
         # head.out: vgg13 +10 | vgg16 +10 | vgg16a +10 | vgg16b +10 | vgg19 +10
         {'op': 'linear',

@@ -154,7 +154,9 @@ class _Builder:
         if s is not None:
             makes.append(s)
         rows: dict[str, tuple[int, ...]] = {}
-        for m in takers:
+        # own groups with the step's largest kernel first: each run of equal kernels is then one
+        # contiguous block of rows, computed with its own kernel rather than masked taps
+        for m in sorted(takers, key=lambda m: -(kernels[m] or 0)):
             own = widths[m] - shared
             o = self.new(m, own) if own > 0 else None
             if o is not None:
