@@ -457,14 +457,18 @@ def _step_lines(sp: SharePlan, step: Any) -> list[str]:
     """One STEPS entry as lines of a dict literal, with a comment saying who owns the units it makes."""
     import pprint
 
-    if step.op not in ("conv", "linear"):
+    if step.op not in ("conv", "linear", "norm", "add"):
         return [f"{{'op': {step.op!r}}},"]
-    literal = {
-        "op": step.op, "name": step.name, "kernel": step.kernel, "bn": step.bn, "relu": step.relu,
-        "bias": step.bias, "reads": step.reads, "makes": step.makes, "carries": step.carries,
-        "parts": tuple({"member": p.member, "key": p.key, "rows": p.rows, "cols": p.cols, "kernel": p.kernel}
-                       for p in step.parts),
+    literal: dict[str, Any] = {
+        "op": step.op, "name": step.name, "kernel": step.kernel, "stride": step.stride, "pre": step.pre,
+        "bn": step.bn, "relu": step.relu, "bias": step.bias, "reads": step.reads, "makes": step.makes,
+        "carries": step.carries,
     }
+    if step.op == "add":
+        literal["sums"] = step.sums
+    else:
+        literal["parts"] = tuple({"member": p.member, "key": p.key, "bn": p.bn, "pre": p.pre, "rows": p.rows,
+                                  "cols": p.cols, "kernel": p.kernel} for p in step.parts)
     owners = []
     for g in step.makes:
         grp = sp.group(g)

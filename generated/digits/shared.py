@@ -24,87 +24,103 @@ def _channels(groups: dict, ids: tuple) -> dict:
 
 
 def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    with torch.no_grad():
-        step.weight.mul_(step.mask)
+    if step.weight is not None:
+        with torch.no_grad():
+            step.weight.mul_(step.mask)
+
+
+def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
+    """The channels of groups `ids` in a tensor laid out as `live`.
+
+    None when there are none, or (with `whole`) when they are all of it, in order.
+    """
+    at = _channels(groups, live)
+    index = [c for g in ids for c in range(*at[g])]
+    if not index or (whole and index == list(range(sum(groups[g][1] for g in live)))):
+        return None
+    return torch.tensor(index, dtype=torch.long)
 
 
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
-    Gathers the live channel groups it reads, applies one convolution ('same' padding) or linear
-    map whose weight is masked to the members' structure (a member's own units see only the
-    shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them, and appends the groups it
-    carries for members that have no layer at this position.
+    Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
+    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
+    linear map whose weight is masked to the members' structure (a member's own units see only
+    the shared units and that member's own units, through that member's kernel centred in the
+    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
+    carries for members that have no layer at this position. A 'norm' step has no weight.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
-        live_at = _channels(groups, live)
-        reads = [c for g in step["reads"] for c in range(*live_at[g])]
-        width = sum(groups[g][1] for g in live)
-        gather = None if reads == list(range(width)) else torch.tensor(reads)
-        self.register_buffer("gather", gather, persistent=False)
-        carry = [c for g in step["carries"] for c in range(*live_at[g])]
-        self.register_buffer("carry", torch.tensor(carry) if carry else None, persistent=False)
+        self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
         cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        kernel = step["kernel"]
+        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
+        self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
+        self.pre_relu = step["pre"] is not None
+        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
         self.rank = rank if kernel is not None else 0
-        self.padding = kernel // 2 if kernel is not None else 0
-        shape = (sum(groups[g][1] for g in step["makes"]), len(reads)) + (kernel,) * self.rank
-        mask = torch.zeros(shape)
-        for part in step["parts"]:
-            taps = ()
-            if kernel is not None:
-                lo = (kernel - part["kernel"]) // 2
-                taps = (slice(lo, lo + part["kernel"]),) * self.rank
-            for r in part["rows"]:
-                for c in part["cols"]:
-                    mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-        self.register_buffer("mask", mask, persistent=False)
-        # runs of rows whose members share one kernel: each run is one convolution with that kernel
-        row_kernel = {g: 0 for g in step["makes"]}
-        for part in step["parts"]:
-            for r in part["rows"]:
-                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
-        self.kernel = kernel
-        self.runs = []
-        for g in step["makes"]:
-            if self.runs and self.runs[-1][2] == row_kernel[g]:
-                self.runs[-1][1] = rows[g][1]
-            else:
-                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-        weight = torch.empty(shape)
-        nn.init.kaiming_normal_(weight)
-        self.weight = nn.Parameter(weight * mask)
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if step["bias"] else None
-        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}.get(rank)
-        self.bn = bn(shape[0]) if step["bn"] and bn is not None else None
+        self.weight, self.bias, self.runs = None, None, []
+        if step["op"] != "norm":
+            shape = (n_out, n_in) + (kernel,) * self.rank
+            mask = torch.zeros(shape)
+            for part in step["parts"]:
+                taps = ()
+                if kernel is not None:
+                    lo = (kernel - part["kernel"]) // 2
+                    taps = (slice(lo, lo + part["kernel"]),) * self.rank
+                for r in part["rows"]:
+                    for c in part["cols"]:
+                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
+            self.register_buffer("mask", mask, persistent=False)
+            # runs of rows whose members share one kernel: one convolution per run, with that kernel
+            row_kernel = {g: 0 for g in step["makes"]}
+            for part in step["parts"]:
+                for r in part["rows"]:
+                    row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+            for g in step["makes"]:
+                if self.runs and self.runs[-1][2] == row_kernel[g]:
+                    self.runs[-1][1] = rows[g][1]
+                else:
+                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
+            weight = torch.empty(shape)
+            nn.init.kaiming_normal_(weight)
+            self.weight = nn.Parameter(weight * mask)
+            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
+            # a loaded weight keeps the structure: masked entries are zero
+            self.register_load_state_dict_post_hook(_zero_masked)
+        self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-        # a loaded weight keeps the structure: masked entries are zero
-        self.register_load_state_dict_post_hook(_zero_masked)
 
     def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
               padding: int) -> torch.Tensor:
         conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, 1, padding)
+        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.gather is None else x.index_select(1, self.gather)
-        # training keeps masked entries at zero (zero gradient); in eval they already are zero
-        w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 0:
-            y = F.linear(h, w, self.bias)
-        elif len(self.runs) == 1:
-            y = self._conv(h, w, self.bias, self.padding)
-        else:
-            parts = []
-            for lo, hi, k in self.runs:
-                c = (self.kernel - k) // 2
-                taps = (slice(c, c + k),) * self.rank
-                bias = None if self.bias is None else self.bias[lo:hi]
-                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-            y = torch.cat(parts, 1)
+        y = x if self.gather is None else x.index_select(1, self.gather)
+        if self.pre is not None:
+            y = self.pre(y)
+        if self.pre_relu:
+            y = F.relu(y)
+        if self.weight is not None:
+            # training keeps masked entries at zero (no gradient); in eval they already are zero
+            w = self.weight * self.mask if self.training else self.weight
+            if self.rank == 0:
+                y = F.linear(y, w, self.bias)
+            elif len(self.runs) == 1:
+                y = self._conv(y, w, self.bias, self.kernel // 2)
+            else:
+                parts = []
+                for lo, hi, k in self.runs:
+                    c = (self.kernel - k) // 2
+                    taps = (slice(c, c + k),) * self.rank
+                    bias = None if self.bias is None else self.bias[lo:hi]
+                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+                y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -112,6 +128,32 @@ class SharedStep(nn.Module):
         if self.carry is not None:
             y = torch.cat([y, x.index_select(1, self.carry)], 1)
         return y
+
+
+class SharedAdd(nn.Module):
+    """Residual sums: each made group is a weighted sum of live groups, then ReLU; carries appended.
+
+    A shared group adds the unit's shared output and the mean of its members' shortcuts; a
+    member's own group adds its own output and its own shortcut.
+    """
+
+    def __init__(self, step: dict, groups: dict, live: tuple) -> None:
+        super().__init__()
+        at = _channels(groups, live)
+        self.sums = [[(at[g], w) for g, w in terms] for _, terms in step["sums"]]
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for terms in self.sums:
+            total = None
+            for (lo, hi), w in terms:
+                term = x[:, lo:hi] if w == 1.0 else x[:, lo:hi] * w
+                total = term if total is None else total + term
+            outs.append(total)
+        if self.carry is not None:
+            outs.append(x.index_select(1, self.carry))
+        return torch.cat([F.relu(o) for o in outs[:len(self.sums)]] + outs[len(self.sums):], 1)
 
 
 class SharedNet(nn.Module):
@@ -135,16 +177,22 @@ class SharedNet(nn.Module):
         self.steps = nn.ModuleList()
         live = (0,)
         for step in self.STEPS:
-            if step["op"] in ("conv", "linear"):
+            op = step["op"]
+            if op in ("conv", "linear", "norm"):
                 self.steps.append(SharedStep(rank, step, self.GROUPS, live))
-                live = tuple(step["makes"]) + tuple(step["carries"])
-            elif step["op"] == "pool":
+            elif op == "add":
+                self.steps.append(SharedAdd(step, self.GROUPS, live))
+            elif op == "pool":
                 self.steps.append(nn.MaxPool1d(2) if rank == 1 else nn.MaxPool2d(2))
-            elif step["op"] == "gap":
+            elif op == "avgpool":
+                self.steps.append(nn.AvgPool1d(2) if rank == 1 else nn.AvgPool2d(2))
+            elif op == "gap":
                 pool = nn.AdaptiveAvgPool1d(1) if rank == 1 else nn.AdaptiveAvgPool2d(1)
                 self.steps.append(nn.Sequential(pool, nn.Flatten()))
             else:
                 self.steps.append(nn.Flatten())
+            if op in ("conv", "linear", "norm", "add"):
+                live = tuple(step["makes"]) + tuple(step["carries"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
@@ -174,15 +222,25 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block1.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (0,),
          'makes': (1, 2),
          'carries': (),
-         'parts': ({'member': 'plain_a', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3},
+         'parts': ({'member': 'plain_a',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
                    {'member': 'plain_b',
-                    'key': 'block1.layer1',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
                     'rows': (1, 2),
                     'cols': (0,),
                     'kernel': 3})},
@@ -190,6 +248,8 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block1.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
@@ -197,7 +257,9 @@ class SharedMothernet1(SharedNet):
          'makes': (3,),
          'carries': (1,),
          'parts': ({'member': 'plain_b',
-                    'key': 'block1.layer2',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
                     'rows': (3,),
                     'cols': (1, 2),
                     'kernel': 3},)},
@@ -206,15 +268,25 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block2.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (3, 1),
          'makes': (4,),
          'carries': (),
-         'parts': ({'member': 'plain_a', 'key': 'block2.layer1', 'rows': (4,), 'cols': (1,), 'kernel': 3},
+         'parts': ({'member': 'plain_a',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (1,),
+                    'kernel': 3},
                    {'member': 'plain_b',
-                    'key': 'block2.layer1',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
                     'rows': (4,),
                     'cols': (3,),
                     'kernel': 3})},
@@ -224,42 +296,781 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc1',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
          'reads': (4,),
          'makes': (5,),
          'carries': (),
-         'parts': ({'member': 'plain_a', 'key': 'head.fc1', 'rows': (5,), 'cols': (4,), 'kernel': None},
-                   {'member': 'plain_b', 'key': 'head.fc1', 'rows': (5,), 'cols': (4,), 'kernel': None})},
+         'parts': ({'member': 'plain_a',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': None},
+                   {'member': 'plain_b',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': None})},
         # head.out: plain_a +10 | plain_b +10
         {'op': 'linear',
          'name': 'head.out',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': False,
          'bias': True,
          'reads': (5,),
          'makes': (6, 7),
          'carries': (),
-         'parts': ({'member': 'plain_a', 'key': 'head.out', 'rows': (6,), 'cols': (5,), 'kernel': None},
-                   {'member': 'plain_b', 'key': 'head.out', 'rows': (7,), 'cols': (5,), 'kernel': None})},
+         'parts': ({'member': 'plain_a',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': None},
+                   {'member': 'plain_b',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (7,),
+                    'cols': (5,),
+                    'kernel': None})},
+    )
+
+
+class SharedMothernet2(SharedNet):
+    """Shared-MotherNet of cluster mothernet2: members res_a, res_b.
+
+    103k parameters against 146k for the separate members. Built from hatched members it reproduces them
+    exactly in eval mode.
+    """
+
+    MOTHER = "mothernet2"
+    MEMBERS = (
+        "res_a", "res_b",
+    )
+    INPUT_SHAPE = (1, 8, 8)
+    NUM_CLASSES = 10
+    GROUPS: ClassVar[dict] = {
+        0: (None, 1), 1: (None, 16), 2: (None, 16), 3: ("res_b", 8), 4: ("res_b", 16), 5: ("res_b", 8),
+        6: (None, 16), 7: ("res_b", 8), 8: (None, 16), 9: ("res_b", 8), 10: (None, 16), 11: ("res_b", 8),
+        12: (None, 16), 13: ("res_b", 8), 14: (None, 16), 15: ("res_b", 8), 16: (None, 32), 17: (None, 32),
+        18: (None, 32), 19: (None, 32), 20: (None, 32), 21: (None, 32), 22: (None, 32), 23: ("res_b", 32),
+        24: ("res_b", 32), 25: ("res_b", 32), 26: ("res_a", 10), 27: ("res_b", 10),
+    }
+    STEPS = (
+        # stem: shared 16
+        {'op': 'conv',
+         'name': 'stem',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': True,
+         'bias': False,
+         'reads': (0,),
+         'makes': (1,),
+         'carries': (),
+         'parts': ({'member': 'res_a',
+                    'key': 'stem.conv',
+                    'bn': 'stem.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'stem.conv',
+                    'bn': 'stem.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3})},
+        # block1.unit1.conv1: shared 16 | res_b +8 | res_b +16 | res_b +8
+        {'op': 'conv',
+         'name': 'block1.unit1.conv1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (1,),
+         'makes': (2, 3, 4, 5),
+         'carries': (1,),
+         'parts': ({'member': 'res_a',
+                    'key': 'block1.unit1.conv1',
+                    'bn': 'block1.unit1.bn1',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block1.unit1.conv1',
+                    'bn': 'block1.unit1.bn1',
+                    'pre': None,
+                    'rows': (2, 3),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block1.unit1.shortcut.conv',
+                    'bn': 'block1.unit1.shortcut.bn',
+                    'pre': None,
+                    'rows': (4, 5),
+                    'cols': (1,),
+                    'kernel': 1})},
+        # block1.unit1.conv2: shared 16 | res_b +8
+        {'op': 'conv',
+         'name': 'block1.unit1.conv2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'relu',
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (2, 3),
+         'makes': (6, 7),
+         'carries': (4, 5, 1),
+         'parts': ({'member': 'res_a',
+                    'key': 'block1.unit1.conv2',
+                    'bn': 'block1.unit1.bn2',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (2,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block1.unit1.conv2',
+                    'bn': 'block1.unit1.bn2',
+                    'pre': None,
+                    'rows': (6, 7),
+                    'cols': (2, 3),
+                    'kernel': 3})},
+        # block1.unit1: shared 16 | res_b +8
+        {'op': 'add',
+         'name': 'block1.unit1',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': True,
+         'bias': False,
+         'reads': (6, 7, 4, 5, 1),
+         'makes': (8, 9),
+         'carries': (),
+         'sums': ((8, ((1, 0.5), (4, 0.5), (6, 1.0))), (9, ((5, 1.0), (7, 1.0))))},
+        # block1.unit2.conv1: shared 16 | res_b +8
+        {'op': 'conv',
+         'name': 'block1.unit2.conv1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (8, 9),
+         'makes': (10, 11),
+         'carries': (8, 9),
+         'parts': ({'member': 'res_a',
+                    'key': 'block1.unit2.conv1',
+                    'bn': 'block1.unit2.bn1',
+                    'pre': None,
+                    'rows': (10,),
+                    'cols': (8,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block1.unit2.conv1',
+                    'bn': 'block1.unit2.bn1',
+                    'pre': None,
+                    'rows': (10, 11),
+                    'cols': (8, 9),
+                    'kernel': 3})},
+        # block1.unit2.conv2: shared 16 | res_b +8
+        {'op': 'conv',
+         'name': 'block1.unit2.conv2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'relu',
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (10, 11),
+         'makes': (12, 13),
+         'carries': (8, 9),
+         'parts': ({'member': 'res_a',
+                    'key': 'block1.unit2.conv2',
+                    'bn': 'block1.unit2.bn2',
+                    'pre': None,
+                    'rows': (12,),
+                    'cols': (10,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block1.unit2.conv2',
+                    'bn': 'block1.unit2.bn2',
+                    'pre': None,
+                    'rows': (12, 13),
+                    'cols': (10, 11),
+                    'kernel': 3})},
+        # block1.unit2: shared 16 | res_b +8
+        {'op': 'add',
+         'name': 'block1.unit2',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': True,
+         'bias': False,
+         'reads': (12, 13, 8, 9),
+         'makes': (14, 15),
+         'carries': (),
+         'sums': ((14, ((8, 1.0), (12, 1.0))), (15, ((9, 1.0), (13, 1.0))))},
+        # block2.unit1.conv1: shared 32 | shared 32
+        {'op': 'conv',
+         'name': 'block2.unit1.conv1',
+         'kernel': 5,
+         'stride': 2,
+         'pre': None,
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (14, 15),
+         'makes': (16, 17),
+         'carries': (),
+         'parts': ({'member': 'res_a',
+                    'key': 'block2.unit1.conv1',
+                    'bn': 'block2.unit1.bn1',
+                    'pre': None,
+                    'rows': (16,),
+                    'cols': (14,),
+                    'kernel': 3},
+                   {'member': 'res_a',
+                    'key': 'block2.unit1.shortcut.conv',
+                    'bn': 'block2.unit1.shortcut.bn',
+                    'pre': None,
+                    'rows': (17,),
+                    'cols': (14,),
+                    'kernel': 1},
+                   {'member': 'res_b',
+                    'key': 'block2.unit1.conv1',
+                    'bn': 'block2.unit1.bn1',
+                    'pre': None,
+                    'rows': (16,),
+                    'cols': (14, 15),
+                    'kernel': 5},
+                   {'member': 'res_b',
+                    'key': 'block2.unit1.shortcut.conv',
+                    'bn': 'block2.unit1.shortcut.bn',
+                    'pre': None,
+                    'rows': (17,),
+                    'cols': (14, 15),
+                    'kernel': 1})},
+        # block2.unit1.conv2: shared 32
+        {'op': 'conv',
+         'name': 'block2.unit1.conv2',
+         'kernel': 5,
+         'stride': 1,
+         'pre': 'relu',
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (16,),
+         'makes': (18,),
+         'carries': (17,),
+         'parts': ({'member': 'res_a',
+                    'key': 'block2.unit1.conv2',
+                    'bn': 'block2.unit1.bn2',
+                    'pre': None,
+                    'rows': (18,),
+                    'cols': (16,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block2.unit1.conv2',
+                    'bn': 'block2.unit1.bn2',
+                    'pre': None,
+                    'rows': (18,),
+                    'cols': (16,),
+                    'kernel': 5})},
+        # block2.unit1: shared 32
+        {'op': 'add',
+         'name': 'block2.unit1',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': True,
+         'bias': False,
+         'reads': (18, 17),
+         'makes': (19,),
+         'carries': (),
+         'sums': ((19, ((17, 1.0), (18, 1.0))),)},
+        # block2.unit2.conv1: shared 32
+        {'op': 'conv',
+         'name': 'block2.unit2.conv1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (19,),
+         'makes': (20,),
+         'carries': (19,),
+         'parts': ({'member': 'res_a',
+                    'key': 'block2.unit2.conv1',
+                    'bn': 'block2.unit2.bn1',
+                    'pre': None,
+                    'rows': (20,),
+                    'cols': (19,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block2.unit2.conv1',
+                    'bn': 'block2.unit2.bn1',
+                    'pre': None,
+                    'rows': (20,),
+                    'cols': (19,),
+                    'kernel': 3})},
+        # block2.unit2.conv2: shared 32
+        {'op': 'conv',
+         'name': 'block2.unit2.conv2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'relu',
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (20,),
+         'makes': (21,),
+         'carries': (19,),
+         'parts': ({'member': 'res_a',
+                    'key': 'block2.unit2.conv2',
+                    'bn': 'block2.unit2.bn2',
+                    'pre': None,
+                    'rows': (21,),
+                    'cols': (20,),
+                    'kernel': 3},
+                   {'member': 'res_b',
+                    'key': 'block2.unit2.conv2',
+                    'bn': 'block2.unit2.bn2',
+                    'pre': None,
+                    'rows': (21,),
+                    'cols': (20,),
+                    'kernel': 3})},
+        # block2.unit2: shared 32
+        {'op': 'add',
+         'name': 'block2.unit2',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': True,
+         'bias': False,
+         'reads': (21, 19),
+         'makes': (22,),
+         'carries': (),
+         'sums': ((22, ((19, 1.0), (21, 1.0))),)},
+        # block2.unit3.conv1: res_b +32
+        {'op': 'conv',
+         'name': 'block2.unit3.conv1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (22,),
+         'makes': (23,),
+         'carries': (22,),
+         'parts': ({'member': 'res_b',
+                    'key': 'block2.unit3.conv1',
+                    'bn': 'block2.unit3.bn1',
+                    'pre': None,
+                    'rows': (23,),
+                    'cols': (22,),
+                    'kernel': 3},)},
+        # block2.unit3.conv2: res_b +32
+        {'op': 'conv',
+         'name': 'block2.unit3.conv2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'relu',
+         'bn': True,
+         'relu': False,
+         'bias': False,
+         'reads': (23,),
+         'makes': (24,),
+         'carries': (22,),
+         'parts': ({'member': 'res_b',
+                    'key': 'block2.unit3.conv2',
+                    'bn': 'block2.unit3.bn2',
+                    'pre': None,
+                    'rows': (24,),
+                    'cols': (23,),
+                    'kernel': 3},)},
+        # block2.unit3: res_b +32
+        {'op': 'add',
+         'name': 'block2.unit3',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': True,
+         'bias': False,
+         'reads': (24, 22),
+         'makes': (25,),
+         'carries': (22,),
+         'sums': ((25, ((22, 1.0), (24, 1.0))),)},
+        {'op': 'gap'},
+        # head.out: res_a +10 | res_b +10
+        {'op': 'linear',
+         'name': 'head.out',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': False,
+         'bias': True,
+         'reads': (25, 22),
+         'makes': (26, 27),
+         'carries': (),
+         'parts': ({'member': 'res_a',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (22,),
+                    'kernel': None},
+                   {'member': 'res_b',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (27,),
+                    'cols': (25,),
+                    'kernel': None})},
+    )
+
+
+class SharedMothernet3(SharedNet):
+    """Shared-MotherNet of cluster mothernet3: members dense_a, dense_b.
+
+    37.1k parameters against 55k for the separate members. Built from hatched members it reproduces them
+    exactly in eval and train mode.
+    """
+
+    MOTHER = "mothernet3"
+    MEMBERS = (
+        "dense_a", "dense_b",
+    )
+    INPUT_SHAPE = (1, 8, 8)
+    NUM_CLASSES = 10
+    GROUPS: ClassVar[dict] = {
+        0: (None, 1), 1: (None, 16), 2: (None, 8), 3: ("dense_b", 4), 4: (None, 8), 5: ("dense_b", 4),
+        6: (None, 8), 7: ("dense_b", 4), 8: ("dense_b", 12), 9: (None, 16), 10: (None, 8), 11: (None, 8),
+        12: (None, 8), 13: ("dense_b", 4), 14: ("dense_b", 4), 15: ("dense_b", 4), 16: ("dense_b", 12),
+        17: (None, 8), 18: (None, 8), 19: (None, 8), 20: (None, 16), 21: (None, 8), 22: (None, 8),
+        23: (None, 8), 24: (None, 8), 25: (None, 8), 26: (None, 8), 27: ("dense_b", 4), 28: ("dense_b", 4),
+        29: ("dense_b", 4), 30: ("dense_b", 12), 31: ("dense_a", 10), 32: ("dense_b", 10),
+    }
+    STEPS = (
+        # stem: shared 16
+        {'op': 'conv',
+         'name': 'stem',
+         'kernel': 3,
+         'stride': 1,
+         'pre': None,
+         'bn': True,
+         'relu': True,
+         'bias': False,
+         'reads': (0,),
+         'makes': (1,),
+         'carries': (),
+         'parts': ({'member': 'dense_a',
+                    'key': 'stem.conv',
+                    'bn': 'stem.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'stem.conv',
+                    'bn': 'stem.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3})},
+        # block1.layer1: shared 8 | dense_b +4
+        {'op': 'conv',
+         'name': 'block1.layer1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (1,),
+         'makes': (2, 3),
+         'carries': (1,),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block1.layer1.conv',
+                    'bn': None,
+                    'pre': 'block1.layer1.bn',
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block1.layer1.conv',
+                    'bn': None,
+                    'pre': 'block1.layer1.bn',
+                    'rows': (2, 3),
+                    'cols': (1,),
+                    'kernel': 3})},
+        # block1.layer2: shared 8 | dense_b +4
+        {'op': 'conv',
+         'name': 'block1.layer2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (2, 3, 1),
+         'makes': (4, 5),
+         'carries': (2, 3, 1),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block1.layer2.conv',
+                    'bn': None,
+                    'pre': 'block1.layer2.bn',
+                    'rows': (4,),
+                    'cols': (1, 2),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block1.layer2.conv',
+                    'bn': None,
+                    'pre': 'block1.layer2.bn',
+                    'rows': (4, 5),
+                    'cols': (1, 2, 3),
+                    'kernel': 3})},
+        # block1.layer3: shared 8 | dense_b +4
+        {'op': 'conv',
+         'name': 'block1.layer3',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (4, 5, 2, 3, 1),
+         'makes': (6, 7),
+         'carries': (4, 5, 2, 3, 1),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block1.layer3.conv',
+                    'bn': None,
+                    'pre': 'block1.layer3.bn',
+                    'rows': (6,),
+                    'cols': (1, 2, 4),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block1.layer3.conv',
+                    'bn': None,
+                    'pre': 'block1.layer3.bn',
+                    'rows': (6, 7),
+                    'cols': (1, 2, 3, 4, 5),
+                    'kernel': 3})},
+        # block1.layer4: dense_b +12
+        {'op': 'conv',
+         'name': 'block1.layer4',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (6, 7, 4, 5, 2, 3, 1),
+         'makes': (8,),
+         'carries': (6, 7, 4, 5, 2, 3, 1),
+         'parts': ({'member': 'dense_b',
+                    'key': 'block1.layer4.conv',
+                    'bn': None,
+                    'pre': 'block1.layer4.bn',
+                    'rows': (8,),
+                    'cols': (1, 2, 3, 4, 5, 6, 7),
+                    'kernel': 3},)},
+        # transition1: shared 16 | shared 8 | shared 8 | shared 8 | dense_b +4 | dense_b +4 | dense_b +4 |
+        # dense_b +12
+        {'op': 'conv',
+         'name': 'transition1',
+         'kernel': 1,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (8, 6, 7, 4, 5, 2, 3, 1),
+         'makes': (9, 10, 11, 12, 13, 14, 15, 16),
+         'carries': (),
+         'parts': ({'member': 'dense_a',
+                    'key': 'transition1.conv',
+                    'bn': None,
+                    'pre': 'transition1.bn',
+                    'rows': (9, 10, 11, 12),
+                    'cols': (1, 2, 4, 6),
+                    'kernel': 1},
+                   {'member': 'dense_b',
+                    'key': 'transition1.conv',
+                    'bn': None,
+                    'pre': 'transition1.bn',
+                    'rows': (9, 10, 13, 11, 14, 12, 15, 16),
+                    'cols': (1, 2, 3, 4, 5, 6, 7, 8),
+                    'kernel': 1})},
+        {'op': 'avgpool'},
+        # block2.layer1: shared 8
+        {'op': 'conv',
+         'name': 'block2.layer1',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (9, 10, 11, 12, 13, 14, 15, 16),
+         'makes': (17,),
+         'carries': (9, 10, 11, 12, 13, 14, 15, 16),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block2.layer1.conv',
+                    'bn': None,
+                    'pre': 'block2.layer1.bn',
+                    'rows': (17,),
+                    'cols': (9, 10, 11, 12),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block2.layer1.conv',
+                    'bn': None,
+                    'pre': 'block2.layer1.bn',
+                    'rows': (17,),
+                    'cols': (9, 10, 13, 11, 14, 12, 15, 16),
+                    'kernel': 3})},
+        # block2.layer2: shared 8
+        {'op': 'conv',
+         'name': 'block2.layer2',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'makes': (18,),
+         'carries': (17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block2.layer2.conv',
+                    'bn': None,
+                    'pre': 'block2.layer2.bn',
+                    'rows': (18,),
+                    'cols': (9, 10, 11, 12, 17),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block2.layer2.conv',
+                    'bn': None,
+                    'pre': 'block2.layer2.bn',
+                    'rows': (18,),
+                    'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17),
+                    'kernel': 3})},
+        # block2.layer3: shared 8
+        {'op': 'conv',
+         'name': 'block2.layer3',
+         'kernel': 3,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'makes': (19,),
+         'carries': (18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'parts': ({'member': 'dense_a',
+                    'key': 'block2.layer3.conv',
+                    'bn': None,
+                    'pre': 'block2.layer3.bn',
+                    'rows': (19,),
+                    'cols': (9, 10, 11, 12, 17, 18),
+                    'kernel': 3},
+                   {'member': 'dense_b',
+                    'key': 'block2.layer3.conv',
+                    'bn': None,
+                    'pre': 'block2.layer3.bn',
+                    'rows': (19,),
+                    'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17, 18),
+                    'kernel': 3})},
+        # head.bn: shared 8 | shared 8 | shared 8 | shared 16 | shared 8 | shared 8 | shared 8 |
+        # dense_b +4 | dense_b +4 | dense_b +4 | dense_b +12
+        {'op': 'norm',
+         'name': 'head.bn',
+         'kernel': None,
+         'stride': 1,
+         'pre': 'bn_relu',
+         'bn': False,
+         'relu': False,
+         'bias': False,
+         'reads': (19, 18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'makes': (26, 25, 24, 20, 21, 22, 23, 27, 28, 29, 30),
+         'carries': (),
+         'parts': ({'member': 'dense_a',
+                    'key': None,
+                    'bn': None,
+                    'pre': 'head.bn',
+                    'rows': (20, 21, 22, 23, 24, 25, 26),
+                    'cols': (9, 10, 11, 12, 17, 18, 19),
+                    'kernel': None},
+                   {'member': 'dense_b',
+                    'key': None,
+                    'bn': None,
+                    'pre': 'head.bn',
+                    'rows': (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),
+                    'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17, 18, 19),
+                    'kernel': None})},
+        {'op': 'gap'},
+        # head.out: dense_a +10 | dense_b +10
+        {'op': 'linear',
+         'name': 'head.out',
+         'kernel': None,
+         'stride': 1,
+         'pre': None,
+         'bn': False,
+         'relu': False,
+         'bias': True,
+         'reads': (26, 25, 24, 20, 21, 22, 23, 27, 28, 29, 30),
+         'makes': (31, 32),
+         'carries': (),
+         'parts': ({'member': 'dense_a',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (31,),
+                    'cols': (20, 21, 22, 23, 24, 25, 26),
+                    'kernel': None},
+                   {'member': 'dense_b',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (32,),
+                    'cols': (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),
+                    'kernel': None})},
     )
 
 
 #: each shared cluster's MotherNet name -> its Shared-MotherNet class
 SHARED: dict[str, type[SharedNet]] = {
     "mothernet1": SharedMothernet1,
+    "mothernet2": SharedMothernet2,
+    "mothernet3": SharedMothernet3,
 }
 
 #: clusters that keep separate members: MotherNet name -> why
 NOT_SHARED: dict[str, str] = {
-    "mothernet2": (
-        "residual nets are not shared yet: a member's added units and projection shortcuts add "
-        "member-specific terms to the MotherNet's stream channels"
-    ),
-    "mothernet3": (
-        "dense nets are not shared yet: every later layer reads the concatenation, so the "
-        "MotherNet's channels would need member-specific slices in every block"
-    ),
 }

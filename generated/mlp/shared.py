@@ -24,87 +24,103 @@ def _channels(groups: dict, ids: tuple) -> dict:
 
 
 def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    with torch.no_grad():
-        step.weight.mul_(step.mask)
+    if step.weight is not None:
+        with torch.no_grad():
+            step.weight.mul_(step.mask)
+
+
+def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
+    """The channels of groups `ids` in a tensor laid out as `live`.
+
+    None when there are none, or (with `whole`) when they are all of it, in order.
+    """
+    at = _channels(groups, live)
+    index = [c for g in ids for c in range(*at[g])]
+    if not index or (whole and index == list(range(sum(groups[g][1] for g in live)))):
+        return None
+    return torch.tensor(index, dtype=torch.long)
 
 
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
-    Gathers the live channel groups it reads, applies one convolution ('same' padding) or linear
-    map whose weight is masked to the members' structure (a member's own units see only the
-    shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them, and appends the groups it
-    carries for members that have no layer at this position.
+    Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
+    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
+    linear map whose weight is masked to the members' structure (a member's own units see only
+    the shared units and that member's own units, through that member's kernel centred in the
+    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
+    carries for members that have no layer at this position. A 'norm' step has no weight.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
-        live_at = _channels(groups, live)
-        reads = [c for g in step["reads"] for c in range(*live_at[g])]
-        width = sum(groups[g][1] for g in live)
-        gather = None if reads == list(range(width)) else torch.tensor(reads)
-        self.register_buffer("gather", gather, persistent=False)
-        carry = [c for g in step["carries"] for c in range(*live_at[g])]
-        self.register_buffer("carry", torch.tensor(carry) if carry else None, persistent=False)
+        self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
         cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        kernel = step["kernel"]
+        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
+        self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
+        self.pre_relu = step["pre"] is not None
+        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
         self.rank = rank if kernel is not None else 0
-        self.padding = kernel // 2 if kernel is not None else 0
-        shape = (sum(groups[g][1] for g in step["makes"]), len(reads)) + (kernel,) * self.rank
-        mask = torch.zeros(shape)
-        for part in step["parts"]:
-            taps = ()
-            if kernel is not None:
-                lo = (kernel - part["kernel"]) // 2
-                taps = (slice(lo, lo + part["kernel"]),) * self.rank
-            for r in part["rows"]:
-                for c in part["cols"]:
-                    mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-        self.register_buffer("mask", mask, persistent=False)
-        # runs of rows whose members share one kernel: each run is one convolution with that kernel
-        row_kernel = {g: 0 for g in step["makes"]}
-        for part in step["parts"]:
-            for r in part["rows"]:
-                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
-        self.kernel = kernel
-        self.runs = []
-        for g in step["makes"]:
-            if self.runs and self.runs[-1][2] == row_kernel[g]:
-                self.runs[-1][1] = rows[g][1]
-            else:
-                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-        weight = torch.empty(shape)
-        nn.init.kaiming_normal_(weight)
-        self.weight = nn.Parameter(weight * mask)
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if step["bias"] else None
-        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}.get(rank)
-        self.bn = bn(shape[0]) if step["bn"] and bn is not None else None
+        self.weight, self.bias, self.runs = None, None, []
+        if step["op"] != "norm":
+            shape = (n_out, n_in) + (kernel,) * self.rank
+            mask = torch.zeros(shape)
+            for part in step["parts"]:
+                taps = ()
+                if kernel is not None:
+                    lo = (kernel - part["kernel"]) // 2
+                    taps = (slice(lo, lo + part["kernel"]),) * self.rank
+                for r in part["rows"]:
+                    for c in part["cols"]:
+                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
+            self.register_buffer("mask", mask, persistent=False)
+            # runs of rows whose members share one kernel: one convolution per run, with that kernel
+            row_kernel = {g: 0 for g in step["makes"]}
+            for part in step["parts"]:
+                for r in part["rows"]:
+                    row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+            for g in step["makes"]:
+                if self.runs and self.runs[-1][2] == row_kernel[g]:
+                    self.runs[-1][1] = rows[g][1]
+                else:
+                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
+            weight = torch.empty(shape)
+            nn.init.kaiming_normal_(weight)
+            self.weight = nn.Parameter(weight * mask)
+            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
+            # a loaded weight keeps the structure: masked entries are zero
+            self.register_load_state_dict_post_hook(_zero_masked)
+        self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-        # a loaded weight keeps the structure: masked entries are zero
-        self.register_load_state_dict_post_hook(_zero_masked)
 
     def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
               padding: int) -> torch.Tensor:
         conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, 1, padding)
+        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.gather is None else x.index_select(1, self.gather)
-        # training keeps masked entries at zero (zero gradient); in eval they already are zero
-        w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 0:
-            y = F.linear(h, w, self.bias)
-        elif len(self.runs) == 1:
-            y = self._conv(h, w, self.bias, self.padding)
-        else:
-            parts = []
-            for lo, hi, k in self.runs:
-                c = (self.kernel - k) // 2
-                taps = (slice(c, c + k),) * self.rank
-                bias = None if self.bias is None else self.bias[lo:hi]
-                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-            y = torch.cat(parts, 1)
+        y = x if self.gather is None else x.index_select(1, self.gather)
+        if self.pre is not None:
+            y = self.pre(y)
+        if self.pre_relu:
+            y = F.relu(y)
+        if self.weight is not None:
+            # training keeps masked entries at zero (no gradient); in eval they already are zero
+            w = self.weight * self.mask if self.training else self.weight
+            if self.rank == 0:
+                y = F.linear(y, w, self.bias)
+            elif len(self.runs) == 1:
+                y = self._conv(y, w, self.bias, self.kernel // 2)
+            else:
+                parts = []
+                for lo, hi, k in self.runs:
+                    c = (self.kernel - k) // 2
+                    taps = (slice(c, c + k),) * self.rank
+                    bias = None if self.bias is None else self.bias[lo:hi]
+                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+                y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -112,6 +128,32 @@ class SharedStep(nn.Module):
         if self.carry is not None:
             y = torch.cat([y, x.index_select(1, self.carry)], 1)
         return y
+
+
+class SharedAdd(nn.Module):
+    """Residual sums: each made group is a weighted sum of live groups, then ReLU; carries appended.
+
+    A shared group adds the unit's shared output and the mean of its members' shortcuts; a
+    member's own group adds its own output and its own shortcut.
+    """
+
+    def __init__(self, step: dict, groups: dict, live: tuple) -> None:
+        super().__init__()
+        at = _channels(groups, live)
+        self.sums = [[(at[g], w) for g, w in terms] for _, terms in step["sums"]]
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for terms in self.sums:
+            total = None
+            for (lo, hi), w in terms:
+                term = x[:, lo:hi] if w == 1.0 else x[:, lo:hi] * w
+                total = term if total is None else total + term
+            outs.append(total)
+        if self.carry is not None:
+            outs.append(x.index_select(1, self.carry))
+        return torch.cat([F.relu(o) for o in outs[:len(self.sums)]] + outs[len(self.sums):], 1)
 
 
 class SharedNet(nn.Module):
@@ -135,16 +177,22 @@ class SharedNet(nn.Module):
         self.steps = nn.ModuleList()
         live = (0,)
         for step in self.STEPS:
-            if step["op"] in ("conv", "linear"):
+            op = step["op"]
+            if op in ("conv", "linear", "norm"):
                 self.steps.append(SharedStep(rank, step, self.GROUPS, live))
-                live = tuple(step["makes"]) + tuple(step["carries"])
-            elif step["op"] == "pool":
+            elif op == "add":
+                self.steps.append(SharedAdd(step, self.GROUPS, live))
+            elif op == "pool":
                 self.steps.append(nn.MaxPool1d(2) if rank == 1 else nn.MaxPool2d(2))
-            elif step["op"] == "gap":
+            elif op == "avgpool":
+                self.steps.append(nn.AvgPool1d(2) if rank == 1 else nn.AvgPool2d(2))
+            elif op == "gap":
                 pool = nn.AdaptiveAvgPool1d(1) if rank == 1 else nn.AdaptiveAvgPool2d(1)
                 self.steps.append(nn.Sequential(pool, nn.Flatten()))
             else:
                 self.steps.append(nn.Flatten())
+            if op in ("conv", "linear", "norm", "add"):
+                live = tuple(step["makes"]) + tuple(step["carries"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
@@ -177,33 +225,93 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc1',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
          'reads': (0,),
          'makes': (1, 2, 3, 4, 5),
          'carries': (),
-         'parts': ({'member': 'm256', 'key': 'head.fc1', 'rows': (1, 2), 'cols': (0,), 'kernel': None},
-                   {'member': 'm256w', 'key': 'head.fc1', 'rows': (1, 3), 'cols': (0,), 'kernel': None},
-                   {'member': 'm384', 'key': 'head.fc1', 'rows': (1, 4), 'cols': (0,), 'kernel': None},
-                   {'member': 'm192d3', 'key': 'head.fc1', 'rows': (1,), 'cols': (0,), 'kernel': None},
-                   {'member': 'm320', 'key': 'head.fc1', 'rows': (1, 5), 'cols': (0,), 'kernel': None})},
+         'parts': ({'member': 'm256',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (1, 2),
+                    'cols': (0,),
+                    'kernel': None},
+                   {'member': 'm256w',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (1, 3),
+                    'cols': (0,),
+                    'kernel': None},
+                   {'member': 'm384',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (1, 4),
+                    'cols': (0,),
+                    'kernel': None},
+                   {'member': 'm192d3',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': None},
+                   {'member': 'm320',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (1, 5),
+                    'cols': (0,),
+                    'kernel': None})},
         # head.fc2: shared 64 | m256 +64 | m256w +192 | m384 +64 | m192d3 +64 | m320 +128
         {'op': 'linear',
          'name': 'head.fc2',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
          'reads': (1, 2, 3, 4, 5),
          'makes': (6, 7, 8, 9, 10, 11),
          'carries': (),
-         'parts': ({'member': 'm256', 'key': 'head.fc2', 'rows': (6, 7), 'cols': (1, 2), 'kernel': None},
-                   {'member': 'm256w', 'key': 'head.fc2', 'rows': (6, 8), 'cols': (1, 3), 'kernel': None},
-                   {'member': 'm384', 'key': 'head.fc2', 'rows': (6, 9), 'cols': (1, 4), 'kernel': None},
-                   {'member': 'm192d3', 'key': 'head.fc2', 'rows': (6, 10), 'cols': (1,), 'kernel': None},
+         'parts': ({'member': 'm256',
+                    'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (6, 7),
+                    'cols': (1, 2),
+                    'kernel': None},
+                   {'member': 'm256w',
+                    'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (6, 8),
+                    'cols': (1, 3),
+                    'kernel': None},
+                   {'member': 'm384',
+                    'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (6, 9),
+                    'cols': (1, 4),
+                    'kernel': None},
+                   {'member': 'm192d3',
+                    'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (6, 10),
+                    'cols': (1,),
+                    'kernel': None},
                    {'member': 'm320',
                     'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
                     'rows': (6, 11),
                     'cols': (1, 5),
                     'kernel': None})},
@@ -211,6 +319,8 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc3',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
@@ -219,6 +329,8 @@ class SharedMothernet1(SharedNet):
          'carries': (6, 7, 8, 9, 11),
          'parts': ({'member': 'm192d3',
                     'key': 'head.fc3',
+                    'bn': None,
+                    'pre': None,
                     'rows': (12,),
                     'cols': (6, 10),
                     'kernel': None},)},
@@ -226,17 +338,49 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.out',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': False,
          'bias': True,
          'reads': (12, 6, 7, 8, 9, 11),
          'makes': (13, 14, 15, 16, 17),
          'carries': (),
-         'parts': ({'member': 'm256', 'key': 'head.out', 'rows': (13,), 'cols': (6, 7), 'kernel': None},
-                   {'member': 'm256w', 'key': 'head.out', 'rows': (14,), 'cols': (6, 8), 'kernel': None},
-                   {'member': 'm384', 'key': 'head.out', 'rows': (15,), 'cols': (6, 9), 'kernel': None},
-                   {'member': 'm192d3', 'key': 'head.out', 'rows': (16,), 'cols': (12,), 'kernel': None},
-                   {'member': 'm320', 'key': 'head.out', 'rows': (17,), 'cols': (6, 11), 'kernel': None})},
+         'parts': ({'member': 'm256',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (13,),
+                    'cols': (6, 7),
+                    'kernel': None},
+                   {'member': 'm256w',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (14,),
+                    'cols': (6, 8),
+                    'kernel': None},
+                   {'member': 'm384',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (15,),
+                    'cols': (6, 9),
+                    'kernel': None},
+                   {'member': 'm192d3',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (16,),
+                    'cols': (12,),
+                    'kernel': None},
+                   {'member': 'm320',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (17,),
+                    'cols': (6, 11),
+                    'kernel': None})},
     )
 
 

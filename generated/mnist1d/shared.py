@@ -24,87 +24,103 @@ def _channels(groups: dict, ids: tuple) -> dict:
 
 
 def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    with torch.no_grad():
-        step.weight.mul_(step.mask)
+    if step.weight is not None:
+        with torch.no_grad():
+            step.weight.mul_(step.mask)
+
+
+def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
+    """The channels of groups `ids` in a tensor laid out as `live`.
+
+    None when there are none, or (with `whole`) when they are all of it, in order.
+    """
+    at = _channels(groups, live)
+    index = [c for g in ids for c in range(*at[g])]
+    if not index or (whole and index == list(range(sum(groups[g][1] for g in live)))):
+        return None
+    return torch.tensor(index, dtype=torch.long)
 
 
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
-    Gathers the live channel groups it reads, applies one convolution ('same' padding) or linear
-    map whose weight is masked to the members' structure (a member's own units see only the
-    shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them, and appends the groups it
-    carries for members that have no layer at this position.
+    Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
+    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
+    linear map whose weight is masked to the members' structure (a member's own units see only
+    the shared units and that member's own units, through that member's kernel centred in the
+    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
+    carries for members that have no layer at this position. A 'norm' step has no weight.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
-        live_at = _channels(groups, live)
-        reads = [c for g in step["reads"] for c in range(*live_at[g])]
-        width = sum(groups[g][1] for g in live)
-        gather = None if reads == list(range(width)) else torch.tensor(reads)
-        self.register_buffer("gather", gather, persistent=False)
-        carry = [c for g in step["carries"] for c in range(*live_at[g])]
-        self.register_buffer("carry", torch.tensor(carry) if carry else None, persistent=False)
+        self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
         cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        kernel = step["kernel"]
+        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
+        self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
+        self.pre_relu = step["pre"] is not None
+        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
         self.rank = rank if kernel is not None else 0
-        self.padding = kernel // 2 if kernel is not None else 0
-        shape = (sum(groups[g][1] for g in step["makes"]), len(reads)) + (kernel,) * self.rank
-        mask = torch.zeros(shape)
-        for part in step["parts"]:
-            taps = ()
-            if kernel is not None:
-                lo = (kernel - part["kernel"]) // 2
-                taps = (slice(lo, lo + part["kernel"]),) * self.rank
-            for r in part["rows"]:
-                for c in part["cols"]:
-                    mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-        self.register_buffer("mask", mask, persistent=False)
-        # runs of rows whose members share one kernel: each run is one convolution with that kernel
-        row_kernel = {g: 0 for g in step["makes"]}
-        for part in step["parts"]:
-            for r in part["rows"]:
-                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
-        self.kernel = kernel
-        self.runs = []
-        for g in step["makes"]:
-            if self.runs and self.runs[-1][2] == row_kernel[g]:
-                self.runs[-1][1] = rows[g][1]
-            else:
-                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-        weight = torch.empty(shape)
-        nn.init.kaiming_normal_(weight)
-        self.weight = nn.Parameter(weight * mask)
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if step["bias"] else None
-        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}.get(rank)
-        self.bn = bn(shape[0]) if step["bn"] and bn is not None else None
+        self.weight, self.bias, self.runs = None, None, []
+        if step["op"] != "norm":
+            shape = (n_out, n_in) + (kernel,) * self.rank
+            mask = torch.zeros(shape)
+            for part in step["parts"]:
+                taps = ()
+                if kernel is not None:
+                    lo = (kernel - part["kernel"]) // 2
+                    taps = (slice(lo, lo + part["kernel"]),) * self.rank
+                for r in part["rows"]:
+                    for c in part["cols"]:
+                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
+            self.register_buffer("mask", mask, persistent=False)
+            # runs of rows whose members share one kernel: one convolution per run, with that kernel
+            row_kernel = {g: 0 for g in step["makes"]}
+            for part in step["parts"]:
+                for r in part["rows"]:
+                    row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+            for g in step["makes"]:
+                if self.runs and self.runs[-1][2] == row_kernel[g]:
+                    self.runs[-1][1] = rows[g][1]
+                else:
+                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
+            weight = torch.empty(shape)
+            nn.init.kaiming_normal_(weight)
+            self.weight = nn.Parameter(weight * mask)
+            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
+            # a loaded weight keeps the structure: masked entries are zero
+            self.register_load_state_dict_post_hook(_zero_masked)
+        self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-        # a loaded weight keeps the structure: masked entries are zero
-        self.register_load_state_dict_post_hook(_zero_masked)
 
     def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
               padding: int) -> torch.Tensor:
         conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, 1, padding)
+        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.gather is None else x.index_select(1, self.gather)
-        # training keeps masked entries at zero (zero gradient); in eval they already are zero
-        w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 0:
-            y = F.linear(h, w, self.bias)
-        elif len(self.runs) == 1:
-            y = self._conv(h, w, self.bias, self.padding)
-        else:
-            parts = []
-            for lo, hi, k in self.runs:
-                c = (self.kernel - k) // 2
-                taps = (slice(c, c + k),) * self.rank
-                bias = None if self.bias is None else self.bias[lo:hi]
-                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-            y = torch.cat(parts, 1)
+        y = x if self.gather is None else x.index_select(1, self.gather)
+        if self.pre is not None:
+            y = self.pre(y)
+        if self.pre_relu:
+            y = F.relu(y)
+        if self.weight is not None:
+            # training keeps masked entries at zero (no gradient); in eval they already are zero
+            w = self.weight * self.mask if self.training else self.weight
+            if self.rank == 0:
+                y = F.linear(y, w, self.bias)
+            elif len(self.runs) == 1:
+                y = self._conv(y, w, self.bias, self.kernel // 2)
+            else:
+                parts = []
+                for lo, hi, k in self.runs:
+                    c = (self.kernel - k) // 2
+                    taps = (slice(c, c + k),) * self.rank
+                    bias = None if self.bias is None else self.bias[lo:hi]
+                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+                y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -112,6 +128,32 @@ class SharedStep(nn.Module):
         if self.carry is not None:
             y = torch.cat([y, x.index_select(1, self.carry)], 1)
         return y
+
+
+class SharedAdd(nn.Module):
+    """Residual sums: each made group is a weighted sum of live groups, then ReLU; carries appended.
+
+    A shared group adds the unit's shared output and the mean of its members' shortcuts; a
+    member's own group adds its own output and its own shortcut.
+    """
+
+    def __init__(self, step: dict, groups: dict, live: tuple) -> None:
+        super().__init__()
+        at = _channels(groups, live)
+        self.sums = [[(at[g], w) for g, w in terms] for _, terms in step["sums"]]
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for terms in self.sums:
+            total = None
+            for (lo, hi), w in terms:
+                term = x[:, lo:hi] if w == 1.0 else x[:, lo:hi] * w
+                total = term if total is None else total + term
+            outs.append(total)
+        if self.carry is not None:
+            outs.append(x.index_select(1, self.carry))
+        return torch.cat([F.relu(o) for o in outs[:len(self.sums)]] + outs[len(self.sums):], 1)
 
 
 class SharedNet(nn.Module):
@@ -135,16 +177,22 @@ class SharedNet(nn.Module):
         self.steps = nn.ModuleList()
         live = (0,)
         for step in self.STEPS:
-            if step["op"] in ("conv", "linear"):
+            op = step["op"]
+            if op in ("conv", "linear", "norm"):
                 self.steps.append(SharedStep(rank, step, self.GROUPS, live))
-                live = tuple(step["makes"]) + tuple(step["carries"])
-            elif step["op"] == "pool":
+            elif op == "add":
+                self.steps.append(SharedAdd(step, self.GROUPS, live))
+            elif op == "pool":
                 self.steps.append(nn.MaxPool1d(2) if rank == 1 else nn.MaxPool2d(2))
-            elif step["op"] == "gap":
+            elif op == "avgpool":
+                self.steps.append(nn.AvgPool1d(2) if rank == 1 else nn.AvgPool2d(2))
+            elif op == "gap":
                 pool = nn.AdaptiveAvgPool1d(1) if rank == 1 else nn.AdaptiveAvgPool2d(1)
                 self.steps.append(nn.Sequential(pool, nn.Flatten()))
             else:
                 self.steps.append(nn.Flatten())
+            if op in ("conv", "linear", "norm", "add"):
+                live = tuple(step["makes"]) + tuple(step["carries"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
@@ -166,7 +214,7 @@ class SharedMothernet1(SharedNet):
     INPUT_SHAPE = (1, 40)
     NUM_CLASSES = 10
     GROUPS: ClassVar[dict] = {
-        0: (None, 1), 1: (None, 24), 2: ("c32k7", 8), 3: ("c32", 8), 4: ("c32w", 8), 5: ("c24d2", 24),
+        0: (None, 1), 1: (None, 24), 2: ("c32", 8), 3: ("c32k7", 8), 4: ("c32w", 8), 5: ("c24d2", 24),
         6: (None, 48), 7: ("c24d2", 16), 8: ("c32w", 16), 9: ("c32", 48), 10: (None, 48), 11: ("c32", 16),
         12: ("c32k7", 16), 13: ("c24d2", 16), 14: ("c32w", 48), 15: ("c32k7", 64), 16: (None, 64),
         17: ("c32k7", 32), 18: ("c32w", 64), 19: ("c24d2", 64), 20: ("c24", 10), 21: ("c32", 10),
@@ -177,45 +225,113 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block1.layer1',
          'kernel': 7,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (0,),
-         'makes': (1, 2, 3, 4),
+         'makes': (1, 3, 2, 4),
          'carries': (),
-         'parts': ({'member': 'c24', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 5},
-                   {'member': 'c32', 'key': 'block1.layer1', 'rows': (1, 3), 'cols': (0,), 'kernel': 5},
-                   {'member': 'c32k7', 'key': 'block1.layer1', 'rows': (1, 2), 'cols': (0,), 'kernel': 7},
-                   {'member': 'c24d2', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 5},
-                   {'member': 'c32w', 'key': 'block1.layer1', 'rows': (1, 4), 'cols': (0,), 'kernel': 5})},
+         'parts': ({'member': 'c24',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 5},
+                   {'member': 'c32',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1, 2),
+                    'cols': (0,),
+                    'kernel': 5},
+                   {'member': 'c32k7',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1, 3),
+                    'cols': (0,),
+                    'kernel': 7},
+                   {'member': 'c24d2',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 5},
+                   {'member': 'c32w',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1, 4),
+                    'cols': (0,),
+                    'kernel': 5})},
         # block1.layer2: c24d2 +24
         {'op': 'conv',
          'name': 'block1.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (1,),
          'makes': (5,),
-         'carries': (1, 2, 3, 4),
-         'parts': ({'member': 'c24d2', 'key': 'block1.layer2', 'rows': (5,), 'cols': (1,), 'kernel': 3},)},
+         'carries': (1, 3, 2, 4),
+         'parts': ({'member': 'c24d2',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (1,),
+                    'kernel': 3},)},
         {'op': 'pool'},
         # block2.layer1: shared 48 | c24d2 +16 | c32w +16
         {'op': 'conv',
          'name': 'block2.layer1',
          'kernel': 5,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (5, 1, 2, 3, 4),
+         'reads': (5, 1, 3, 2, 4),
          'makes': (6, 7, 8),
          'carries': (),
-         'parts': ({'member': 'c24', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'c32', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 3), 'kernel': 3},
-                   {'member': 'c32k7', 'key': 'block2.layer1', 'rows': (6,), 'cols': (1, 2), 'kernel': 5},
-                   {'member': 'c24d2', 'key': 'block2.layer1', 'rows': (6, 7), 'cols': (5,), 'kernel': 3},
+         'parts': ({'member': 'c24',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'c32',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (1, 2),
+                    'kernel': 3},
+                   {'member': 'c32k7',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (1, 3),
+                    'kernel': 5},
+                   {'member': 'c24d2',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (6, 7),
+                    'cols': (5,),
+                    'kernel': 3},
                    {'member': 'c32w',
-                    'key': 'block2.layer1',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
                     'rows': (6, 8),
                     'cols': (1, 4),
                     'kernel': 3})},
@@ -223,38 +339,66 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block2.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (6,),
          'makes': (9,),
          'carries': (6, 7, 8),
-         'parts': ({'member': 'c32', 'key': 'block2.layer2', 'rows': (9,), 'cols': (6,), 'kernel': 3},)},
+         'parts': ({'member': 'c32',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (9,),
+                    'cols': (6,),
+                    'kernel': 3},)},
         {'op': 'pool'},
         # block3.layer1: shared 48 | c32 +16 | c32k7 +16 | c24d2 +16 | c32w +48
         {'op': 'conv',
          'name': 'block3.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (9, 6, 7, 8),
          'makes': (10, 11, 12, 13, 14),
          'carries': (),
-         'parts': ({'member': 'c24', 'key': 'block3.layer1', 'rows': (10,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'c32', 'key': 'block3.layer1', 'rows': (10, 11), 'cols': (9,), 'kernel': 3},
+         'parts': ({'member': 'c24',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (10,),
+                    'cols': (6,),
+                    'kernel': 3},
+                   {'member': 'c32',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (10, 11),
+                    'cols': (9,),
+                    'kernel': 3},
                    {'member': 'c32k7',
-                    'key': 'block3.layer1',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
                     'rows': (10, 12),
                     'cols': (6,),
                     'kernel': 3},
                    {'member': 'c24d2',
-                    'key': 'block3.layer1',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
                     'rows': (10, 13),
                     'cols': (6, 7),
                     'kernel': 3},
                    {'member': 'c32w',
-                    'key': 'block3.layer1',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
                     'rows': (10, 14),
                     'cols': (6, 8),
                     'kernel': 3})},
@@ -262,6 +406,8 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block3.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
@@ -269,7 +415,9 @@ class SharedMothernet1(SharedNet):
          'makes': (15,),
          'carries': (10, 11, 13, 14),
          'parts': ({'member': 'c32k7',
-                    'key': 'block3.layer2',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
                     'rows': (15,),
                     'cols': (10, 12),
                     'kernel': 3},)},
@@ -279,26 +427,46 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc1',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
          'reads': (15, 10, 11, 13, 14),
          'makes': (16, 17, 18),
          'carries': (),
-         'parts': ({'member': 'c24', 'key': 'head.fc1', 'rows': (16,), 'cols': (10,), 'kernel': None},
-                   {'member': 'c32', 'key': 'head.fc1', 'rows': (16,), 'cols': (10, 11), 'kernel': None},
+         'parts': ({'member': 'c24',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (16,),
+                    'cols': (10,),
+                    'kernel': None},
+                   {'member': 'c32',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (16,),
+                    'cols': (10, 11),
+                    'kernel': None},
                    {'member': 'c32k7',
                     'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
                     'rows': (16, 17),
                     'cols': (15,),
                     'kernel': None},
                    {'member': 'c24d2',
                     'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
                     'rows': (16,),
                     'cols': (10, 13),
                     'kernel': None},
                    {'member': 'c32w',
                     'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
                     'rows': (16, 18),
                     'cols': (10, 14),
                     'kernel': None})},
@@ -306,33 +474,65 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc2',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
          'reads': (16,),
          'makes': (19,),
          'carries': (16, 17, 18),
-         'parts': ({'member': 'c24d2', 'key': 'head.fc2', 'rows': (19,), 'cols': (16,), 'kernel': None},)},
+         'parts': ({'member': 'c24d2',
+                    'key': 'head.fc2',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (19,),
+                    'cols': (16,),
+                    'kernel': None},)},
         # head.out: c24 +10 | c32 +10 | c32k7 +10 | c24d2 +10 | c32w +10
         {'op': 'linear',
          'name': 'head.out',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': False,
          'bias': True,
          'reads': (19, 16, 17, 18),
          'makes': (20, 21, 22, 23, 24),
          'carries': (),
-         'parts': ({'member': 'c24', 'key': 'head.out', 'rows': (20,), 'cols': (16,), 'kernel': None},
-                   {'member': 'c32', 'key': 'head.out', 'rows': (21,), 'cols': (16,), 'kernel': None},
+         'parts': ({'member': 'c24',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (20,),
+                    'cols': (16,),
+                    'kernel': None},
+                   {'member': 'c32',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (21,),
+                    'cols': (16,),
+                    'kernel': None},
                    {'member': 'c32k7',
                     'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
                     'rows': (22,),
                     'cols': (16, 17),
                     'kernel': None},
-                   {'member': 'c24d2', 'key': 'head.out', 'rows': (23,), 'cols': (19,), 'kernel': None},
+                   {'member': 'c24d2',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (23,),
+                    'cols': (19,),
+                    'kernel': None},
                    {'member': 'c32w',
                     'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
                     'rows': (24,),
                     'cols': (16, 18),
                     'kernel': None})},

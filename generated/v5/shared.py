@@ -24,87 +24,103 @@ def _channels(groups: dict, ids: tuple) -> dict:
 
 
 def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    with torch.no_grad():
-        step.weight.mul_(step.mask)
+    if step.weight is not None:
+        with torch.no_grad():
+            step.weight.mul_(step.mask)
+
+
+def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
+    """The channels of groups `ids` in a tensor laid out as `live`.
+
+    None when there are none, or (with `whole`) when they are all of it, in order.
+    """
+    at = _channels(groups, live)
+    index = [c for g in ids for c in range(*at[g])]
+    if not index or (whole and index == list(range(sum(groups[g][1] for g in live)))):
+        return None
+    return torch.tensor(index, dtype=torch.long)
 
 
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
-    Gathers the live channel groups it reads, applies one convolution ('same' padding) or linear
-    map whose weight is masked to the members' structure (a member's own units see only the
-    shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them, and appends the groups it
-    carries for members that have no layer at this position.
+    Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
+    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
+    linear map whose weight is masked to the members' structure (a member's own units see only
+    the shared units and that member's own units, through that member's kernel centred in the
+    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
+    carries for members that have no layer at this position. A 'norm' step has no weight.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
-        live_at = _channels(groups, live)
-        reads = [c for g in step["reads"] for c in range(*live_at[g])]
-        width = sum(groups[g][1] for g in live)
-        gather = None if reads == list(range(width)) else torch.tensor(reads)
-        self.register_buffer("gather", gather, persistent=False)
-        carry = [c for g in step["carries"] for c in range(*live_at[g])]
-        self.register_buffer("carry", torch.tensor(carry) if carry else None, persistent=False)
+        self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
         cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        kernel = step["kernel"]
+        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
+        self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
+        self.pre_relu = step["pre"] is not None
+        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
         self.rank = rank if kernel is not None else 0
-        self.padding = kernel // 2 if kernel is not None else 0
-        shape = (sum(groups[g][1] for g in step["makes"]), len(reads)) + (kernel,) * self.rank
-        mask = torch.zeros(shape)
-        for part in step["parts"]:
-            taps = ()
-            if kernel is not None:
-                lo = (kernel - part["kernel"]) // 2
-                taps = (slice(lo, lo + part["kernel"]),) * self.rank
-            for r in part["rows"]:
-                for c in part["cols"]:
-                    mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-        self.register_buffer("mask", mask, persistent=False)
-        # runs of rows whose members share one kernel: each run is one convolution with that kernel
-        row_kernel = {g: 0 for g in step["makes"]}
-        for part in step["parts"]:
-            for r in part["rows"]:
-                row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
-        self.kernel = kernel
-        self.runs = []
-        for g in step["makes"]:
-            if self.runs and self.runs[-1][2] == row_kernel[g]:
-                self.runs[-1][1] = rows[g][1]
-            else:
-                self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-        weight = torch.empty(shape)
-        nn.init.kaiming_normal_(weight)
-        self.weight = nn.Parameter(weight * mask)
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if step["bias"] else None
-        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}.get(rank)
-        self.bn = bn(shape[0]) if step["bn"] and bn is not None else None
+        self.weight, self.bias, self.runs = None, None, []
+        if step["op"] != "norm":
+            shape = (n_out, n_in) + (kernel,) * self.rank
+            mask = torch.zeros(shape)
+            for part in step["parts"]:
+                taps = ()
+                if kernel is not None:
+                    lo = (kernel - part["kernel"]) // 2
+                    taps = (slice(lo, lo + part["kernel"]),) * self.rank
+                for r in part["rows"]:
+                    for c in part["cols"]:
+                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
+            self.register_buffer("mask", mask, persistent=False)
+            # runs of rows whose members share one kernel: one convolution per run, with that kernel
+            row_kernel = {g: 0 for g in step["makes"]}
+            for part in step["parts"]:
+                for r in part["rows"]:
+                    row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+            for g in step["makes"]:
+                if self.runs and self.runs[-1][2] == row_kernel[g]:
+                    self.runs[-1][1] = rows[g][1]
+                else:
+                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
+            weight = torch.empty(shape)
+            nn.init.kaiming_normal_(weight)
+            self.weight = nn.Parameter(weight * mask)
+            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
+            # a loaded weight keeps the structure: masked entries are zero
+            self.register_load_state_dict_post_hook(_zero_masked)
+        self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-        # a loaded weight keeps the structure: masked entries are zero
-        self.register_load_state_dict_post_hook(_zero_masked)
 
     def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
               padding: int) -> torch.Tensor:
         conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, 1, padding)
+        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.gather is None else x.index_select(1, self.gather)
-        # training keeps masked entries at zero (zero gradient); in eval they already are zero
-        w = self.weight * self.mask if self.training else self.weight
-        if self.rank == 0:
-            y = F.linear(h, w, self.bias)
-        elif len(self.runs) == 1:
-            y = self._conv(h, w, self.bias, self.padding)
-        else:
-            parts = []
-            for lo, hi, k in self.runs:
-                c = (self.kernel - k) // 2
-                taps = (slice(c, c + k),) * self.rank
-                bias = None if self.bias is None else self.bias[lo:hi]
-                parts.append(self._conv(h, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-            y = torch.cat(parts, 1)
+        y = x if self.gather is None else x.index_select(1, self.gather)
+        if self.pre is not None:
+            y = self.pre(y)
+        if self.pre_relu:
+            y = F.relu(y)
+        if self.weight is not None:
+            # training keeps masked entries at zero (no gradient); in eval they already are zero
+            w = self.weight * self.mask if self.training else self.weight
+            if self.rank == 0:
+                y = F.linear(y, w, self.bias)
+            elif len(self.runs) == 1:
+                y = self._conv(y, w, self.bias, self.kernel // 2)
+            else:
+                parts = []
+                for lo, hi, k in self.runs:
+                    c = (self.kernel - k) // 2
+                    taps = (slice(c, c + k),) * self.rank
+                    bias = None if self.bias is None else self.bias[lo:hi]
+                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
+                y = torch.cat(parts, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -112,6 +128,32 @@ class SharedStep(nn.Module):
         if self.carry is not None:
             y = torch.cat([y, x.index_select(1, self.carry)], 1)
         return y
+
+
+class SharedAdd(nn.Module):
+    """Residual sums: each made group is a weighted sum of live groups, then ReLU; carries appended.
+
+    A shared group adds the unit's shared output and the mean of its members' shortcuts; a
+    member's own group adds its own output and its own shortcut.
+    """
+
+    def __init__(self, step: dict, groups: dict, live: tuple) -> None:
+        super().__init__()
+        at = _channels(groups, live)
+        self.sums = [[(at[g], w) for g, w in terms] for _, terms in step["sums"]]
+        self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for terms in self.sums:
+            total = None
+            for (lo, hi), w in terms:
+                term = x[:, lo:hi] if w == 1.0 else x[:, lo:hi] * w
+                total = term if total is None else total + term
+            outs.append(total)
+        if self.carry is not None:
+            outs.append(x.index_select(1, self.carry))
+        return torch.cat([F.relu(o) for o in outs[:len(self.sums)]] + outs[len(self.sums):], 1)
 
 
 class SharedNet(nn.Module):
@@ -135,16 +177,22 @@ class SharedNet(nn.Module):
         self.steps = nn.ModuleList()
         live = (0,)
         for step in self.STEPS:
-            if step["op"] in ("conv", "linear"):
+            op = step["op"]
+            if op in ("conv", "linear", "norm"):
                 self.steps.append(SharedStep(rank, step, self.GROUPS, live))
-                live = tuple(step["makes"]) + tuple(step["carries"])
-            elif step["op"] == "pool":
+            elif op == "add":
+                self.steps.append(SharedAdd(step, self.GROUPS, live))
+            elif op == "pool":
                 self.steps.append(nn.MaxPool1d(2) if rank == 1 else nn.MaxPool2d(2))
-            elif step["op"] == "gap":
+            elif op == "avgpool":
+                self.steps.append(nn.AvgPool1d(2) if rank == 1 else nn.AvgPool2d(2))
+            elif op == "gap":
                 pool = nn.AdaptiveAvgPool1d(1) if rank == 1 else nn.AdaptiveAvgPool2d(1)
                 self.steps.append(nn.Sequential(pool, nn.Flatten()))
             else:
                 self.steps.append(nn.Flatten())
+            if op in ("conv", "linear", "norm", "add"):
+                live = tuple(step["makes"]) + tuple(step["carries"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
@@ -167,10 +215,10 @@ class SharedMothernet1(SharedNet):
     NUM_CLASSES = 10
     GROUPS: ClassVar[dict] = {
         0: (None, 3), 1: (None, 64), 2: (None, 64), 3: (None, 128), 4: (None, 128), 5: (None, 256),
-        6: (None, 256), 7: ("vgg16", 256), 8: ("vgg16b", 256), 9: ("vgg19", 256), 10: ("vgg16a", 256),
-        11: ("vgg19", 256), 12: (None, 512), 13: (None, 512), 14: ("vgg16", 512), 15: ("vgg16b", 768),
-        16: ("vgg19", 512), 17: ("vgg16a", 512), 18: ("vgg19", 512), 19: (None, 512), 20: (None, 512),
-        21: ("vgg16", 512), 22: ("vgg16b", 768), 23: ("vgg19", 512), 24: ("vgg16a", 512), 25: ("vgg19", 512),
+        6: (None, 256), 7: ("vgg16", 256), 8: ("vgg16a", 256), 9: ("vgg16b", 256), 10: ("vgg19", 256),
+        11: ("vgg19", 256), 12: (None, 512), 13: (None, 512), 14: ("vgg16", 512), 15: ("vgg16a", 512),
+        16: ("vgg16b", 768), 17: ("vgg19", 512), 18: ("vgg19", 512), 19: (None, 512), 20: (None, 512),
+        21: ("vgg16", 512), 22: ("vgg16a", 512), 23: ("vgg16b", 768), 24: ("vgg19", 512), 25: ("vgg19", 512),
         26: (None, 512), 27: ("vgg13", 10), 28: ("vgg16", 10), 29: ("vgg16a", 10), 30: ("vgg16b", 10),
         31: ("vgg19", 10),
     }
@@ -179,144 +227,390 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block1.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (0,),
          'makes': (1,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block1.layer1', 'rows': (1,), 'cols': (0,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block1.layer1.conv',
+                    'bn': 'block1.layer1.bn',
+                    'pre': None,
+                    'rows': (1,),
+                    'cols': (0,),
+                    'kernel': 3})},
         # block1.layer2: shared 64
         {'op': 'conv',
          'name': 'block1.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (1,),
          'makes': (2,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block1.layer2', 'rows': (2,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block1.layer2', 'rows': (2,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block1.layer2', 'rows': (2,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block1.layer2', 'rows': (2,), 'cols': (1,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block1.layer2', 'rows': (2,), 'cols': (1,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block1.layer2.conv',
+                    'bn': 'block1.layer2.bn',
+                    'pre': None,
+                    'rows': (2,),
+                    'cols': (1,),
+                    'kernel': 3})},
         {'op': 'pool'},
         # block2.layer1: shared 128
         {'op': 'conv',
          'name': 'block2.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (2,),
          'makes': (3,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block2.layer1', 'rows': (3,), 'cols': (2,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block2.layer1', 'rows': (3,), 'cols': (2,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block2.layer1', 'rows': (3,), 'cols': (2,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block2.layer1', 'rows': (3,), 'cols': (2,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block2.layer1', 'rows': (3,), 'cols': (2,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (3,),
+                    'cols': (2,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (3,),
+                    'cols': (2,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (3,),
+                    'cols': (2,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (3,),
+                    'cols': (2,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block2.layer1.conv',
+                    'bn': 'block2.layer1.bn',
+                    'pre': None,
+                    'rows': (3,),
+                    'cols': (2,),
+                    'kernel': 3})},
         # block2.layer2: shared 128
         {'op': 'conv',
          'name': 'block2.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (3,),
          'makes': (4,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block2.layer2', 'rows': (4,), 'cols': (3,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block2.layer2', 'rows': (4,), 'cols': (3,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block2.layer2', 'rows': (4,), 'cols': (3,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block2.layer2', 'rows': (4,), 'cols': (3,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block2.layer2', 'rows': (4,), 'cols': (3,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (3,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (3,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (3,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (3,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block2.layer2.conv',
+                    'bn': 'block2.layer2.bn',
+                    'pre': None,
+                    'rows': (4,),
+                    'cols': (3,),
+                    'kernel': 3})},
         {'op': 'pool'},
         # block3.layer1: shared 256
         {'op': 'conv',
          'name': 'block3.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (4,),
          'makes': (5,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block3.layer1', 'rows': (5,), 'cols': (4,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block3.layer1', 'rows': (5,), 'cols': (4,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block3.layer1', 'rows': (5,), 'cols': (4,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block3.layer1', 'rows': (5,), 'cols': (4,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block3.layer1', 'rows': (5,), 'cols': (4,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block3.layer1.conv',
+                    'bn': 'block3.layer1.bn',
+                    'pre': None,
+                    'rows': (5,),
+                    'cols': (4,),
+                    'kernel': 3})},
         # block3.layer2: shared 256
         {'op': 'conv',
          'name': 'block3.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (5,),
          'makes': (6,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block3.layer2', 'rows': (6,), 'cols': (5,), 'kernel': 3})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block3.layer2.conv',
+                    'bn': 'block3.layer2.bn',
+                    'pre': None,
+                    'rows': (6,),
+                    'cols': (5,),
+                    'kernel': 3})},
         # block3.layer3: vgg16 +256 | vgg16b +256 | vgg19 +256 | vgg16a +256
         {'op': 'conv',
          'name': 'block3.layer3',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (6,),
-         'makes': (7, 8, 9, 10),
+         'makes': (7, 9, 10, 8),
          'carries': (6,),
-         'parts': ({'member': 'vgg16', 'key': 'block3.layer3', 'rows': (7,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'vgg16a', 'key': 'block3.layer3', 'rows': (10,), 'cols': (6,), 'kernel': 1},
-                   {'member': 'vgg16b', 'key': 'block3.layer3', 'rows': (8,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'vgg19', 'key': 'block3.layer3', 'rows': (9,), 'cols': (6,), 'kernel': 3})},
+         'parts': ({'member': 'vgg16',
+                    'key': 'block3.layer3.conv',
+                    'bn': 'block3.layer3.bn',
+                    'pre': None,
+                    'rows': (7,),
+                    'cols': (6,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block3.layer3.conv',
+                    'bn': 'block3.layer3.bn',
+                    'pre': None,
+                    'rows': (8,),
+                    'cols': (6,),
+                    'kernel': 1},
+                   {'member': 'vgg16b',
+                    'key': 'block3.layer3.conv',
+                    'bn': 'block3.layer3.bn',
+                    'pre': None,
+                    'rows': (9,),
+                    'cols': (6,),
+                    'kernel': 3},
+                   {'member': 'vgg19',
+                    'key': 'block3.layer3.conv',
+                    'bn': 'block3.layer3.bn',
+                    'pre': None,
+                    'rows': (10,),
+                    'cols': (6,),
+                    'kernel': 3})},
         # block3.layer4: vgg19 +256
         {'op': 'conv',
          'name': 'block3.layer4',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (9,),
+         'reads': (10,),
          'makes': (11,),
-         'carries': (7, 8, 10, 6),
+         'carries': (7, 9, 8, 6),
          'parts': ({'member': 'vgg19',
-                    'key': 'block3.layer4',
+                    'key': 'block3.layer4.conv',
+                    'bn': 'block3.layer4.bn',
+                    'pre': None,
                     'rows': (11,),
-                    'cols': (9,),
+                    'cols': (10,),
                     'kernel': 3},)},
         {'op': 'pool'},
         # block4.layer1: shared 512
         {'op': 'conv',
          'name': 'block4.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (11, 7, 8, 10, 6),
+         'reads': (11, 7, 9, 8, 6),
          'makes': (12,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block4.layer1', 'rows': (12,), 'cols': (6,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block4.layer1', 'rows': (12,), 'cols': (7,), 'kernel': 3},
-                   {'member': 'vgg16a',
-                    'key': 'block4.layer1',
+         'parts': ({'member': 'vgg13',
+                    'key': 'block4.layer1.conv',
+                    'bn': 'block4.layer1.bn',
+                    'pre': None,
                     'rows': (12,),
-                    'cols': (10,),
+                    'cols': (6,),
                     'kernel': 3},
-                   {'member': 'vgg16b', 'key': 'block4.layer1', 'rows': (12,), 'cols': (8,), 'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block4.layer1.conv',
+                    'bn': 'block4.layer1.bn',
+                    'pre': None,
+                    'rows': (12,),
+                    'cols': (7,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block4.layer1.conv',
+                    'bn': 'block4.layer1.bn',
+                    'pre': None,
+                    'rows': (12,),
+                    'cols': (8,),
+                    'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block4.layer1.conv',
+                    'bn': 'block4.layer1.bn',
+                    'pre': None,
+                    'rows': (12,),
+                    'cols': (9,),
+                    'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block4.layer1',
+                    'key': 'block4.layer1.conv',
+                    'bn': 'block4.layer1.bn',
+                    'pre': None,
                     'rows': (12,),
                     'cols': (11,),
                     'kernel': 3})},
@@ -324,26 +618,46 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block4.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (12,),
          'makes': (13,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block4.layer2', 'rows': (13,), 'cols': (12,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block4.layer2', 'rows': (13,), 'cols': (12,), 'kernel': 3},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block4.layer2.conv',
+                    'bn': 'block4.layer2.bn',
+                    'pre': None,
+                    'rows': (13,),
+                    'cols': (12,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block4.layer2.conv',
+                    'bn': 'block4.layer2.bn',
+                    'pre': None,
+                    'rows': (13,),
+                    'cols': (12,),
+                    'kernel': 3},
                    {'member': 'vgg16a',
-                    'key': 'block4.layer2',
+                    'key': 'block4.layer2.conv',
+                    'bn': 'block4.layer2.bn',
+                    'pre': None,
                     'rows': (13,),
                     'cols': (12,),
                     'kernel': 3},
                    {'member': 'vgg16b',
-                    'key': 'block4.layer2',
+                    'key': 'block4.layer2.conv',
+                    'bn': 'block4.layer2.bn',
+                    'pre': None,
                     'rows': (13,),
                     'cols': (12,),
                     'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block4.layer2',
+                    'key': 'block4.layer2.conv',
+                    'bn': 'block4.layer2.bn',
+                    'pre': None,
                     'rows': (13,),
                     'cols': (12,),
                     'kernel': 3})},
@@ -351,68 +665,106 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block4.layer3',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (13,),
-         'makes': (14, 15, 16, 17),
+         'makes': (14, 16, 17, 15),
          'carries': (13,),
-         'parts': ({'member': 'vgg16', 'key': 'block4.layer3', 'rows': (14,), 'cols': (13,), 'kernel': 3},
+         'parts': ({'member': 'vgg16',
+                    'key': 'block4.layer3.conv',
+                    'bn': 'block4.layer3.bn',
+                    'pre': None,
+                    'rows': (14,),
+                    'cols': (13,),
+                    'kernel': 3},
                    {'member': 'vgg16a',
-                    'key': 'block4.layer3',
-                    'rows': (17,),
+                    'key': 'block4.layer3.conv',
+                    'bn': 'block4.layer3.bn',
+                    'pre': None,
+                    'rows': (15,),
                     'cols': (13,),
                     'kernel': 1},
                    {'member': 'vgg16b',
-                    'key': 'block4.layer3',
-                    'rows': (15,),
+                    'key': 'block4.layer3.conv',
+                    'bn': 'block4.layer3.bn',
+                    'pre': None,
+                    'rows': (16,),
                     'cols': (13,),
                     'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block4.layer3',
-                    'rows': (16,),
+                    'key': 'block4.layer3.conv',
+                    'bn': 'block4.layer3.bn',
+                    'pre': None,
+                    'rows': (17,),
                     'cols': (13,),
                     'kernel': 3})},
         # block4.layer4: vgg19 +512
         {'op': 'conv',
          'name': 'block4.layer4',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (16,),
+         'reads': (17,),
          'makes': (18,),
-         'carries': (14, 15, 17, 13),
+         'carries': (14, 16, 15, 13),
          'parts': ({'member': 'vgg19',
-                    'key': 'block4.layer4',
+                    'key': 'block4.layer4.conv',
+                    'bn': 'block4.layer4.bn',
+                    'pre': None,
                     'rows': (18,),
-                    'cols': (16,),
+                    'cols': (17,),
                     'kernel': 3},)},
         {'op': 'pool'},
         # block5.layer1: shared 512
         {'op': 'conv',
          'name': 'block5.layer1',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (18, 14, 15, 17, 13),
+         'reads': (18, 14, 16, 15, 13),
          'makes': (19,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block5.layer1', 'rows': (19,), 'cols': (13,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block5.layer1', 'rows': (19,), 'cols': (14,), 'kernel': 3},
-                   {'member': 'vgg16a',
-                    'key': 'block5.layer1',
+         'parts': ({'member': 'vgg13',
+                    'key': 'block5.layer1.conv',
+                    'bn': 'block5.layer1.bn',
+                    'pre': None,
                     'rows': (19,),
-                    'cols': (17,),
+                    'cols': (13,),
                     'kernel': 3},
-                   {'member': 'vgg16b',
-                    'key': 'block5.layer1',
+                   {'member': 'vgg16',
+                    'key': 'block5.layer1.conv',
+                    'bn': 'block5.layer1.bn',
+                    'pre': None,
+                    'rows': (19,),
+                    'cols': (14,),
+                    'kernel': 3},
+                   {'member': 'vgg16a',
+                    'key': 'block5.layer1.conv',
+                    'bn': 'block5.layer1.bn',
+                    'pre': None,
                     'rows': (19,),
                     'cols': (15,),
                     'kernel': 3},
+                   {'member': 'vgg16b',
+                    'key': 'block5.layer1.conv',
+                    'bn': 'block5.layer1.bn',
+                    'pre': None,
+                    'rows': (19,),
+                    'cols': (16,),
+                    'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block5.layer1',
+                    'key': 'block5.layer1.conv',
+                    'bn': 'block5.layer1.bn',
+                    'pre': None,
                     'rows': (19,),
                     'cols': (18,),
                     'kernel': 3})},
@@ -420,26 +772,46 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block5.layer2',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (19,),
          'makes': (20,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'block5.layer2', 'rows': (20,), 'cols': (19,), 'kernel': 3},
-                   {'member': 'vgg16', 'key': 'block5.layer2', 'rows': (20,), 'cols': (19,), 'kernel': 3},
+         'parts': ({'member': 'vgg13',
+                    'key': 'block5.layer2.conv',
+                    'bn': 'block5.layer2.bn',
+                    'pre': None,
+                    'rows': (20,),
+                    'cols': (19,),
+                    'kernel': 3},
+                   {'member': 'vgg16',
+                    'key': 'block5.layer2.conv',
+                    'bn': 'block5.layer2.bn',
+                    'pre': None,
+                    'rows': (20,),
+                    'cols': (19,),
+                    'kernel': 3},
                    {'member': 'vgg16a',
-                    'key': 'block5.layer2',
+                    'key': 'block5.layer2.conv',
+                    'bn': 'block5.layer2.bn',
+                    'pre': None,
                     'rows': (20,),
                     'cols': (19,),
                     'kernel': 3},
                    {'member': 'vgg16b',
-                    'key': 'block5.layer2',
+                    'key': 'block5.layer2.conv',
+                    'bn': 'block5.layer2.bn',
+                    'pre': None,
                     'rows': (20,),
                     'cols': (19,),
                     'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block5.layer2',
+                    'key': 'block5.layer2.conv',
+                    'bn': 'block5.layer2.bn',
+                    'pre': None,
                     'rows': (20,),
                     'cols': (19,),
                     'kernel': 3})},
@@ -447,42 +819,60 @@ class SharedMothernet1(SharedNet):
         {'op': 'conv',
          'name': 'block5.layer3',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
          'reads': (20,),
-         'makes': (21, 22, 23, 24),
+         'makes': (21, 23, 24, 22),
          'carries': (20,),
-         'parts': ({'member': 'vgg16', 'key': 'block5.layer3', 'rows': (21,), 'cols': (20,), 'kernel': 3},
+         'parts': ({'member': 'vgg16',
+                    'key': 'block5.layer3.conv',
+                    'bn': 'block5.layer3.bn',
+                    'pre': None,
+                    'rows': (21,),
+                    'cols': (20,),
+                    'kernel': 3},
                    {'member': 'vgg16a',
-                    'key': 'block5.layer3',
-                    'rows': (24,),
+                    'key': 'block5.layer3.conv',
+                    'bn': 'block5.layer3.bn',
+                    'pre': None,
+                    'rows': (22,),
                     'cols': (20,),
                     'kernel': 1},
                    {'member': 'vgg16b',
-                    'key': 'block5.layer3',
-                    'rows': (22,),
+                    'key': 'block5.layer3.conv',
+                    'bn': 'block5.layer3.bn',
+                    'pre': None,
+                    'rows': (23,),
                     'cols': (20,),
                     'kernel': 3},
                    {'member': 'vgg19',
-                    'key': 'block5.layer3',
-                    'rows': (23,),
+                    'key': 'block5.layer3.conv',
+                    'bn': 'block5.layer3.bn',
+                    'pre': None,
+                    'rows': (24,),
                     'cols': (20,),
                     'kernel': 3})},
         # block5.layer4: vgg19 +512
         {'op': 'conv',
          'name': 'block5.layer4',
          'kernel': 3,
+         'stride': 1,
+         'pre': None,
          'bn': True,
          'relu': True,
          'bias': False,
-         'reads': (23,),
+         'reads': (24,),
          'makes': (25,),
-         'carries': (21, 22, 24, 20),
+         'carries': (21, 23, 22, 20),
          'parts': ({'member': 'vgg19',
-                    'key': 'block5.layer4',
+                    'key': 'block5.layer4.conv',
+                    'bn': 'block5.layer4.bn',
+                    'pre': None,
                     'rows': (25,),
-                    'cols': (23,),
+                    'cols': (24,),
                     'kernel': 3},)},
         {'op': 'pool'},
         {'op': 'gap'},
@@ -490,32 +880,96 @@ class SharedMothernet1(SharedNet):
         {'op': 'linear',
          'name': 'head.fc1',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': True,
          'bias': True,
-         'reads': (25, 21, 22, 24, 20),
+         'reads': (25, 21, 23, 22, 20),
          'makes': (26,),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'head.fc1', 'rows': (26,), 'cols': (20,), 'kernel': None},
-                   {'member': 'vgg16', 'key': 'head.fc1', 'rows': (26,), 'cols': (21,), 'kernel': None},
-                   {'member': 'vgg16a', 'key': 'head.fc1', 'rows': (26,), 'cols': (24,), 'kernel': None},
-                   {'member': 'vgg16b', 'key': 'head.fc1', 'rows': (26,), 'cols': (22,), 'kernel': None},
-                   {'member': 'vgg19', 'key': 'head.fc1', 'rows': (26,), 'cols': (25,), 'kernel': None})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (20,),
+                    'kernel': None},
+                   {'member': 'vgg16',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (21,),
+                    'kernel': None},
+                   {'member': 'vgg16a',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (22,),
+                    'kernel': None},
+                   {'member': 'vgg16b',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (23,),
+                    'kernel': None},
+                   {'member': 'vgg19',
+                    'key': 'head.fc1',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (26,),
+                    'cols': (25,),
+                    'kernel': None})},
         # head.out: vgg13 +10 | vgg16 +10 | vgg16a +10 | vgg16b +10 | vgg19 +10
         {'op': 'linear',
          'name': 'head.out',
          'kernel': None,
+         'stride': 1,
+         'pre': None,
          'bn': False,
          'relu': False,
          'bias': True,
          'reads': (26,),
          'makes': (27, 28, 29, 30, 31),
          'carries': (),
-         'parts': ({'member': 'vgg13', 'key': 'head.out', 'rows': (27,), 'cols': (26,), 'kernel': None},
-                   {'member': 'vgg16', 'key': 'head.out', 'rows': (28,), 'cols': (26,), 'kernel': None},
-                   {'member': 'vgg16a', 'key': 'head.out', 'rows': (29,), 'cols': (26,), 'kernel': None},
-                   {'member': 'vgg16b', 'key': 'head.out', 'rows': (30,), 'cols': (26,), 'kernel': None},
-                   {'member': 'vgg19', 'key': 'head.out', 'rows': (31,), 'cols': (26,), 'kernel': None})},
+         'parts': ({'member': 'vgg13',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (27,),
+                    'cols': (26,),
+                    'kernel': None},
+                   {'member': 'vgg16',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (28,),
+                    'cols': (26,),
+                    'kernel': None},
+                   {'member': 'vgg16a',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (29,),
+                    'cols': (26,),
+                    'kernel': None},
+                   {'member': 'vgg16b',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (30,),
+                    'cols': (26,),
+                    'kernel': None},
+                   {'member': 'vgg19',
+                    'key': 'head.out',
+                    'bn': None,
+                    'pre': None,
+                    'rows': (31,),
+                    'cols': (26,),
+                    'kernel': None})},
     )
 
 

@@ -12,18 +12,22 @@ widening, and whole layers the MotherNet lacks) as that member's *own groups*:
   own units of the previous layer;
 - the output layer has K heads, one per member.
 
-The model is a sequence of *steps*. A layer step reads some live channel groups (gathered in
-live order), applies one convolution or linear map whose weight is masked to the structure
-above (a member's own rows only see its own columns, with its own kernel centred in the
-step's largest kernel), then BatchNorm and ReLU where the members have them, and appends the
-groups that members not taking part in this step still need (`carry`). Pool, global-average
-and flatten steps act on every live channel.
+The model is a sequence of *steps* over *live* channel groups. A layer step gathers the groups
+it reads (in live order), optionally applies ReLU or BatchNorm + ReLU to them first (`pre`: a
+dense layer's, a transition's or a residual unit's second convolution's input), then one
+convolution or linear map whose weight is masked to the structure above (a member's own rows
+only see its own columns, with its own kernel centred in the step's largest), then BatchNorm
+and ReLU where the members have them. A `norm` step is BatchNorm + ReLU alone (a DenseNet's
+head), an `add` step a residual sum: each made group is a weighted sum of live groups, then
+ReLU; a shared group sums the unit's shared output and the mean of the members' shortcuts.
+Every step keeps (`carries`) the live groups some member still refers to. Pool, average-pool,
+global-average and flatten steps act on every live channel.
 
 `plan_sharing(mother, members, tables, input_shape, classes)` is pure (no torch) and returns a
-`SharePlan`, or a `Refusal` saying why a cluster cannot be shared exactly and keeps separate
-members. Plain (1-D and 2-D convolutions) and mlp clusters are shared; residual and dense
-clusters are refused: their shortcuts and concatenations add member-specific terms to shared
-channels, which this step structure does not express.
+`SharePlan`, or a `Refusal` saying why a cluster keeps separate members: a member with more
+blocks than its MotherNet, a MotherNet layer hatched away from its block's first positions, or
+a residual unit whose shortcut is the identity in the member and a projection in the MotherNet.
+A member's projection where the MotherNet has the identity is the member's own.
 
 >>> from mncompile.api import loads
 >>> from mncompile.passes.hatch_plan import plan_hatching
@@ -42,13 +46,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mncompile.ir import Net
 from mncompile.passes.hatch_plan import HatchTable
 
-Op = Literal["conv", "linear", "pool", "gap", "flatten"]
+Op = Literal["conv", "linear", "norm", "add", "pool", "avgpool", "gap", "flatten"]
+Pre = Literal["relu", "bn_relu"]
 
 
 @dataclass(frozen=True)
@@ -62,33 +67,43 @@ class Group:
 
 @dataclass(frozen=True)
 class Part:
-    """What one member's layer `key` becomes in a step.
+    """What one member tensor set becomes in a step.
 
     The member's output channels, in its own order, are the groups `rows`; its input channels
-    are the groups `cols`. `kernel` is the member's kernel (None for linear layers).
+    are the groups `cols`. `key` is the member's weight (`key.weight`, and `key.bias`), `bn` its
+    BatchNorm after the layer, `pre` its BatchNorm before (over the input channels); `kernel`
+    is the member's kernel (None for linear layers and norm steps).
     """
 
     member: str
-    key: str
+    key: str | None
     rows: tuple[int, ...]
     cols: tuple[int, ...]
     kernel: int | None
+    bn: str | None = None
+    pre: str | None = None
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the shared model's forward pass (see the module docstring)."""
+    """One step of the shared model's forward pass (see the module docstring).
+
+    `sums` (add steps only): per made group, its (source group, coefficient) terms.
+    """
 
     op: Op
     name: str = ""
     kernel: int | None = None
+    stride: int = 1
+    pre: Pre | None = None
+    bn: bool = False
+    relu: bool = False
+    bias: bool = False
     reads: tuple[int, ...] = ()
     makes: tuple[int, ...] = ()
     carries: tuple[int, ...] = ()
     parts: tuple[Part, ...] = ()
-    bn: bool = False
-    relu: bool = False
-    bias: bool = False
+    sums: tuple[tuple[int, tuple[tuple[int, float], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,7 +126,7 @@ class SharePlan:
         return self.groups[gid]
 
     def layer_steps(self) -> list[Step]:
-        return [s for s in self.steps if s.op in ("conv", "linear")]
+        return [s for s in self.steps if s.op in ("conv", "linear", "norm")]
 
 
 @dataclass(frozen=True)
@@ -123,119 +138,185 @@ class Refusal:
     reason: str
 
 
-SHAREABLE_FAMILIES = ("plain", "mlp")
+class _Refused(Exception):
+    pass
 
 
-def _conv_layers(net: Net) -> list[list[tuple[int, int]]]:
-    return [[(layer.kernel, layer.filters) for layer in block.layers] for block in net.blocks]
+@dataclass
+class _PartSpec:
+    """A member's part of a layer step, before groups exist.
+
+    `rows` are (shared token, size) or (None, size) runs in the member's channel order; one
+    shared group is made per token and step. The member's `dst` slot then refers to the rows
+    (after its `src` groups if `append`: a dense layer's concatenation).
+    """
+
+    member: str
+    key: str | None
+    kernel: int | None
+    rows: list[tuple[str | None, int]]
+    bn: str | None = None
+    pre: str | None = None
+    src: str = "x"
+    dst: str = "x"
+    append: bool = False
 
 
+@dataclass
 class _Builder:
-    def __init__(self, members: Sequence[str], input_channels: int) -> None:
-        self.groups: list[Group] = []
-        self.steps: list[Step] = []
-        first = self.new(None, input_channels)
-        self.live: list[int] = [first]
-        self.rep: dict[str, list[int]] = {m: [first] for m in members}
-        self.members = list(members)
+    members: list[str]
+    input_channels: int
+    groups: list[Group] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    rep: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    live: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        first = self.new(None, self.input_channels)
+        self.live = [first]
+        self.rep = {(m, "x"): [first] for m in self.members}
 
     def new(self, owner: str | None, size: int) -> int:
         self.groups.append(Group(len(self.groups), owner, size))
         return len(self.groups) - 1
 
-    def layer(self, op: Op, name: str, keys: Mapping[str, str], widths: Mapping[str, int],
-              kernels: Mapping[str, int | None], shared: int, *, bn: bool, relu: bool, bias: bool) -> None:
-        """One layer position; `widths` has the members taking part, `shared` the MotherNet's units there."""
-        takers = [m for m in self.members if m in widths]
-        needed = {g for m in takers for g in self.rep[m]}
-        reads = tuple(g for g in self.live if g in needed)
-        makes: list[int] = []
-        s = self.new(None, shared) if shared > 0 else None
-        if s is not None:
-            makes.append(s)
-        rows: dict[str, tuple[int, ...]] = {}
-        # own groups with the step's largest kernel first: each run of equal kernels is then one
-        # contiguous block of rows, computed with its own kernel rather than masked taps
-        for m in sorted(takers, key=lambda m: -(kernels[m] or 0)):
-            own = widths[m] - shared
-            o = self.new(m, own) if own > 0 else None
-            if o is not None:
-                makes.append(o)
-            rows[m] = tuple(g for g in (s, o) if g is not None)
-        idle = {g for m in self.members if m not in widths for g in self.rep[m]}
-        carries = tuple(g for g in self.live if g in idle)
-        ks = [k for k in kernels.values() if k is not None]
-        parts = tuple(Part(m, keys[m], rows[m], tuple(self.rep[m]), kernels[m]) for m in takers)
-        self.steps.append(Step(op, name, max(ks) if ks else None, reads, tuple(makes), carries, parts,
-                               bn=bn, relu=relu, bias=bias))
-        for m in takers:
-            self.rep[m] = list(rows[m])
-        self.live = list(makes) + list(carries)
+    def _reads(self, keys: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+        needed = {g for k in keys for g in self.rep[k]}
+        return tuple(g for g in self.live if g in needed)
+
+    def _finish(self, makes: Sequence[int], updates: Mapping[tuple[str, str], list[int]],
+                drop: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+        for k in drop:
+            self.rep.pop(k, None)
+        self.rep.update(updates)
+        referenced = {g for groups in self.rep.values() for g in groups}
+        carries = tuple(g for g in self.live if g in referenced and g not in makes)
+        self.live = [*makes, *carries]
+        return carries
+
+    def mirror(self, member: str, slot: str = "x") -> list[tuple[str | None, int]]:
+        """Rows that mirror a member's groups: one shared group per shared input group."""
+        return [(f"g{g}" if self.groups[g].owner is None else None, self.groups[g].size)
+                for g in self.rep[(member, slot)]]
+
+    def layer(self, op: Op, name: str, specs: Sequence[_PartSpec], *, stride: int = 1,
+              pre: Pre | None = None, bn: bool = False, relu: bool = False, bias: bool = False,
+              drop: Sequence[tuple[str, str]] = ()) -> None:
+        reads = self._reads([(s.member, s.src) for s in specs])
+        tokens: dict[str, int] = {}
+        kernel_of: dict[int, int] = {}
+        rows: list[tuple[int, ...]] = []
+        for s in specs:
+            ids = []
+            for token, size in s.rows:
+                if size < 0:
+                    raise _Refused(f"'{s.member}' is narrower than its MotherNet at {name}")
+                if size == 0:
+                    continue
+                if token is None:
+                    g = self.new(s.member, size)
+                elif token in tokens:
+                    g = tokens[token]
+                    if self.groups[g].size != size:
+                        raise AssertionError(f"shared group {token} of {name} has two sizes")
+                else:
+                    g = tokens[token] = self.new(None, size)
+                kernel_of[g] = max(kernel_of.get(g, 0), s.kernel or 0)
+                ids.append(g)
+            rows.append(tuple(ids))
+        made = sorted(kernel_of, key=lambda g: (-kernel_of[g], self.groups[g].owner is not None, g))
+        if op == "norm":
+            # BatchNorm + ReLU alone: the output channels are the read channels, in their order
+            mirror = {r: g for s, ids in zip(specs, rows, strict=True)
+                      for r, g in zip(self.rep[(s.member, s.src)], ids, strict=True)}
+            made = [mirror[r] for r in reads]
+        parts = tuple(Part(s.member, s.key, ids, tuple(self.rep[(s.member, s.src)]), s.kernel, s.bn, s.pre)
+                      for s, ids in zip(specs, rows, strict=True))
+        updates = {(s.member, s.dst): ([*self.rep[(s.member, s.src)]] if s.append else []) + list(ids)
+                   for s, ids in zip(specs, rows, strict=True)}
+        carries = self._finish(made, updates, drop)
+        if stride != 1 and carries:
+            raise AssertionError(f"{name}: a strided step cannot carry groups at the old resolution")
+        kernels = [s.kernel for s in specs if s.kernel is not None]
+        self.steps.append(Step(op, name, max(kernels) if kernels else None, stride, pre, bn, relu, bias,
+                               reads, tuple(made), carries, parts))
+
+    def add(self, name: str, members: Sequence[str]) -> None:
+        """Residual sums: each member's `main` plus its `short` (group by group), then ReLU, into `x`."""
+        sources: dict[int, dict[int, float]] = {}
+        outputs: dict[int, int] = {}
+        updates: dict[tuple[str, str], list[int]] = {}
+        k = len(members)
+        for m in members:
+            main, short = self.rep[(m, "main")], self.rep[(m, "short")]
+            if [self.groups[g].size for g in main] != [self.groups[g].size for g in short]:
+                raise _Refused(f"'{m}' has a shortcut at {name} that does not line up with its "
+                               "MotherNet's channels")
+            out = []
+            for g, s in zip(main, short, strict=True):
+                if g not in outputs:
+                    outputs[g] = self.new(self.groups[g].owner, self.groups[g].size)
+                    sources[outputs[g]] = {g: 1.0}
+                o = outputs[g]
+                # a shared output sums the mean of the members' shortcuts; an own one its member's
+                w = 1.0 / k if self.groups[g].owner is None else 1.0
+                sources[o][s] = sources[o].get(s, 0.0) + w
+                out.append(o)
+            updates[(m, "x")] = out
+        reads = self._reads([(m, slot) for m in members for slot in ("main", "short")])
+        made = list(outputs.values())
+        carries = self._finish(made, updates, [(m, slot) for m in members for slot in ("main", "short")])
+        sums = tuple((o, tuple(sorted((g, round(w, 12)) for g, w in sources[o].items()))) for o in made)
+        self.steps.append(Step("add", name, relu=True, reads=reads, makes=tuple(made), carries=carries,
+                               sums=sums))
 
     def whole(self, op: Op) -> None:
         self.steps.append(Step(op))
+
+
+def _rows(aligned: bool, token: str, shared: int, width: int) -> list[tuple[str | None, int]]:
+    """A MotherNet-aligned layer: the shared units, then the member's own; otherwise all own."""
+    return [(token, shared), (None, width - shared)] if aligned else [(None, width)]
+
+
+def _check_placement(n: Net, t: HatchTable, keys: Sequence[str]) -> None:
+    for key in keys:
+        if t.entry(key).source != key:
+            raise _Refused(f"'{n.name}' hatches {key} from another MotherNet tensor "
+                           "(its MotherNet layers are not at the first positions of the part)")
 
 
 def plan_sharing(mother: Net, members: Sequence[Net], tables: Mapping[str, HatchTable],
                  input_shape: Sequence[int], classes: int) -> SharePlan | Refusal:
     """The Shared-MotherNet of one cluster, or why it keeps separate members (pure)."""
     names = tuple(n.name for n in members)
-
-    def refuse(reason: str) -> Refusal:
-        return Refusal(mother.name, names, reason)
-
-    if mother.family == "residual":
-        return refuse("residual nets are not shared yet: a member's added units and projection shortcuts "
-                      "add member-specific terms to the MotherNet's stream channels")
-    if mother.family == "dense":
-        return refuse("dense nets are not shared yet: every later layer reads the concatenation, so the "
-                      "MotherNet's channels would need member-specific slices in every block")
     if len(members) < 2:
-        return refuse("a cluster of one net has no MotherNet to share")
-    for n in members:
-        t = tables.get(n.name)
-        if t is None or t.mother != mother.name:
-            return refuse(f"'{n.name}' has no hatching table from '{mother.name}'")
-        if len(n.blocks) != len(mother.blocks):
-            return refuse(f"'{n.name}' has {len(n.blocks)} blocks, its MotherNet {len(mother.blocks)}: "
-                          "an added block is not a copy of MotherNet units")
-        # the MotherNet's layers must sit at the first positions of each block and of the head
-        for b, block in enumerate(mother.blocks, start=1):
-            for i in range(1, len(block.layers) + 1):
-                key = f"block{b}.layer{i}"
-                if t.entry(f"{key}.conv.weight").source != f"{key}.conv.weight":
-                    return refuse(f"'{n.name}' hatches {key} from another MotherNet layer "
-                                  "(its MotherNet layers are not the block's first layers)")
-        for i in range(1, len(mother.dense) + 1):
-            key = f"head.fc{i}"
-            if t.entry(f"{key}.weight").source != f"{key}.weight":
-                return refuse(f"'{n.name}' hatches {key} from another MotherNet layer")
-
-    rank = len(input_shape) - 1
-    b = _Builder(names, input_shape[0] if mother.family == "plain" else math.prod(input_shape))
-    if mother.family == "plain":
-        convs = {n.name: _conv_layers(n) for n in members}
-        for bi, mblock in enumerate(_conv_layers(mother)):
-            depth = max(len(c[bi]) for c in convs.values())
-            for li in range(depth):
-                takers = [m for m in names if li < len(convs[m][bi])]
-                key = f"block{bi + 1}.layer{li + 1}"
-                b.layer("conv", key, {m: key for m in takers}, {m: convs[m][bi][li][1] for m in takers},
-                        {m: convs[m][bi][li][0] for m in takers},
-                        mblock[li][1] if li < len(mblock) else 0, bn=True, relu=True, bias=False)
-            b.whole("pool")
-        b.whole("gap")
-    else:
-        b.whole("flatten")
-    hidden = {n.name: n.widths for n in members}
-    for i in range(max(len(h) for h in hidden.values())):
-        takers = [m for m in names if i < len(hidden[m])]
-        key = f"head.fc{i + 1}"
-        b.layer("linear", key, {m: key for m in takers}, {m: hidden[m][i] for m in takers},
-                {m: None for m in takers}, mother.widths[i] if i < len(mother.widths) else 0,
-                bn=False, relu=True, bias=True)
-    b.layer("linear", "head.out", {m: "head.out" for m in names}, {m: classes for m in names},
-            {m: None for m in names}, 0, bn=False, relu=False, bias=True)
+        return Refusal(mother.name, names, "a cluster of one net has no MotherNet to share")
+    try:
+        for n in members:
+            t = tables.get(n.name)
+            if t is None or t.mother != mother.name:
+                raise _Refused(f"'{n.name}' has no hatching table from '{mother.name}'")
+            if len(n.blocks) != len(mother.blocks):
+                raise _Refused(f"'{n.name}' has {len(n.blocks)} blocks, its MotherNet {len(mother.blocks)}: "
+                               "an added block is not made of MotherNet units")
+            keys = [f"head.fc{i}.weight" for i in range(1, len(mother.dense) + 1)]
+            for b, block in enumerate(mother.blocks, start=1):
+                for i in range(1, len(block.layers) + 1):
+                    keys.append(f"block{b}.unit{i}.conv1.weight" if mother.family == "residual"
+                                else f"block{b}.layer{i}.conv.weight")
+            _check_placement(n, t, keys)
+        rank = len(input_shape) - 1
+        channels = math.prod(input_shape) if mother.family == "mlp" else input_shape[0]
+        b = _Builder(list(names), channels)
+        if mother.family == "mlp":
+            b.whole("flatten")
+        else:
+            {"plain": _plain, "residual": _residual, "dense": _dense}[mother.family](b, mother, members)
+            b.whole("gap")
+        _head(b, mother, members, classes)
+    except _Refused as why:
+        return Refusal(mother.name, names, str(why))
     return SharePlan(
         mother=mother.name, members=names, family=mother.family, rank=rank,
         input=tuple(input_shape), classes=classes, groups=tuple(b.groups), steps=tuple(b.steps),
@@ -243,21 +324,133 @@ def plan_sharing(mother: Net, members: Sequence[Net], tables: Mapping[str, Hatch
     )
 
 
+def _plain(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
+    for bi, mblock in enumerate(mother.blocks):
+        depth = max(len(n.blocks[bi].layers) for n in members)
+        for li in range(depth):
+            key = f"block{bi + 1}.layer{li + 1}"
+            aligned = li < len(mblock.layers)
+            shared = mblock.layers[li].filters if aligned else 0
+            specs = [_PartSpec(n.name, f"{key}.conv", layer.kernel,
+                               _rows(aligned, "s", shared, layer.filters), bn=f"{key}.bn")
+                     for n in members if li < len(n.blocks[bi].layers)
+                     for layer in [n.blocks[bi].layers[li]]]
+            b.layer("conv", key, specs, bn=True, relu=True)
+        b.whole("pool")
+
+
+def _stem(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
+    assert mother.stem is not None
+    specs = []
+    for n in members:
+        assert n.stem is not None
+        specs.append(_PartSpec(n.name, "stem.conv", n.stem.kernel,
+                               _rows(True, "s", mother.stem.filters, n.stem.filters), bn="stem.bn"))
+    b.layer("conv", "stem", specs, bn=True, relu=True)
+
+
+def _residual(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
+    _stem(b, mother, members)
+    assert mother.stem is not None
+    m_in = mother.stem.filters
+    width = {n.name: n.stem.filters for n in members if n.stem is not None}
+    for bi, mblock in enumerate(mother.blocks):
+        depth = max(len(n.blocks[bi].layers) for n in members)
+        for u in range(depth):
+            prefix = f"block{bi + 1}.unit{u + 1}"
+            stride = 2 if bi > 0 and u == 0 else 1
+            aligned = u < len(mblock.layers)
+            mw = mblock.layers[u].filters if aligned else 0
+            m_proj = aligned and (stride != 1 or m_in != mw)
+            takers = [n for n in members if u < len(n.blocks[bi].layers)]
+            first, second = [], []
+            for n in takers:
+                layer = n.blocks[bi].layers[u]
+                proj = stride != 1 or width[n.name] != layer.filters
+                if aligned and m_proj and not proj:
+                    raise _Refused(f"'{n.name}' has an identity shortcut in {prefix} where its MotherNet has "
+                                   "a projection")
+                first.append(_PartSpec(n.name, f"{prefix}.conv1", layer.kernel,
+                                       _rows(aligned, "inner", mw, layer.filters), bn=f"{prefix}.bn1",
+                                       dst="inner"))
+                if proj:
+                    # a projection where the MotherNet has the identity is the member's own (it
+                    # starts as the identity), split like the unit's output
+                    short = (_rows(aligned, "short", mw, layer.filters) if m_proj or not aligned
+                             else [(None, mw), (None, layer.filters - mw)])
+                    first.append(_PartSpec(n.name, f"{prefix}.shortcut.conv", 1, short,
+                                           bn=f"{prefix}.shortcut.bn", dst="short"))
+                else:
+                    b.rep[(n.name, "short")] = list(b.rep[(n.name, "x")])
+                # an added unit (the MotherNet has none here) writes the whole stream: its output
+                # is split like its shortcut, so later shared sums find the MotherNet's positions
+                out = (_rows(True, "out", mw, layer.filters) if aligned
+                       else [(None, b.groups[g].size) for g in b.rep[(n.name, "short")]] if not proj
+                       else [(None, layer.filters)])
+                second.append(_PartSpec(n.name, f"{prefix}.conv2", layer.kernel, out, bn=f"{prefix}.bn2",
+                                        src="inner", dst="main"))
+            b.layer("conv", f"{prefix}.conv1", first, stride=stride, bn=True,
+                    drop=[(n.name, "x") for n in takers])
+            b.layer("conv", f"{prefix}.conv2", second, pre="relu", bn=True,
+                    drop=[(n.name, "inner") for n in takers])
+            b.add(prefix, [n.name for n in takers])
+            for n in takers:
+                width[n.name] = n.blocks[bi].layers[u].filters
+            if aligned:
+                m_in = mw
+
+
+def _dense(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
+    _stem(b, mother, members)
+    last = len(mother.blocks) - 1
+    for bi, mblock in enumerate(mother.blocks):
+        depth = max(len(n.blocks[bi].layers) for n in members)
+        for li in range(depth):
+            key = f"block{bi + 1}.layer{li + 1}"
+            aligned = li < len(mblock.layers)
+            shared = mblock.layers[li].filters if aligned else 0
+            specs = [_PartSpec(n.name, f"{key}.conv", layer.kernel,
+                               _rows(aligned, "s", shared, layer.filters), pre=f"{key}.bn", append=True)
+                     for n in members if li < len(n.blocks[bi].layers)
+                     for layer in [n.blocks[bi].layers[li]]]
+            b.layer("conv", key, specs, pre="bn_relu")
+        if bi < last:
+            key = f"transition{bi + 1}"
+            specs = [_PartSpec(n.name, f"{key}.conv", 1, b.mirror(n.name), pre=f"{key}.bn") for n in members]
+            b.layer("conv", key, specs, pre="bn_relu")
+            b.whole("avgpool")
+    norms = [_PartSpec(n.name, None, None, b.mirror(n.name), pre="head.bn") for n in members]
+    b.layer("norm", "head.bn", norms, pre="bn_relu")
+
+
+def _head(b: _Builder, mother: Net, members: Sequence[Net], classes: int) -> None:
+    hidden = {n.name: n.widths for n in members}
+    for i in range(max(len(h) for h in hidden.values())):
+        key = f"head.fc{i + 1}"
+        aligned = i < len(mother.widths)
+        shared = mother.widths[i] if aligned else 0
+        specs = [_PartSpec(n.name, key, None, _rows(aligned, "s", shared, hidden[n.name][i]))
+                 for n in members if i < len(hidden[n.name])]
+        b.layer("linear", key, specs, relu=True, bias=True)
+    b.layer("linear", "head.out", [_PartSpec(n.name, "head.out", None, [(None, classes)]) for n in members],
+            bias=True)
+
+
 def param_count(plan: SharePlan) -> int:
     """Trainable parameters of the shared model: unmasked weights, biases and BatchNorm affines."""
     total = 0
     for s in plan.layer_steps():
         out = sum(plan.group(g).size for g in s.makes)
-        seen: set[tuple[int, int]] = set()
+        taps: dict[tuple[int, int], int] = {}
         for p in s.parts:
+            if p.key is None:
+                continue
             for r in p.rows:
                 for c in p.cols:
-                    if (r, c) in seen:
-                        continue
-                    seen.add((r, c))
                     # shared rows gather every member's kernel: the union is the largest one
-                    k = max((q.kernel or 1) for q in s.parts if r in q.rows and c in q.cols)
-                    taps = k**plan.rank if s.op == "conv" else 1
-                    total += plan.group(r).size * plan.group(c).size * taps
+                    taps[(r, c)] = max(taps.get((r, c), 1), (p.kernel or 1) ** plan.rank if s.kernel else 1)
+        total += sum(plan.group(r).size * plan.group(c).size * t for (r, c), t in taps.items())
         total += out * (2 if s.bn else 0) + (out if s.bias else 0)
+        if s.pre == "bn_relu":
+            total += 2 * sum(plan.group(g).size for g in s.reads)
     return total

@@ -70,11 +70,21 @@ def _ranges(groups: Mapping[int, tuple[Any, int]], ids: tuple[int, ...]) -> dict
     return out
 
 
-def _member_keys(op: str, key: str) -> dict[str, str]:
-    if op == "conv":
-        return {"weight": f"{key}.conv.weight", **{f"bn.{t}": f"{key}.bn.{t}" for t in
-                                                   ("weight", "bias", "running_mean", "running_var")}}
-    return {"weight": f"{key}.weight", "bias": f"{key}.bias"}
+BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _place(dest: torch.Tensor, t: torch.Tensor, groups: tuple[int, ...],
+           ranges: Mapping[int, tuple[int, int]], scale: Mapping[int, int], what: str, dim: int = 0) -> None:
+    """Add `t`'s channels (the member's order: `groups` laid end to end) into `dest` / each group's count."""
+    at = 0
+    for g in groups:
+        lo, hi = ranges[g]
+        piece = t.narrow(dim, at, hi - lo) / scale[g]
+        dest.narrow(dim, lo, hi - lo).add_(piece)
+        at += hi - lo
+    if at != t.shape[dim]:
+        raise MNError(f"{what} has {t.shape[dim]} channels where shared.py expects {at}",
+                      hint="the members do not come from this compile of the spec: compile it again")
 
 
 def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
@@ -93,64 +103,60 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
             raise MNError(f"member '{m}' of Shared-MotherNet '{shared.MOTHER}' was not given")
         sd = members[m]
         states[m] = sd.state_dict() if hasattr(sd, "state_dict") else sd
-    out: dict[str, torch.Tensor] = {}
+
+    def tensor(member: str, key: str) -> torch.Tensor:
+        if key not in states[member]:
+            raise MNError(f"member '{member}' has no tensor '{key}'",
+                          hint="the members do not come from this compile of the spec: compile it again")
+        return states[member][key].detach().float().cpu()
+
     own = shared.state_dict()
-    layer_steps = [(i, s) for i, s in enumerate(shared.STEPS) if s["op"] in ("conv", "linear")]
-    for i, step in layer_steps:
-        module = shared.steps[i]
+    out: dict[str, torch.Tensor] = {}
+    for i, step in enumerate(shared.STEPS):
+        if step["op"] not in ("conv", "linear", "norm"):
+            continue
         rows = _ranges(shared.GROUPS, tuple(step["makes"]))
         cols = _ranges(shared.GROUPS, tuple(step["reads"]))
-        contributors = {g: sum(g in p["rows"] for p in step["parts"]) for g in step["makes"]}
+        parts = step["parts"]
+        # a shared row (or column) is the mean over the members that have it
+        writers = {g: sum(g in p["rows"] for p in parts if p["key"] or p["bn"]) or 1 for g in rows}
+        readers = {g: sum(g in p["cols"] for p in parts if p["pre"]) or 1 for g in cols}
+        ones = dict.fromkeys(cols, 1)
         target = {name: torch.zeros_like(t, dtype=torch.float32)
                   for name, t in own.items() if name.startswith(f"steps.{i}.")}
-        steps_done = torch.zeros((), dtype=torch.long)
+        tracked = torch.zeros((), dtype=torch.long)
         kernel = step["kernel"]
-        for part in step["parts"]:
-            sd = states[part["member"]]
-            for field, key in _member_keys(step["op"], part["key"]).items():
-                if key not in sd:
-                    raise MNError(f"member '{part['member']}' has no tensor '{key}'",
-                                  hint="the members do not come from this compile of the spec")
-                t = sd[key].detach().float().cpu()
-                if field == "weight" and kernel is not None:
-                    pad = (kernel - part["kernel"]) // 2
-                    if t.shape[2] != part["kernel"]:
-                        raise MNError(f"'{part['member']}.{key}' has kernel {t.shape[2]}, shared.py expects "
-                                      f"{part['kernel']}", hint="compile the spec again")
-                    t = F.pad(t, (pad, pad) * (t.dim() - 2))
-                dest = target[f"steps.{i}.{field}"]
-                at = 0
-                for r in part["rows"]:
-                    lo, hi = rows[r]
-                    piece = t[at:at + hi - lo] / contributors[r]
-                    if field == "weight":
-                        c_at = 0
-                        for c in part["cols"]:
-                            clo, chi = cols[c]
-                            block = piece[:, c_at:c_at + chi - clo]
-                            if block.shape != dest[lo:hi, clo:chi].shape:
-                                raise MNError(f"'{part['member']}.{key}' does not fit Shared-MotherNet "
-                                              f"'{shared.MOTHER}' ({tuple(t.shape)})",
-                                              hint="compile the spec again")
-                            dest[lo:hi, clo:chi] += block
-                            c_at += chi - clo
-                        if c_at != t.shape[1]:
-                            raise MNError(f"'{part['member']}.{key}' has {t.shape[1]} input channels, "
-                                          f"shared.py expects {c_at}", hint="compile the spec again")
-                    else:
-                        dest[lo:hi] += piece
-                    at += hi - lo
-                if at != t.shape[0]:
-                    raise MNError(f"'{part['member']}.{key}' has {t.shape[0]} output channels, shared.py "
-                                  f"expects {at}", hint="compile the spec again")
-            nbt = sd.get(f"{part['key']}.bn.num_batches_tracked")
-            if nbt is not None:
-                steps_done = torch.maximum(steps_done, nbt.detach().cpu().long())
+        for p in parts:
+            m = p["member"]
+            if p["key"]:
+                w = tensor(m, f"{p['key']}.weight")
+                if kernel is not None:
+                    if w.shape[2] != p["kernel"]:
+                        raise MNError(f"'{m}' tensor {p['key']}.weight has kernel {w.shape[2]}, shared.py "
+                                      f"expects {p['kernel']}", hint="compile the spec again")
+                    pad = (kernel - p["kernel"]) // 2
+                    w = F.pad(w, (pad, pad) * (w.dim() - 2))
+                placed = torch.zeros((w.shape[0], *target[f"steps.{i}.weight"].shape[1:]))
+                _place(placed, w, tuple(p["cols"]), cols, ones, f"'{m}' tensor {p['key']}.weight", dim=1)
+                _place(target[f"steps.{i}.weight"], placed, tuple(p["rows"]), rows, writers,
+                       f"'{m}' tensor {p['key']}.weight")
+                if step["bias"]:
+                    _place(target[f"steps.{i}.bias"], tensor(m, f"{p['key']}.bias"), tuple(p["rows"]), rows,
+                           writers, f"'{m}' tensor {p['key']}.bias")
+            for prefix, where, groups, ranges, scale in ((p["bn"], "bn", p["rows"], rows, writers),
+                                                         (p["pre"], "pre", p["cols"], cols, readers)):
+                if not prefix:
+                    continue
+                for f in BN_FIELDS:
+                    _place(target[f"steps.{i}.{where}.{f}"], tensor(m, f"{prefix}.{f}"), tuple(groups),
+                           ranges, scale, f"'{m}' tensor {prefix}.{f}")
+                nbt = states[m].get(f"{prefix}.num_batches_tracked")
+                if nbt is not None:
+                    tracked = torch.maximum(tracked, nbt.detach().cpu().long())
         for name, t in target.items():
-            if name.endswith("num_batches_tracked"):
-                t = steps_done.clone()
-            out[name] = t.to(own[name].dtype)
-        out[f"steps.{i}.weight"] = out[f"steps.{i}.weight"] * module.mask.cpu()
+            out[name] = tracked.clone() if name.endswith("num_batches_tracked") else t.to(own[name].dtype)
+        if f"steps.{i}.weight" in out:
+            out[f"steps.{i}.weight"] = out[f"steps.{i}.weight"] * shared.steps[i].mask.cpu()
     return out
 
 
@@ -216,7 +222,7 @@ def effective_params(shared: nn.Module) -> int:
     for step in shared.steps:
         if hasattr(step, "mask"):
             total += int(step.mask.count_nonzero())
-            total += sum(p.numel() for n, p in step.named_parameters() if n != "weight")
+        total += sum(p.numel() for n, p in step.named_parameters() if n != "weight")
     return total
 
 
