@@ -454,30 +454,47 @@ def _wrap_items(items: Sequence[str], width: int = LINE_LENGTH - 8) -> list[str]
 
 
 def _step_lines(sp: SharePlan, step: Any) -> list[str]:
-    """One STEPS entry as lines of a dict literal, with a comment saying who owns the units it makes."""
+    """One STEPS entry as lines of a dict literal, with a comment saying who owns the units it makes.
+
+    Spec names are identifiers (the grammar's NAME), so `repr` is their literal.
+    """
     import pprint
 
     if step.op not in ("conv", "linear", "norm", "add"):
         return [f"{{'op': {step.op!r}}},"]
-    literal: dict[str, Any] = {
-        "op": step.op, "name": step.name, "kernel": step.kernel, "stride": step.stride, "pre": step.pre,
-        "bn": step.bn, "relu": step.relu, "bias": step.bias, "reads": step.reads, "makes": step.makes,
-        "carries": step.carries,
-    }
+    width = LINE_LENGTH - 12
+
+    def field(key: str, value: object, indent: str = " ") -> list[str]:
+        text = pprint.pformat(value, width=width - len(key) - 4, compact=True)
+        lines = text.splitlines()
+        pad = " " * (len(key) + 4)
+        return [f"{indent}{key!r}: {lines[0]}"] + [indent + pad + line for line in lines[1:]]
+
+    head = [f"{k!r}: {v!r}," for k, v in (("op", step.op), ("name", step.name), ("kernel", step.kernel),
+                                          ("stride", step.stride), ("pre", step.pre), ("bn", step.bn),
+                                          ("relu", step.relu), ("bias", step.bias))]
+    lines = ["{" + line if i == 0 else " " + line for i, line in enumerate(_wrap_items(head, width))]
+    for key in ("reads", "makes", "carries"):
+        body = field(key, getattr(step, key))
+        lines += body[:-1] + [body[-1] + ","]
     if step.op == "add":
-        literal["sums"] = step.sums
+        lines.append(" 'sums': (")
+        lines += [f"     {line}" for o, terms in step.sums
+                  for line in pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[:-1]
+                  + [pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[-1] + ","]]
     else:
-        literal["parts"] = tuple({"member": p.member, "key": p.key, "bn": p.bn, "pre": p.pre, "rows": p.rows,
-                                  "cols": p.cols, "kernel": p.kernel} for p in step.parts)
+        lines.append(" 'parts': (")
+        for p in step.parts:
+            text = pprint.pformat((p.member, p.key, p.bn, p.pre, p.rows, p.cols, p.kernel), width=width - 5,
+                                  compact=True).splitlines()
+            lines += [f"     {line}" for line in text[:-1]] + [f"     {text[-1]},"]
+    lines.append(" )},")
     owners = []
     for g in step.makes:
         grp = sp.group(g)
         owners.append(f"shared {grp.size}" if grp.owner is None else f"{comment_text(grp.owner)} +{grp.size}")
-    # spec names are identifiers (the grammar's NAME), so repr is their literal
-    text = pprint.pformat(literal, width=LINE_LENGTH - 12, sort_dicts=False, compact=True)
-    comment = _wrap_items([f"# {step.name}:", *(o + " |" for o in owners[:-1]), *owners[-1:]],
-                          LINE_LENGTH - 12)
-    return comment[:1] + ["# " + c for c in comment[1:]] + (text + ",").splitlines()
+    comment = _wrap_items([f"# {step.name}:", *(o + " |" for o in owners[:-1]), *owners[-1:]], width)
+    return comment[:1] + ["# " + c for c in comment[1:]] + lines
 
 
 def _literal(value: object) -> str:

@@ -67,20 +67,20 @@ class SharedStep(nn.Module):
         if step["op"] != "norm":
             shape = (n_out, n_in) + (kernel,) * self.rank
             mask = torch.zeros(shape)
-            for part in step["parts"]:
+            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
                 taps = ()
                 if kernel is not None:
-                    lo = (kernel - part["kernel"]) // 2
-                    taps = (slice(lo, lo + part["kernel"]),) * self.rank
-                for r in part["rows"]:
-                    for c in part["cols"]:
+                    lo = (kernel - part_kernel) // 2
+                    taps = (slice(lo, lo + part_kernel),) * self.rank
+                for r in part_rows:
+                    for c in part_cols:
                         mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
             self.register_buffer("mask", mask, persistent=False)
             # runs of rows whose members share one kernel: one convolution per run, with that kernel
             row_kernel = {g: 0 for g in step["makes"]}
-            for part in step["parts"]:
-                for r in part["rows"]:
-                    row_kernel[r] = max(row_kernel[r], part["kernel"] or 0)
+            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
+                for r in part_rows:
+                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
             for g in step["makes"]:
                 if self.runs and self.runs[-1][2] == row_kernel[g]:
                     self.runs[-1][1] = rows[g][1]
@@ -160,8 +160,11 @@ class SharedNet(nn.Module):
     """A Shared-MotherNet: the MotherNet's units once, every member's own units, K output heads.
 
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
-    the MotherNet's units, channels)) and STEPS. forward returns [batch, K, classes]: member k's
-    logits at [:, k], in MEMBERS order.
+    the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
+    set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
+    channels in its order, cols: the groups of its input channels, kernel); an add step's
+    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
     MOTHER = ""
@@ -222,165 +225,53 @@ class SharedMothernet1(SharedNet):
     STEPS = (
         {'op': 'flatten'},
         # head.fc1: shared 192 | m256 +64 | m256w +64 | m384 +192 | m320 +128
-        {'op': 'linear',
-         'name': 'head.fc1',
-         'kernel': None,
-         'stride': 1,
-         'pre': None,
-         'bn': False,
-         'relu': True,
-         'bias': True,
+        {'op': 'linear', 'name': 'head.fc1', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
+         'relu': True, 'bias': True,
          'reads': (0,),
          'makes': (1, 2, 3, 4, 5),
          'carries': (),
-         'parts': ({'member': 'm256',
-                    'key': 'head.fc1',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (1, 2),
-                    'cols': (0,),
-                    'kernel': None},
-                   {'member': 'm256w',
-                    'key': 'head.fc1',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (1, 3),
-                    'cols': (0,),
-                    'kernel': None},
-                   {'member': 'm384',
-                    'key': 'head.fc1',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (1, 4),
-                    'cols': (0,),
-                    'kernel': None},
-                   {'member': 'm192d3',
-                    'key': 'head.fc1',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (1,),
-                    'cols': (0,),
-                    'kernel': None},
-                   {'member': 'm320',
-                    'key': 'head.fc1',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (1, 5),
-                    'cols': (0,),
-                    'kernel': None})},
+         'parts': (
+             ('m256', 'head.fc1', None, None, (1, 2), (0,), None),
+             ('m256w', 'head.fc1', None, None, (1, 3), (0,), None),
+             ('m384', 'head.fc1', None, None, (1, 4), (0,), None),
+             ('m192d3', 'head.fc1', None, None, (1,), (0,), None),
+             ('m320', 'head.fc1', None, None, (1, 5), (0,), None),
+         )},
         # head.fc2: shared 64 | m256 +64 | m256w +192 | m384 +64 | m192d3 +64 | m320 +128
-        {'op': 'linear',
-         'name': 'head.fc2',
-         'kernel': None,
-         'stride': 1,
-         'pre': None,
-         'bn': False,
-         'relu': True,
-         'bias': True,
+        {'op': 'linear', 'name': 'head.fc2', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
+         'relu': True, 'bias': True,
          'reads': (1, 2, 3, 4, 5),
          'makes': (6, 7, 8, 9, 10, 11),
          'carries': (),
-         'parts': ({'member': 'm256',
-                    'key': 'head.fc2',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (6, 7),
-                    'cols': (1, 2),
-                    'kernel': None},
-                   {'member': 'm256w',
-                    'key': 'head.fc2',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (6, 8),
-                    'cols': (1, 3),
-                    'kernel': None},
-                   {'member': 'm384',
-                    'key': 'head.fc2',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (6, 9),
-                    'cols': (1, 4),
-                    'kernel': None},
-                   {'member': 'm192d3',
-                    'key': 'head.fc2',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (6, 10),
-                    'cols': (1,),
-                    'kernel': None},
-                   {'member': 'm320',
-                    'key': 'head.fc2',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (6, 11),
-                    'cols': (1, 5),
-                    'kernel': None})},
+         'parts': (
+             ('m256', 'head.fc2', None, None, (6, 7), (1, 2), None),
+             ('m256w', 'head.fc2', None, None, (6, 8), (1, 3), None),
+             ('m384', 'head.fc2', None, None, (6, 9), (1, 4), None),
+             ('m192d3', 'head.fc2', None, None, (6, 10), (1,), None),
+             ('m320', 'head.fc2', None, None, (6, 11), (1, 5), None),
+         )},
         # head.fc3: m192d3 +64
-        {'op': 'linear',
-         'name': 'head.fc3',
-         'kernel': None,
-         'stride': 1,
-         'pre': None,
-         'bn': False,
-         'relu': True,
-         'bias': True,
+        {'op': 'linear', 'name': 'head.fc3', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
+         'relu': True, 'bias': True,
          'reads': (6, 10),
          'makes': (12,),
          'carries': (6, 7, 8, 9, 11),
-         'parts': ({'member': 'm192d3',
-                    'key': 'head.fc3',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (12,),
-                    'cols': (6, 10),
-                    'kernel': None},)},
+         'parts': (
+             ('m192d3', 'head.fc3', None, None, (12,), (6, 10), None),
+         )},
         # head.out: m256 +10 | m256w +10 | m384 +10 | m192d3 +10 | m320 +10
-        {'op': 'linear',
-         'name': 'head.out',
-         'kernel': None,
-         'stride': 1,
-         'pre': None,
-         'bn': False,
-         'relu': False,
-         'bias': True,
+        {'op': 'linear', 'name': 'head.out', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
+         'relu': False, 'bias': True,
          'reads': (12, 6, 7, 8, 9, 11),
          'makes': (13, 14, 15, 16, 17),
          'carries': (),
-         'parts': ({'member': 'm256',
-                    'key': 'head.out',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (13,),
-                    'cols': (6, 7),
-                    'kernel': None},
-                   {'member': 'm256w',
-                    'key': 'head.out',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (14,),
-                    'cols': (6, 8),
-                    'kernel': None},
-                   {'member': 'm384',
-                    'key': 'head.out',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (15,),
-                    'cols': (6, 9),
-                    'kernel': None},
-                   {'member': 'm192d3',
-                    'key': 'head.out',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (16,),
-                    'cols': (12,),
-                    'kernel': None},
-                   {'member': 'm320',
-                    'key': 'head.out',
-                    'bn': None,
-                    'pre': None,
-                    'rows': (17,),
-                    'cols': (6, 11),
-                    'kernel': None})},
+         'parts': (
+             ('m256', 'head.out', None, None, (13,), (6, 7), None),
+             ('m256w', 'head.out', None, None, (14,), (6, 8), None),
+             ('m384', 'head.out', None, None, (15,), (6, 9), None),
+             ('m192d3', 'head.out', None, None, (16,), (12,), None),
+             ('m320', 'head.out', None, None, (17,), (6, 11), None),
+         )},
     )
 
 

@@ -71,6 +71,8 @@ def _ranges(groups: Mapping[int, tuple[Any, int]], ids: tuple[int, ...]) -> dict
 
 
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+#: the fields of a STEPS part in shared.py
+PART_FIELDS = ("member", "key", "bn", "pre", "rows", "cols", "kernel")
 
 
 def _place(dest: torch.Tensor, t: torch.Tensor, groups: tuple[int, ...],
@@ -117,7 +119,7 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
             continue
         rows = _ranges(shared.GROUPS, tuple(step["makes"]))
         cols = _ranges(shared.GROUPS, tuple(step["reads"]))
-        parts = step["parts"]
+        parts = [dict(zip(PART_FIELDS, p, strict=True)) for p in step["parts"]]
         # a shared row (or column) is the mean over the members that have it
         writers = {g: sum(g in p["rows"] for p in parts if p["key"] or p["bn"]) or 1 for g in rows}
         readers = {g: sum(g in p["cols"] for p in parts if p["pre"]) or 1 for g in cols}
