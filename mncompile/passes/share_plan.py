@@ -324,17 +324,26 @@ def plan_sharing(mother: Net, members: Sequence[Net], tables: Mapping[str, Hatch
     )
 
 
+def _block_layers(mother: Net, members: Sequence[Net], bi: int) -> list[tuple[str, list[_PartSpec]]]:
+    """Per layer position of block `bi`: its key and the conv part of every member that has it."""
+    mblock = mother.blocks[bi]
+    out = []
+    for li in range(max(len(n.blocks[bi].layers) for n in members)):
+        key = f"block{bi + 1}.layer{li + 1}"
+        aligned = li < len(mblock.layers)
+        shared = mblock.layers[li].filters if aligned else 0
+        out.append((key, [_PartSpec(n.name, f"{key}.conv", layer.kernel,
+                                    _rows(aligned, "s", shared, layer.filters))
+                          for n in members if li < len(n.blocks[bi].layers)
+                          for layer in [n.blocks[bi].layers[li]]]))
+    return out
+
+
 def _plain(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
-    for bi, mblock in enumerate(mother.blocks):
-        depth = max(len(n.blocks[bi].layers) for n in members)
-        for li in range(depth):
-            key = f"block{bi + 1}.layer{li + 1}"
-            aligned = li < len(mblock.layers)
-            shared = mblock.layers[li].filters if aligned else 0
-            specs = [_PartSpec(n.name, f"{key}.conv", layer.kernel,
-                               _rows(aligned, "s", shared, layer.filters), bn=f"{key}.bn")
-                     for n in members if li < len(n.blocks[bi].layers)
-                     for layer in [n.blocks[bi].layers[li]]]
+    for bi in range(len(mother.blocks)):
+        for key, specs in _block_layers(mother, members, bi):
+            for s in specs:
+                s.bn = f"{key}.bn"
             b.layer("conv", key, specs, bn=True, relu=True)
         b.whole("pool")
 
@@ -403,16 +412,10 @@ def _residual(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
 def _dense(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
     _stem(b, mother, members)
     last = len(mother.blocks) - 1
-    for bi, mblock in enumerate(mother.blocks):
-        depth = max(len(n.blocks[bi].layers) for n in members)
-        for li in range(depth):
-            key = f"block{bi + 1}.layer{li + 1}"
-            aligned = li < len(mblock.layers)
-            shared = mblock.layers[li].filters if aligned else 0
-            specs = [_PartSpec(n.name, f"{key}.conv", layer.kernel,
-                               _rows(aligned, "s", shared, layer.filters), pre=f"{key}.bn", append=True)
-                     for n in members if li < len(n.blocks[bi].layers)
-                     for layer in [n.blocks[bi].layers[li]]]
+    for bi in range(len(mother.blocks)):
+        for key, specs in _block_layers(mother, members, bi):
+            for s in specs:
+                s.pre, s.append = f"{key}.bn", True
             b.layer("conv", key, specs, pre="bn_relu")
         if bi < last:
             key = f"transition{bi + 1}"
