@@ -66,6 +66,8 @@ TRAIN_KEYS: tuple[str, ...] = (
 DEFAULT_DATA = "mnist1d"
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_MODES = ("gaussian", "symmetric")
+#: where the networks train: this process, or a Ray cluster (docs/ray.md)
+ENGINES = ("local", "ray")
 #: modules that register more methods when imported; skipped when they do not exist
 METHOD_MODULES: list[str] = ["mncompile.runtime.baselines", "mncompile.runtime.shared"]
 #: the largest |hatched - MotherNet| output difference, relative to the output scale, that
@@ -152,6 +154,9 @@ class RunContext:
     noise: float = 0.0
     noise_mode: str = "gaussian"
     info: dict[str, Any] = field(default_factory=dict)
+    #: `local`, or `ray` (runtime/ray_engine.py) with `engine_options` address, gpus_per_model, device
+    engine: str = "local"
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def members(self) -> list[str]:
@@ -208,6 +213,10 @@ def derive_seed(seed: int, *parts: str) -> int:
 @register_method("mothernets", help="train the MotherNets, hatch the members, train them (default)")
 def train_mothernets(ctx: RunContext) -> Outcome:
     """MotherNets: mothers (and lone members) first, then hatching, then the hatched members."""
+    if ctx.engine == "ray":
+        from mncompile.runtime import ray_engine
+
+        return ray_engine.train_mothernets(ctx)
     from mncompile.runtime.results import PhaseRecord
 
     first, mother_of, phases = train_first_phase(ctx)
@@ -300,6 +309,10 @@ def verify_scale(mother: nn.Module, batch: torch.Tensor) -> float:
 @register_method("full-data", help="every member from scratch on all the data, MotherNet settings")
 def train_full_data(ctx: RunContext) -> Outcome:
     """The FD baseline: each member trained from scratch with the MotherNet settings, in lockstep."""
+    if ctx.engine == "ray":
+        from mncompile.runtime import ray_engine
+
+        return ray_engine.train_full_data(ctx)
     from mncompile.runtime.results import PhaseRecord
 
     models = {m: ctx.build(m) for m in ctx.members}
@@ -326,6 +339,24 @@ def _number(kind: type, lowest: float, inclusive: bool = True) -> Callable[[str]
         return value
 
     return parse
+
+
+def _gpus_per_model(text: str) -> int | None:
+    return None if text == "auto" else _number(int, 1)(text)
+
+
+def add_engine_arguments(g: Any) -> None:
+    """--engine, --address, --gpus-per-model (an argument parser or group)."""
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="where the networks train: local (this process, default) or ray (a Ray "
+                   "cluster, see docs/ray.md; pip install \"mncompile[ray]\")")
+    g.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster to use (HOST:PORT, or auto for the one `ray start` "
+                   "runs on this machine); default RAY_ADDRESS, else a new Ray instance on this machine")
+    g.add_argument("--gpus-per-model", type=_gpus_per_model, metavar="N|auto",
+                   help="with --engine ray: GPUs (CPU workers on a cluster without GPUs) per network; "
+                   "auto (default): one each while more networks are ready than devices are free, "
+                   "else the free ones split among them, data-parallel")
 
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> None:
@@ -362,6 +393,7 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> No
                    "distill, snapshot, fge or treenet (docs/baselines.md)")
     g.add_argument("--noise-mode", choices=NOISE_MODES, default="gaussian",
                    help="noise after hatching: gaussian (default), or symmetric (exact +d/-d pairs)")
+    add_engine_arguments(p.add_argument_group("engine"))
     t = p.add_argument_group("training settings (override the spec's train { ... })")
     t.add_argument("--batch", type=_number(int, 1), metavar="N", help="mini-batch size")
     t.add_argument("--lr", type=_number(float, 0.0, inclusive=False), metavar="LR",
@@ -505,6 +537,13 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
     methods = load_methods()
     if args.method not in methods:
         raise MNError(f"unknown method '{args.method}'", hint="known methods: " + ", ".join(sorted(methods)))
+    engine = getattr(args, "engine", "local")
+    if engine == "ray":
+        from mncompile.runtime import ray_engine
+
+        ray_engine.check(args)
+    elif getattr(args, "address", None) is not None or getattr(args, "gpus_per_model", None) is not None:
+        raise MNError("--address and --gpus-per-model are options of --engine ray", hint="add --engine ray")
     config = resolve_config(defaults.get("train", {}), args)
     models, plan, tables = load_folder(Path(folder))
     ensemble = str(plan.get("ensemble", defaults.get("ensemble", "ensemble")))
@@ -530,7 +569,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
         hatched_settings=TrainSettings.from_config(config, "hatched"),
         out=out, device=device, seed=int(config["seed"]), progress=progress, resume=args.resume,
         sequential=args.sequential, method=args.method, noise=float(config["noise"]),
-        noise_mode=args.noise_mode,
+        noise_mode=args.noise_mode, engine=engine,
+        engine_options={"address": getattr(args, "address", None), "device": args.device,
+                        "gpus_per_model": getattr(args, "gpus_per_model", None)},
     )
     from mncompile.runtime.baselines import method_options
 
@@ -609,6 +650,9 @@ def extra_lines(doc: Mapping[str, Any]) -> str:
                      f"before noise {worst:.3g}")
     if doc["info"].get("excluded_members"):
         lines.append("left out of the ensemble (not finite): " + ", ".join(doc["info"]["excluded_members"]))
+    if doc["info"].get("failed_members"):
+        failed = ", ".join(doc["info"]["failed_members"])
+        lines.append(f"left out of the ensemble (training failed): {failed}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,641 @@
+"""`--engine ray`: train an ensemble's networks on a Ray cluster, placed by the paper's Appendix D.
+
+The local engine trains each phase's networks in lockstep in one process. This engine keeps the
+same phases, checkpoints and results, but hands every network to a Ray cluster of one or many
+machines as soon as it is ready:
+
+- At the start, every MotherNet (and every member that is a cluster of its own) is ready. With
+  `--method full-data`, every member is.
+- When a MotherNet finishes, the driver (this process) hatches its members exactly as the local
+  engine does (same tables, same check, same noise seeds) and queues them.
+- Whenever networks are queued and devices are free, `placement.place(queue, free,
+  gpus_per_model)` decides who starts on how many devices: one each when more networks are
+  ready than devices are free, otherwise the free devices split among them (Appendix D).
+  A network on one device runs as a Ray task (`train.train_model`, the local training loop); a
+  network on d > 1 devices runs as a Ray Train `TorchTrainer` with d workers, data-parallel
+  (DistributedDataParallel; NCCL on GPUs, gloo on CPUs).
+
+"Devices" are GPUs when the cluster has GPUs (and `--device` is not `cpu`), otherwise CPU
+worker slots: `CPU // CPUS_PER_WORKER` of the cluster, one CPU per worker, read once when the
+run starts. The ids the policy hands out are the driver's bookkeeping; Ray picks the physical
+GPU or CPU for each task and trainer worker.
+
+Every network writes its checkpoint after each epoch to `OUT/ckpt/<method>/<phase>/<name>.pt`,
+the same file, format and meta data as the local engine, so `--resume` works across engines and
+a failed task restarts from its last epoch: a Ray task is retried (`max_retries`) and a trainer
+restarts its workers (`FailureConfig(max_failures)`), and both continue from that file. A
+member that still fails is reported (stderr, `info.failed_members`, status `training` in
+results.json) and the ensemble is evaluated without it; a MotherNet that fails is fatal, as a
+diverged one is in the local engine. The workers and the driver must see `--out` at the same
+path: one machine, or a shared filesystem (NFS, say) on every machine of a cluster.
+
+Data-parallel training splits each mini-batch of the shared stream (the same permutation and
+augmentation as the local engine, drawn on every worker) into d contiguous slices, one per
+worker, and scales each worker's summed loss by d / batch, so the averaged gradient is exactly
+the full batch's mean gradient. Differences to one process: BatchNorm normalises each slice with
+its own statistics (SyncBatchNorm on GPUs), running statistics are averaged over the workers
+after each epoch, and a final batch with fewer examples than workers is skipped.
+
+Ray is imported only here, and only when `--engine ray` is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mncompile.diagnostics import MNError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from mncompile.runtime.pipeline import Outcome, RunContext
+    from mncompile.runtime.train import ModelResult, TrainSettings
+
+INSTALL_HINT = 'pip install "mncompile[ray]"'
+#: the methods this engine can run
+RAY_METHODS = ("mothernets", "full-data")
+#: CPUs per worker (task or trainer worker); on a cluster without GPUs, one worker slot each
+CPUS_PER_WORKER = 1
+#: how often a failed Ray task is retried, and a failed trainer restarted, before giving up
+MAX_RETRIES = 2
+
+
+# ------------------------------------------------------------------------------ ray itself
+
+
+def import_ray() -> types.ModuleType:
+    """The `ray` module with Ray Train for PyTorch, or an MNError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise MNError(f"Ray is not installed: {INSTALL_HINT}",
+                      hint="or train with --engine local (the default)") from None
+    try:
+        import ray.train.torch  # noqa: F401
+    except ImportError as err:
+        raise MNError(f"Ray Train for PyTorch is not installed ({err}): {INSTALL_HINT}",
+                      hint="the extra installs ray[train]") from None
+    return ray
+
+
+def check(args: Any) -> None:
+    """Refuse what this engine cannot do, and connect to Ray, before anything is written."""
+    method = getattr(args, "method", "mothernets")
+    if method not in RAY_METHODS:
+        raise MNError(f"--engine ray trains --method {' or '.join(RAY_METHODS)}, not '{method}'",
+                      hint="train this method with --engine local")
+    if getattr(args, "sequential", False):
+        raise MNError("--sequential is an option of the local engine",
+                      hint="drop --sequential: with --engine ray every network trains on its own")
+    connect(getattr(args, "address", None), quiet=bool(getattr(args, "quiet", False)))
+
+
+def connect(address: str | None, *, quiet: bool = False) -> types.ModuleType:
+    """Ray, initialised: an existing connection is kept; else `address` (or RAY_ADDRESS), else a new
+    Ray instance on this machine."""
+    import logging
+    import os
+
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address is None:
+            # a private instance on this machine, with every CPU (and GPU) it has
+            ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,
+                     logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise MNError(f"cannot connect to the Ray cluster at '{address}': {err}",
+                      hint="start it with `ray start --head` (see docs/ray.md), or leave out --address "
+                      "to start Ray on this machine") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the run trains on: `slots` devices (GPUs, or CPU worker slots) of one kind."""
+
+    slots: int
+    use_gpu: bool
+
+    @property
+    def kind(self) -> str:
+        return "GPU" if self.use_gpu else "CPU worker slot"
+
+
+def cluster_devices(resources: Mapping[str, float], device: str = "auto") -> Cluster:
+    """The devices of a cluster with `resources` (`ray.cluster_resources()`) for `--device`.
+
+    >>> cluster_devices({"CPU": 16.0, "GPU": 4.0})
+    Cluster(slots=4, use_gpu=True)
+    >>> cluster_devices({"CPU": 16.0, "GPU": 4.0}, "cpu"), cluster_devices({"CPU": 2.0})
+    (Cluster(slots=16, use_gpu=False), Cluster(slots=2, use_gpu=False))
+    """
+    gpus = int(resources.get("GPU", 0))
+    if device == "cuda" and gpus < 1:
+        raise MNError("--device cuda was asked for, but the Ray cluster has no GPU",
+                      hint="use --device cpu, or add GPU machines to the cluster")
+    if gpus >= 1 and device != "cpu":
+        return Cluster(gpus, True)
+    slots = int(resources.get("CPU", 0)) // CPUS_PER_WORKER
+    if slots < 1:
+        raise MNError("the Ray cluster has no CPU to train on", hint="check `ray status`")
+    return Cluster(slots, False)
+
+
+# ------------------------------------------------------------------------------ on the workers
+
+_MODELS: dict[str, types.ModuleType] = {}
+
+
+def _models_module(source: str) -> types.ModuleType:
+    """The generated models.py, executed from its text (cached per worker process)."""
+    key = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    module = _MODELS.get(key)
+    if module is None:
+        module = types.ModuleType(f"mncompile_models_{key[:16]}")
+        module.__file__ = "models.py"
+        exec(compile(source, "models.py", "exec"), module.__dict__)  # noqa: S102
+        _MODELS[key] = module
+    return module
+
+
+def _build(job: Mapping[str, Any], init: Mapping[str, torch.Tensor]) -> nn.Module:
+    model: nn.Module = _models_module(job["source"]).MODELS[job["name"]]()
+    model.load_state_dict(dict(init))
+    return model
+
+
+def _settings(job: Mapping[str, Any]) -> TrainSettings:
+    from mncompile.runtime.train import TrainSettings
+
+    return TrainSettings(**job["settings"])
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def train_task(job: Mapping[str, Any], init: Mapping[str, torch.Tensor], data: Any) -> dict[str, Any]:
+    """A Ray task: train one network on one device with the local loop, checkpointed every epoch.
+
+    It always resumes from its checkpoint when one exists: a fresh run starts with an empty
+    checkpoint folder, so a checkpoint found here is this run's (a retry, or `--resume`).
+    A user error (MNError) is returned, not raised, so that Ray does not retry it.
+    """
+    from mncompile.runtime.progress import Progress
+    from mncompile.runtime.train import train_model
+
+    try:
+        model = _build(job, init)
+        result = train_model(job["name"], model, data, _settings(job), seed=job["seed"],
+                             device="cuda" if job["use_gpu"] else "cpu", checkpoint_dir=job["ckpt_dir"],
+                             resume=True, progress=Progress(quiet=job["quiet"], bars=False),
+                             phase=job["phase"])
+    except MNError as err:
+        return {"error": err.message + (f" ({err.hint})" if err.hint else "")}
+    return {"result": result, "state": _cpu_state(model)}
+
+
+def data_parallel_loop(config: Mapping[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: one network, data-parallel over the trainer's workers.
+
+    The same epochs, learning rates, early stopping and checkpoint as `train.train_lockstep`
+    (whose pieces it uses); see the module notes for how a batch is split. Rank 0 writes the
+    checkpoint; after a restart every worker continues from it.
+    """
+    import inspect
+
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mncompile.runtime.checkpoint import checkpoint_path, save_checkpoint
+    from mncompile.runtime.progress import Progress
+    from mncompile.runtime.train import (
+        ModelResult,
+        _autocast,
+        _prepare_input,
+        _restore,
+        _Run,
+        _stream,
+        record_epoch,
+    )
+
+    job = config["job"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    settings, seed, name = _settings(job), int(job["seed"]), job["name"]
+    model = _build(job, ray.get(config["init"])).to(device)
+    data = ray.get(config["data"]).to(device)
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if data.x_train.dim() == 4:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)
+    run = _Run(name, model, settings, opt, ModelResult(name))
+    run.ckpt = checkpoint_path(job["ckpt_dir"], name)
+    if run.ckpt.is_file():
+        _restore(run, seed)
+    # buffers (BatchNorm statistics) stay per worker while training and are averaged per epoch
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  **no_sync)
+    progress = Progress(quiet=job["quiet"] or rank != 0, bars=False)
+    progress.begin(job["phase"], [name], settings.max_epochs, 0)
+    if run.next_epoch:
+        progress.note(f"{name}: resumed after epoch {run.next_epoch} ({run.result.status}) "
+                      f"on {world} workers")
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    for epoch in range(run.next_epoch, settings.max_epochs):
+        if run.done:
+            break
+        lr = settings.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen
+        start = time.perf_counter()
+        for x, y in _stream(data, settings.batch, seed, epoch):
+            if len(y) < world:
+                continue
+            xs = _prepare_input(torch.tensor_split(x, world)[rank], device)
+            ys = torch.tensor_split(y, world)[rank]
+            with _autocast(device):
+                out = ddp(xs)
+            loss = F.cross_entropy(out.float(), ys, reduction="sum")
+            opt.zero_grad(set_to_none=True)
+            # DDP averages over the workers: scaled so, the gradient is the whole batch's mean
+            (loss * (world / len(y))).backward()
+            opt.step()
+            with torch.no_grad():
+                totals += torch.stack([loss.detach().double(), (out.argmax(1) == ys).sum().double(),
+                                       torch.tensor(float(len(ys)), device=device, dtype=torch.float64)])
+        dist.all_reduce(totals)
+        for b in buffers:  # BatchNorm running statistics: the workers' average
+            dist.all_reduce(b)
+            b /= world
+        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        loss_sum, correct, seen = (float(v) for v in totals)
+        rec = record_epoch(run, settings, epoch, lr, loss_sum / max(seen, 1), correct / max(seen, 1),
+                           None, float(seconds))
+        progress.epoch(name, rec.epoch, settings.max_epochs, lr=rec.lr, loss=rec.train_loss,
+                       acc=rec.train_acc, test_acc=None, seconds=rec.seconds)
+        if run.done:
+            progress.note(f"{name}: {run.result.status}: {run.result.message}")
+        if rank == 0:
+            save_checkpoint(run.ckpt, model, opt, run.meta(seed))
+        dist.barrier()
+    progress.end()
+
+
+def fit_task(job: Mapping[str, Any], init_ref: list[Any], data_ref: list[Any], workers: int, use_gpu: bool,
+             storage: str) -> dict[str, Any]:
+    """A Ray task (no resources of its own) that runs one network's `TorchTrainer` to the end.
+
+    `init_ref` and `data_ref` each hold one object reference, which the workers fetch.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2.api.config import LoggingConfig
+
+        logging: dict[str, Any] = {"logging_config": LoggingConfig(log_level="WARNING")}
+    except ImportError:  # Ray Train v1
+        logging = {}
+    resources = {"CPU": CPUS_PER_WORKER, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        data_parallel_loop,
+        train_loop_config={"job": dict(job), "init": init_ref[0], "data": data_ref[0]},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=f"{job['phase']}-{job['name']}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=MAX_RETRIES), **logging),
+    )
+    trainer.fit()
+    return {"checkpoint": str(Path(job["ckpt_dir"]) / f"{job['name']}.pt")}
+
+
+# ------------------------------------------------------------------------------ on the driver
+
+
+@dataclass
+class _Job:
+    name: str
+    phase: str
+    settings: TrainSettings
+    model: nn.Module  # the driver's copy: initial weights in, trained weights out
+
+
+@dataclass
+class _Running:
+    job: _Job
+    devices: tuple[int, ...]
+    start: float
+
+
+@dataclass
+class Placement:
+    """One network's run on the cluster, for results.json's info.ray.placements."""
+
+    name: str
+    phase: str
+    devices: tuple[int, ...]
+    start: float
+    end: float | None = None
+    status: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "phase": self.phase, "workers": len(self.devices),
+                "devices": list(self.devices), "start": round(self.start, 3),
+                "end": None if self.end is None else round(self.end, 3), "status": self.status}
+
+
+@dataclass
+class Scheduler:
+    """The driver's event loop: queue ready networks, place them, collect them as they finish."""
+
+    ctx: RunContext
+    cluster: Cluster
+    gpus_per_model: int | None
+    ray: Any
+    queue: list[_Job] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.free = list(range(self.cluster.slots))
+        self.running: dict[Any, _Running] = {}
+        self.t0 = time.perf_counter()
+        self.source = (self.ctx.folder / "models.py").read_text(encoding="utf-8")
+        self.data_ref = self.ray.put(self.ctx.dataset.to("cpu"))
+        root = self.ctx.out.resolve() / "ckpt" / self.ctx.method
+        self.storage = str(root / "ray")
+        self.ckpt_root = root
+        ray = self.ray
+        self._task = ray.remote(num_cpus=CPUS_PER_WORKER, num_gpus=1 if self.cluster.use_gpu else 0,
+                                max_retries=MAX_RETRIES, retry_exceptions=True)(train_task)
+        self._fit = ray.remote(num_cpus=0, max_retries=0)(fit_task)
+
+    def say(self, text: str) -> None:
+        if not self.ctx.progress.quiet:
+            print(f"[ray] {text}", file=self.ctx.progress.stream, flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def submit(self, jobs: Sequence[_Job]) -> None:
+        self.queue.extend(jobs)
+
+    def _start(self) -> None:
+        from mncompile.runtime.placement import place
+
+        started = place([j.name for j in self.queue], self.free, self.gpus_per_model)
+        if not started:
+            return
+        for job in [j for j in self.queue if j.name in started]:
+            devices = started[job.name]
+            self.queue.remove(job)
+            self.free = [d for d in self.free if d not in devices]
+            spec = {"name": job.name, "phase": job.phase, "source": self.source, "seed": self.ctx.seed,
+                    "settings": job.settings.to_dict(), "ckpt_dir": str(self.ckpt_root / job.phase),
+                    "quiet": self.ctx.progress.quiet, "use_gpu": self.cluster.use_gpu}
+            init = self.ray.put(_cpu_state(job.model))
+            if len(devices) == 1:
+                ref = self._task.remote(spec, init, self.data_ref)
+                how = f"1 {self.cluster.kind}"
+            else:
+                # in lists, so that Ray passes the references on instead of their values
+                ref = self._fit.remote(spec, [init], [self.data_ref], len(devices), self.cluster.use_gpu,
+                                       self.storage)
+                how = f"{len(devices)} {self.cluster.kind}s, data-parallel"
+            self.running[ref] = _Running(job, devices, self.elapsed())
+            self.placements.append(Placement(job.name, job.phase, devices, self.elapsed()))
+            self.say(f"{job.phase}: {job.name} started on {how}")
+
+    def next_done(self) -> tuple[_Job, ModelResult | None]:
+        """Start what the policy allows, wait for one network to finish; its job and result (None: failed)."""
+        self._start()
+        if not self.running:
+            names = ", ".join(j.name for j in self.queue)
+            raise MNError(f"no network can start: {names} wait, but all {self.cluster.slots} "
+                          f"{self.cluster.kind}s are free",
+                          hint="lower --gpus-per-model to at most the cluster's device count")
+        done, _ = self.ray.wait(list(self.running), num_returns=1)
+        ref = done[0]
+        run = self.running.pop(ref)
+        self.free = sorted([*self.free, *run.devices])
+        rec = next(p for p in reversed(self.placements) if p.name == run.job.name)
+        rec.end = self.elapsed()
+        try:
+            reply = self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:
+            reply = {"error": _describe(err)}
+        if "error" in reply:
+            rec.status = "failed"
+            return run.job, self._failed(run.job, reply["error"])
+        if "checkpoint" in reply:
+            result = self._load(run.job, Path(reply["checkpoint"]))
+        else:
+            result = reply["result"]
+            run.job.model.load_state_dict(reply["state"])
+        run.job.model.to(self.ctx.device)
+        rec.status = result.status
+        self.say(f"{run.job.phase}: {run.job.name} {result.status} after {result.epochs} epochs "
+                 f"({rec.end - rec.start:.1f}s on {len(run.devices)} {self.cluster.kind}"
+                 f"{'s' if len(run.devices) > 1 else ''})")
+        return run.job, result
+
+    def _load(self, job: _Job, path: Path) -> ModelResult:
+        from mncompile.runtime.checkpoint import load_checkpoint
+        from mncompile.runtime.train import EpochRecord, ModelResult
+
+        meta = load_checkpoint(path, job.model)
+        history = [EpochRecord(**r) for r in meta["history"]]
+        return ModelResult(job.name, str(meta["status"]), meta["message"], history)
+
+    def _failed(self, job: _Job, error: str) -> None:
+        self.failed[job.name] = error
+        print(f"warning: {job.phase}: {job.name} failed on Ray after {MAX_RETRIES} retries: {error}",
+              file=sys.stderr, flush=True)
+        return None
+
+    def failed_result(self, job: _Job) -> ModelResult:
+        """A failed network's record: its checkpointed epochs, status 'training', the error."""
+        from mncompile.runtime.train import EpochRecord, ModelResult
+
+        history: list[EpochRecord] = []
+        path = self.ckpt_root / job.phase / f"{job.name}.pt"
+        try:
+            from mncompile.runtime.checkpoint import load_checkpoint
+
+            history = [EpochRecord(**r) for r in load_checkpoint(path)["history"]] if path.is_file() else []
+        except (MNError, KeyError, TypeError):
+            pass
+        return ModelResult(job.name, "training", f"failed on Ray: {self.failed[job.name]}", history)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.running)
+
+    def cancel(self) -> None:
+        for ref in list(self.running):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - cancelling what already ended is harmless
+                pass
+        self.running.clear()
+
+    def info(self) -> dict[str, Any]:
+        return {"slots": self.cluster.slots, "device": "cuda" if self.cluster.use_gpu else "cpu",
+                "gpus_per_model": self.gpus_per_model or "auto",
+                "placements": [p.to_dict() for p in self.placements]}
+
+
+def _describe(err: BaseException) -> str:
+    """One line on what went wrong in a Ray task or trainer: the innermost error Ray wraps."""
+    import re
+
+    for _ in range(8):  # RayTaskError.cause, a trainer's worker or controller failure, ...
+        failures = getattr(err, "worker_failures", None)
+        inner = (next(iter(failures.values()), None) if isinstance(failures, Mapping) else None) \
+            or getattr(err, "controller_failure", None) or getattr(err, "cause", None)
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # a traceback in the text ends with the exception's own line, "SomeError: message"
+    named = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", ln)]
+    line = named[-1] if named else lines[0] if lines else ""
+    return line if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line) \
+        else f"{type(err).__name__}: {line}".rstrip(": ")
+
+
+def _scheduler(ctx: RunContext) -> Scheduler:
+    opts = ctx.engine_options
+    ray = connect(opts.get("address"), quiet=ctx.progress.quiet)
+    cluster = cluster_devices(ray.cluster_resources(), opts.get("device", "auto"))
+    per_model = opts.get("gpus_per_model")
+    if per_model is not None and per_model > cluster.slots:
+        raise MNError(f"--gpus-per-model {per_model}, but the Ray cluster has {cluster.slots} "
+                      f"{cluster.kind}{'s' if cluster.slots != 1 else ''}",
+                      hint=f"use at most {cluster.slots}, or auto")
+    s = Scheduler(ctx, cluster, per_model, ray)
+    s.say(f"{cluster.slots} {cluster.kind}{'s' if cluster.slots != 1 else ''}; "
+          f"{'auto (Appendix D)' if per_model is None else per_model} per network")
+    return s
+
+
+def train_mothernets(ctx: RunContext) -> Outcome:
+    """`--method mothernets` on Ray: MotherNets first; each one's members as soon as it finishes."""
+    from mncompile.runtime.pipeline import Outcome, hatch_members
+    from mncompile.runtime.results import PhaseRecord
+
+    s = _scheduler(ctx)
+    first: dict[str, nn.Module] = {}
+    mother_of: dict[str, str] = {}
+    for mother_name, cluster in ctx.clusters:
+        if len(cluster) == 1:
+            first[cluster[0]] = ctx.build(cluster[0])
+        else:
+            first[mother_name] = ctx.build(mother_name)
+            mother_of.update({m: mother_name for m in cluster})
+    s.submit([_Job(n, "mothernets", ctx.mother_settings, model) for n, model in first.items()])
+    first_results: dict[str, ModelResult] = {}
+    member_results: dict[str, ModelResult] = {}
+    hatched: dict[str, nn.Module] = {}
+    checks: dict[str, Any] = {}
+    hatch_before = hatch_after = 0.0
+    first_done = None
+    try:
+        while s.busy:
+            job, result = s.next_done()
+            if job.phase == "members":
+                member_results[job.name] = result if result is not None else s.failed_result(job)
+                continue
+            if result is None:
+                if job.name in mother_of.values():
+                    raise MNError(f"MotherNet '{job.name}' failed on Ray: {s.failed[job.name]}",
+                                  hint="nothing can hatch from it; see the error above")
+                result = s.failed_result(job)
+            first_results[job.name] = result
+            if not result.ok:
+                raise MNError(f"MotherNet '{job.name}' diverged: {result.message}",
+                              hint="lower --lr, or check the data; nothing can hatch from it")
+            if len(first_results) == len(first):
+                first_done = s.elapsed()
+            mine = {m: mn for m, mn in mother_of.items() if mn == job.name}
+            if not mine:
+                continue
+            new, new_checks, seconds = hatch_members(ctx, {job.name: job.model}, mine)
+            if first_done is None:
+                hatch_before += seconds
+            else:
+                hatch_after += seconds
+            hatched.update(new)
+            checks.update(new_checks)
+            s.submit([_Job(m, "members", ctx.hatched_settings, model) for m, model in new.items()])
+    finally:
+        s.cancel()
+    end = s.elapsed()
+    first_done = end if first_done is None else first_done
+    first_results = {n: first_results[n] for n in first}  # plan order, as the local engine
+    phases = [PhaseRecord("mothernets", first_done - hatch_before, first_results)]
+    if hatched:
+        ordered = {m: member_results[m] for m in ctx.members if m in member_results}
+        phases.append(PhaseRecord("hatching", hatch_before + hatch_after, {}))
+        phases.append(PhaseRecord("members", end - first_done - hatch_after, ordered))
+    members = {**{m: first[m] for m in ctx.members if m in first}, **hatched}
+    return _outcome(ctx, s, phases, members, {"hatch": checks}, Outcome)
+
+
+def train_full_data(ctx: RunContext) -> Outcome:
+    """`--method full-data` on Ray: every member from scratch, placed as devices free up."""
+    from mncompile.runtime.pipeline import Outcome
+    from mncompile.runtime.results import PhaseRecord
+
+    s = _scheduler(ctx)
+    models = {m: ctx.build(m) for m in ctx.members}
+    s.submit([_Job(m, "members", ctx.mother_settings, model) for m, model in models.items()])
+    results: dict[str, ModelResult] = {}
+    try:
+        while s.busy:
+            job, result = s.next_done()
+            results[job.name] = result if result is not None else s.failed_result(job)
+    finally:
+        s.cancel()
+    phases = [PhaseRecord("members", s.elapsed(), {m: results[m] for m in ctx.members})]
+    return _outcome(ctx, s, phases, models, {}, Outcome)
+
+
+def _outcome(ctx: RunContext, s: Scheduler, phases: list[Any], members: dict[str, nn.Module],
+             info: dict[str, Any], outcome: Any) -> Outcome:
+    kept = {m: members[m] for m in ctx.members if m not in s.failed}
+    if not kept:
+        raise MNError("every member failed on Ray: there is no ensemble to evaluate",
+                      hint="see the errors above")
+    info = {**info, "engine": "ray", "ray": s.info()}
+    if s.failed:
+        info["failed_members"] = {m: e for m, e in s.failed.items() if m in members}
+    result: Outcome = outcome(phases, kept, info)
+    return result
