@@ -51,6 +51,7 @@ def _positive(kind: type) -> Any:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from mncompile.runtime.baselines import add_method_arguments
+    from mncompile.runtime.pipeline import add_engine_arguments
 
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--data", metavar="NAME",
@@ -74,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
     p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
+    add_engine_arguments(p)
     add_method_arguments(p)
 
 
@@ -167,6 +169,25 @@ def _choose_methods(args: argparse.Namespace, families: set[str]) -> list[str]:
     return names
 
 
+def _engine_argv(args: argparse.Namespace, methods: Sequence[str]) -> tuple[list[str], Sequence[str]]:
+    """train.py's engine options for the methods the engine can train; the others train locally."""
+    from mncompile.runtime.ray_engine import RAY_METHODS
+
+    if args.engine == "local":
+        if args.address is not None or args.gpus_per_model is not None:
+            raise MNError("--address and --gpus-per-model are options of --engine ray",
+                          hint="add --engine ray")
+        return [], ()
+    local = [m for m in methods if m not in RAY_METHODS]
+    if local:
+        print(f"bench: --engine {args.engine} trains {' and '.join(RAY_METHODS)}; "
+              f"{', '.join(local)} train in this process", flush=True)
+    argv = ["--engine", args.engine]
+    argv += ["--address", args.address] if args.address is not None else []
+    argv += ["--gpus-per-model", str(args.gpus_per_model)] if args.gpus_per_model is not None else []
+    return argv, RAY_METHODS
+
+
 def run(args: argparse.Namespace) -> int:
     from mncompile.emit import compile_ensemble, write_folder
     from mncompile.passes.cluster import arch_classes
@@ -205,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--test-size", args.test_size)):
         if value is not None:
             common += [flag, str(value)]
+    engine, ray_methods = _engine_argv(args, methods)
     opts = method_options(args)
     print(f"bench {e.name}: {len(plan)} runs ({', '.join(methods)}; g {', '.join(map(str, clusters))}; "
           f"seeds {', '.join(map(str, seeds))}) on {data}, epochs x{args.epochs_scale}, into {out}",
@@ -227,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         eta = f", ETA ~{_fmt_time(sum(walls) / len(walls) * (len(plan) - i + 1))}" if walls else ""
         print(f"{where}: running (elapsed {_fmt_time(elapsed)}{eta})", flush=True)
         argv = [*common, "--method", method, "--seed", str(seed), "--out", str(run_dir)]
+        argv += engine if method in ray_methods else []
         argv += [] if args.verbose else ["--quiet"]
         argv += ["--resume"] if args.resume else []
         t0 = time.perf_counter()
