@@ -118,7 +118,8 @@ def connect(address: str | None, *, quiet: bool = False) -> types.ModuleType:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise MNError(f"cannot connect to the Ray cluster at '{address}': {err}",
                       hint="start it with `ray start --head` (see docs/ray.md), or leave out --address "
-                      "to start Ray on this machine") from None
+                      "to start Ray on this machine; a cluster with token authentication needs "
+                      "RAY_AUTH_MODE=token and its token in ~/.ray/auth_token") from None
     return ray
 
 
@@ -255,7 +256,7 @@ def data_parallel_loop(config: Mapping[str, Any]) -> None:
     if run.ckpt.is_file():
         _restore(run, seed)
     # buffers (BatchNorm statistics) stay per worker while training and are averaged per epoch
-    no_sync = ({"forward_sync_buffers": False}
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False}
                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else {"broadcast_buffers": False})
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -361,12 +362,13 @@ class Placement:
     name: str
     phase: str
     devices: tuple[int, ...]
+    workers: int
     start: float
     end: float | None = None
     status: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "phase": self.phase, "workers": len(self.devices),
+        return {"name": self.name, "phase": self.phase, "workers": self.workers,
                 "devices": list(self.devices), "start": round(self.start, 3),
                 "end": None if self.end is None else round(self.end, 3), "status": self.status}
 
@@ -421,16 +423,18 @@ class Scheduler:
                     "settings": job.settings.to_dict(), "ckpt_dir": str(self.ckpt_root / job.phase),
                     "quiet": self.ctx.progress.quiet, "use_gpu": self.cluster.use_gpu}
             init = self.ray.put(_cpu_state(job.model))
-            if len(devices) == 1:
+            # every worker needs an example of each batch: no more workers than the batch size
+            workers = min(len(devices), job.settings.batch)
+            if workers == 1:
                 ref = self._task.remote(spec, init, self.data_ref)
                 how = f"1 {self.cluster.kind}"
             else:
                 # in lists, so that Ray passes the references on instead of their values
-                ref = self._fit.remote(spec, [init], [self.data_ref], len(devices), self.cluster.use_gpu,
+                ref = self._fit.remote(spec, [init], [self.data_ref], workers, self.cluster.use_gpu,
                                        self.storage)
-                how = f"{len(devices)} {self.cluster.kind}s, data-parallel"
+                how = f"{workers} {self.cluster.kind}s, data-parallel"
             self.running[ref] = _Running(job, devices, self.elapsed())
-            self.placements.append(Placement(job.name, job.phase, devices, self.elapsed()))
+            self.placements.append(Placement(job.name, job.phase, devices, workers, self.elapsed()))
             self.say(f"{job.phase}: {job.name} started on {how}")
 
     def next_done(self) -> tuple[_Job, ModelResult | None]:
@@ -453,7 +457,8 @@ class Scheduler:
             reply = {"error": _describe(err)}
         if "error" in reply:
             rec.status = "failed"
-            return run.job, self._failed(run.job, reply["error"])
+            self._failed(run.job, reply["error"])
+            return run.job, None
         if "checkpoint" in reply:
             result = self._load(run.job, Path(reply["checkpoint"]))
         else:
@@ -478,7 +483,6 @@ class Scheduler:
         self.failed[job.name] = error
         print(f"warning: {job.phase}: {job.name} failed on Ray after {MAX_RETRIES} retries: {error}",
               file=sys.stderr, flush=True)
-        return None
 
     def failed_result(self, job: _Job) -> ModelResult:
         """A failed network's record: its checkpointed epochs, status 'training', the error."""
