@@ -64,8 +64,10 @@ def _history(path: Path) -> list[dict[str, str]]:
 
 
 def _same_history(a: list[dict[str, str]], b: list[dict[str, str]], rel: float) -> None:
-    key = lambda r: (r["phase"], r["model"], r["epoch"])  # noqa: E731
-    assert [key(r) for r in a] == [key(r) for r in b]
+    def rows(h: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+        return [(r["phase"], r["model"], r["epoch"]) for r in h]
+
+    assert rows(a) == rows(b)
     for x, y in zip(a, b, strict=True):
         assert float(x["lr"]) == float(y["lr"])
         for key in ("train_loss", "train_acc"):
@@ -235,7 +237,7 @@ def test_failures_retry_from_the_checkpoint_or_leave_the_member_out(
     with open(gen / "models.py", "a", encoding="utf-8") as f:
         f.write(FLAKY.format(calls=calls, once=once, always=always, fail_at=batches + 1))
     always.touch()
-    defaults = {"ensemble": "m3", "data": None, "train": {}}
+    defaults: dict[str, Any] = {"ensemble": "m3", "data": None, "train": {}}
     ray_args = [*TINY, "--out", str(tmp_path / "ray"), "--engine", "ray", "--gpus-per-model", "1"]
     assert pipeline_main(gen, defaults, ray_args) == 0
     err = capsys.readouterr().err
@@ -273,3 +275,20 @@ def test_resume_across_engines(tmp_path: Path, ray_cluster: Any, one_torch_threa
     for m, member in local["members"].items():
         assert resumed["members"][m]["accuracy"] == member["accuracy"]
     _same_history(_history(tmp_path / "out"), local_history, rel=1e-5)
+
+
+@needs_ray
+def test_bench_trains_mothernets_and_full_data_on_ray(tmp_path: Path, ray_cluster: Any,
+                                                      one_torch_thread: None,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, MLP3)
+    out = tmp_path / "bench"
+    assert cli_main(["bench", str(spec), "--data", "synthetic", "--train-size", "64", "--test-size", "32",
+                     "--methods", "mothernets,full-data,snapshot", "--clusters", "1",
+                     "--epochs-scale", "0.01", "--engine", "ray", "--gpus-per-model", "1",
+                     "--out", str(out)]) == 0
+    assert "snapshot train in this process" in capsys.readouterr().out
+    engines = {name: _results(out / "runs" / name / "seed0")["info"].get("engine")
+               for name in ("mothernets-g1", "full-data", "snapshot")}
+    assert engines == {"mothernets-g1": "ray", "full-data": "ray", "snapshot": None}
+    assert (out / "frontier.csv").is_file()
