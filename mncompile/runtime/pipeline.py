@@ -598,9 +598,16 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
     doc = build_results(args.method, outcome.phases, metrics, info=info)
     write_results(out, doc)
     write_history(out, outcome.phases)
+    from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
+
+    unsaved = save_ensemble(out / FILE_NAME, folder, outcome.members, models, args.method)
     print(format_table(doc))
     print(extra_lines(doc))
-    print(f"wrote {out / 'results.json'} and {out / 'history.csv'}")
+    if unsaved is None:
+        print(f"wrote {out / 'results.json'}, {out / 'history.csv'} and {out / FILE_NAME} "
+              "(mncompile.runtime.load_ensemble reads it)")
+    else:
+        print(f"wrote {out / 'results.json'} and {out / 'history.csv'}; no {FILE_NAME}: {unsaved}")
     return doc
 
 
@@ -648,6 +655,15 @@ def extra_lines(doc: Mapping[str, Any]) -> str:
         exact = sum(1 for c in checks.values() if c["table_exact"])
         lines.append(f"hatching: {exact} of {len(checks)} tables exact; largest output difference "
                      f"before noise {worst:.3g}")
+    shared = (doc["info"].get("shared") or {}).get("clusters") or {}
+    for mother, c in shared.items():
+        if not c.get("shared"):
+            lines.append(f"shared-mothernets: {mother} kept separate members: {c.get('reason')}")
+            continue
+        lines.append(f"shared-mothernets: {mother}: {c['shared_params']:,} parameters instead of "
+                     f"{c['members_params']:,} ({c['reduction']:.1%} fewer; the paper's (K-1)|M| = "
+                     f"{c['paper_saving']:,}, chi = {c['chi']:.3f}); reproduces its hatched members to "
+                     f"{c['max_abs_diff']:.3g} (eval mode) before noise")
     if doc["info"].get("excluded_members"):
         lines.append("left out of the ensemble (not finite): " + ", ".join(doc["info"]["excluded_members"]))
     if doc["info"].get("failed_members"):

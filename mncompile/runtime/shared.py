@@ -257,7 +257,8 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
     from mncompile.runtime.results import PhaseRecord
     from mncompile.runtime.train import group_seconds
 
-    module = load_shared_module(ctx.folder)
+    # a plan whose clusters all have one net has nothing to share (and no shared.py)
+    module = load_shared_module(ctx.folder) if any(len(c) > 1 for _, c in ctx.clusters) else None
     first, mother_of, phases = train_first_phase(ctx)
     members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
     plain, checks, hatch_seconds = hatch_members(ctx, first, mother_of, noise=False)
@@ -270,6 +271,7 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
     for mother_name, cluster in ctx.clusters:
         if len(cluster) < 2:
             continue
+        assert module is not None
         cls = module.SHARED.get(mother_name)
         if cls is None:
             why = module.NOT_SHARED.get(mother_name, "shared.py has no class for it")
@@ -297,7 +299,8 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
         shared_models[mother_name] = shared
         report[mother_name] = entry
     hatch_seconds += time.perf_counter() - start
-    phases.append(PhaseRecord("hatching", hatch_seconds, {}))
+    if plain:
+        phases.append(PhaseRecord("hatching", hatch_seconds, {}))
 
     if separate:
         results = ctx.train(separate, ctx.hatched_settings, "members")
