@@ -316,7 +316,7 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
             # early stopping watches the heads' mean training accuracy
             return (out.argmax(2) == y[:, None]).double().sum() / out.shape[1]
 
-        jobs = [Job(f"shared:{name}", model, ctx.hatched_settings, loss=loss, correct=correct,
+        jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=loss, correct=correct,
                     extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
         results = fit(ctx, jobs, "shared")
         for name, r in results.items():
