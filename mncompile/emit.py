@@ -483,6 +483,8 @@ def _step_lines(sp: SharePlan, step: Any) -> list[str]:
                   for line in pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[:-1]
                   + [pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[-1] + ","]]
     else:
+        body = field("blocks", step.blocks)
+        lines += body[:-1] + [body[-1] + ","]
         lines.append(" 'parts': (")
         for p in step.parts:
             text = pprint.pformat((p.member, p.key, p.bn, p.pre, p.rows, p.cols, p.kernel), width=width - 5,

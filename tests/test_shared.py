@@ -101,6 +101,7 @@ def test_shared_model_reproduces_the_hatched_members(family: str, rank: int, dat
         shared.eval()
         assert shared(x).shape == (5, len(members), e.classes)
     assert effective_params(shared) == param_count(sp)
+    assert sum(p.numel() for p in shared.parameters()) == param_count(sp, stored=True)
     counts = param_counts(shared, members, mother)
     assert counts["members_params"] == sum(p.numel() for m in members.values() for p in m.parameters())
     assert counts["shared_params"] <= counts["members_params"]
@@ -123,6 +124,8 @@ def test_mothernet_units_are_stored_once_and_the_check_sees_diverged_members() -
     mother_params = sum(p.numel() for p in mother.parameters())
     assert counts["mother_params"] == mother_params
     assert counts["shared_params"] < counts["members_params"] - mother_params
+    # what the module stores is also less than the separate members
+    assert sum(p.numel() for p in shared.parameters()) < counts["members_params"]
     assert counts["chi"] == pytest.approx(1 - 3 * mother_params / counts["members_params"])
     x = torch.randn(6, 1, 16)
     assert verify_shared(shared, members, x) <= 1e-5
@@ -144,9 +147,11 @@ def test_masked_weights_stay_zero_while_training() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    steps = [s for s in shared.steps if hasattr(s, "mask")]
-    assert steps and all(float((s.weight.detach() * (1 - s.mask)).abs().max()) == 0.0 for s in steps)
-    assert any(float((s.weight.detach() * s.mask).abs().sum()) > 0 for s in steps)
+    blocks = [b for s in shared.steps for b in getattr(s, "blocks", [])]
+    assert blocks and all(float((b.weight.detach() * (1 - b.mask)).abs().max()) == 0.0 for b in blocks)
+    assert any(float((b.weight.detach() * b.mask).abs().sum()) > 0 for b in blocks)
+    # the two members' kernels differ (5 and 3): the shared rows' masks really have zero taps
+    assert any(float(b.mask.min()) == 0.0 for b in blocks)
 
 
 def test_a_cluster_that_cannot_be_shared_keeps_separate_members_and_says_so(
@@ -196,6 +201,17 @@ def test_method_trains_the_shared_model_and_the_saved_ensemble_predicts_the_same
     acc = float((ens.predict(data.x_test) == data.y_test).double().mean())
     assert acc == pytest.approx(doc["ensemble"]["accuracy"], abs=1e-9)
 
+    # a member left out of the evaluated ensemble (not finite) is left out of the saved one
+    from mncompile.runtime.ensemble import save_ensemble
+    from mncompile.runtime.pipeline import load_folder
+    from mncompile.runtime.shared import shared_member
+
+    members = {**ens.separate, **{m: shared_member(s, m) for s in ens.shared for m in s.MEMBERS}}
+    models, _, _ = load_folder(tmp_path / "gen")
+    assert save_ensemble(tmp_path / "e2.pt", tmp_path / "gen", members, models, "x", excluded=["d"]) is None
+    kept = load_ensemble(tmp_path / "e2.pt")
+    assert kept.members == ["a", "b", "c", "e"] and kept.predict_proba(data.x_test).shape == (24, 3)
+
 
 def test_load_ensemble_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(MNError, match="does not exist"):
@@ -212,6 +228,18 @@ def test_load_ensemble_errors_name_the_file(tmp_path: Path) -> None:
                 "members": ["a"], "separate": {}, "shared": {}}, bad)
     with pytest.raises(MNError, match="cannot load"):
         load_ensemble(bad)
+    base = {"format": "mncompile-ensemble", "version": 1, "folder": str(tmp_path), "members": ["a"],
+            "separate": {}, "shared": {}}
+    for damage in ({"folder": None}, {"members": []}, {"separate": []}, {"shared": {"m": {}}},
+                   {"members": [1]}):
+        torch.save({**base, **damage}, bad)
+        with pytest.raises(MNError, match="is damaged") as err:
+            load_ensemble(bad)
+        assert str(bad) in err.value.message
+    del base["folder"]
+    torch.save(base, bad)
+    with pytest.raises(MNError, match="is damaged"):
+        load_ensemble(bad)
 
 
 def test_consolidate_refuses_members_from_another_compile() -> None:
@@ -223,3 +251,17 @@ def test_consolidate_refuses_members_from_another_compile() -> None:
         build_shared(shared_module.SHARED[sp.mother], wrong)
     with pytest.raises(MNError, match="was not given"):
         build_shared(shared_module.SHARED[sp.mother], {"a": members["a"]})
+
+
+@pytest.mark.parametrize("example", ["v5", "mnist1d", "mlp", "r10", "d5", "wrn6", "v25", "digits"])
+def test_every_example_is_shared_and_stores_fewer_parameters_than_its_members(example: str) -> None:
+    from mncompile.api import load
+    from mncompile.shapes import infer_net
+
+    e = load(Path(__file__).resolve().parent.parent / "examples" / f"{example}.mnet")
+    out = compile_ensemble(e)
+    assert out.shares
+    for sp in out.shares.values():
+        assert not isinstance(sp, Refusal), sp.reason
+        separate = sum(infer_net(e.net(m), e.input, e.classes).params for m in sp.members)
+        assert param_count(sp) <= param_count(sp, stored=True) < separate

@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -537,6 +540,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1,),
          'carries': (),
+         'blocks': ((1,),),
          'parts': (
              ('densenet40_k12', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('densenet40_k24', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
@@ -550,6 +554,7 @@ class SharedMothernet1(SharedNet):
          'reads': (1,),
          'makes': (2, 3, 4, 5),
          'carries': (1,),
+         'blocks': ((2, 3, 4, 5),),
          'parts': (
              ('densenet40_k12', 'block1.layer1.conv', None, 'block1.layer1.bn', (2,), (1,), 3),
              ('densenet40_k24', 'block1.layer1.conv', None, 'block1.layer1.bn', (2, 3), (1,), 3),
@@ -563,6 +568,7 @@ class SharedMothernet1(SharedNet):
          'reads': (2, 3, 4, 5, 1),
          'makes': (6, 7, 8, 9),
          'carries': (2, 3, 4, 5, 1),
+         'blocks': ((6, 7, 8, 9),),
          'parts': (
              ('densenet40_k12', 'block1.layer2.conv', None, 'block1.layer2.bn', (6,), (1, 2), 3),
              ('densenet40_k24', 'block1.layer2.conv', None, 'block1.layer2.bn', (6, 7), (1, 2, 3), 3),
@@ -576,6 +582,7 @@ class SharedMothernet1(SharedNet):
          'reads': (6, 7, 8, 9, 2, 3, 4, 5, 1),
          'makes': (10, 11, 12, 13),
          'carries': (6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((10, 11, 12, 13),),
          'parts': (
              ('densenet40_k12', 'block1.layer3.conv', None, 'block1.layer3.bn', (10,), (1, 2, 6), 3),
              ('densenet40_k24', 'block1.layer3.conv', None, 'block1.layer3.bn', (10, 11), (1, 2, 3, 6, 7),
@@ -592,6 +599,7 @@ class SharedMothernet1(SharedNet):
          'reads': (10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
          'makes': (14, 15, 16, 17),
          'carries': (10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((14, 15, 16, 17),),
          'parts': (
              ('densenet40_k12', 'block1.layer4.conv', None, 'block1.layer4.bn', (14,), (1, 2, 6, 10), 3),
              ('densenet40_k24', 'block1.layer4.conv', None, 'block1.layer4.bn', (14, 15),
@@ -608,6 +616,7 @@ class SharedMothernet1(SharedNet):
          'reads': (14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
          'makes': (18, 19, 20, 21),
          'carries': (14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((18, 19, 20, 21),),
          'parts': (
              ('densenet40_k12', 'block1.layer5.conv', None, 'block1.layer5.bn', (18,), (1, 2, 6, 10, 14),
               3),
@@ -626,6 +635,7 @@ class SharedMothernet1(SharedNet):
          'reads': (18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
          'makes': (22, 23, 24, 25),
          'carries': (18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((22, 23, 24, 25),),
          'parts': (
              ('densenet40_k12', 'block1.layer6.conv', None, 'block1.layer6.bn', (22,),
               (1, 2, 6, 10, 14, 18), 3),
@@ -646,6 +656,7 @@ class SharedMothernet1(SharedNet):
          'makes': (26, 27, 28, 29),
          'carries': (22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4,
                      5, 1),
+         'blocks': ((26, 27, 28, 29),),
          'parts': (
              ('densenet40_k12', 'block1.layer7.conv', None, 'block1.layer7.bn', (26,),
               (1, 2, 6, 10, 14, 18, 22), 3),
@@ -666,6 +677,7 @@ class SharedMothernet1(SharedNet):
          'makes': (30, 31, 32, 33),
          'carries': (26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7,
                      8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((30, 31, 32, 33),),
          'parts': (
              ('densenet40_k12', 'block1.layer8.conv', None, 'block1.layer8.bn', (30,),
               (1, 2, 6, 10, 14, 18, 22, 26), 3),
@@ -686,6 +698,7 @@ class SharedMothernet1(SharedNet):
          'makes': (34, 35, 36, 37),
          'carries': (30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10,
                      11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((34, 35, 36, 37),),
          'parts': (
              ('densenet40_k12', 'block1.layer9.conv', None, 'block1.layer9.bn', (34,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30), 3),
@@ -706,6 +719,7 @@ class SharedMothernet1(SharedNet):
          'makes': (38, 39, 40, 41),
          'carries': (34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14,
                      15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((38, 39, 40, 41),),
          'parts': (
              ('densenet40_k12', 'block1.layer10.conv', None, 'block1.layer10.bn', (38,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34), 3),
@@ -726,6 +740,7 @@ class SharedMothernet1(SharedNet):
          'makes': (42, 43, 44, 45),
          'carries': (38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18,
                      19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((42, 43, 44, 45),),
          'parts': (
              ('densenet40_k12', 'block1.layer11.conv', None, 'block1.layer11.bn', (42,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38), 3),
@@ -747,6 +762,7 @@ class SharedMothernet1(SharedNet):
          'carries': (42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22,
                      23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5,
                      1),
+         'blocks': ((46, 47, 48, 49),),
          'parts': (
              ('densenet40_k12', 'block1.layer12.conv', None, 'block1.layer12.bn', (46,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42), 3),
@@ -768,6 +784,7 @@ class SharedMothernet1(SharedNet):
          'carries': (46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26,
                      27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8,
                      9, 2, 3, 4, 5, 1),
+         'blocks': ((50, 51), (52,)),
          'parts': (
              ('densenet100_k12', 'block1.layer13.conv', None, 'block1.layer13.bn', (50,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46), 3),
@@ -789,6 +806,7 @@ class SharedMothernet1(SharedNet):
          'carries': (50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31,
                      32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12,
                      13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((53, 54), (55,)),
          'parts': (
              ('densenet100_k12', 'block1.layer14.conv', None, 'block1.layer14.bn', (53,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50), 3),
@@ -810,6 +828,7 @@ class SharedMothernet1(SharedNet):
          'carries': (53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36,
                      37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17,
                      10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((56, 57), (58,)),
          'parts': (
              ('densenet100_k12', 'block1.layer15.conv', None, 'block1.layer15.bn', (56,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53), 3),
@@ -832,6 +851,7 @@ class SharedMothernet1(SharedNet):
          'carries': (56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41,
                      34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14,
                      15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((59, 60), (61,)),
          'parts': (
              ('densenet100_k12', 'block1.layer16.conv', None, 'block1.layer16.bn', (59,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56), 3),
@@ -854,6 +874,7 @@ class SharedMothernet1(SharedNet):
          'carries': (59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38,
                      39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19,
                      20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((62,), (63,), (64,)),
          'parts': (
              ('densenet100_k12', 'block1.layer17.conv', None, 'block1.layer17.bn', (62,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59), 3),
@@ -876,6 +897,7 @@ class SharedMothernet1(SharedNet):
          'carries': (62, 63, 64, 59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43,
                      44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24,
                      25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((65,), (66,), (67,)),
          'parts': (
              ('densenet100_k12', 'block1.layer18.conv', None, 'block1.layer18.bn', (65,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62), 3),
@@ -899,6 +921,7 @@ class SharedMothernet1(SharedNet):
                      49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29,
                      22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4,
                      5, 1),
+         'blocks': ((68,), (69,), (70,)),
          'parts': (
              ('densenet100_k12', 'block1.layer19.conv', None, 'block1.layer19.bn', (68,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65), 3),
@@ -922,6 +945,7 @@ class SharedMothernet1(SharedNet):
                      46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26,
                      27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8,
                      9, 2, 3, 4, 5, 1),
+         'blocks': ((71,), (72,), (73,)),
          'parts': (
              ('densenet100_k12', 'block1.layer20.conv', None, 'block1.layer20.bn', (71,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68), 3),
@@ -945,6 +969,7 @@ class SharedMothernet1(SharedNet):
                      50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31,
                      32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12,
                      13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((74,), (75,), (76,)),
          'parts': (
              ('densenet100_k12', 'block1.layer21.conv', None, 'block1.layer21.bn', (74,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71), 3),
@@ -968,6 +993,7 @@ class SharedMothernet1(SharedNet):
                      53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36,
                      37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17,
                      10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((77,), (78,), (79,)),
          'parts': (
              ('densenet100_k12', 'block1.layer22.conv', None, 'block1.layer22.bn', (77,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74), 3),
@@ -991,6 +1017,7 @@ class SharedMothernet1(SharedNet):
                      56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41,
                      34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14,
                      15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((80,), (81,), (82,)),
          'parts': (
              ('densenet100_k12', 'block1.layer23.conv', None, 'block1.layer23.bn', (80,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77),
@@ -1016,6 +1043,7 @@ class SharedMothernet1(SharedNet):
                      59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38,
                      39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19,
                      20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((83,), (84,), (85,)),
          'parts': (
              ('densenet100_k12', 'block1.layer24.conv', None, 'block1.layer24.bn', (83,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1042,6 +1070,7 @@ class SharedMothernet1(SharedNet):
                      62, 63, 64, 59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43,
                      44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24,
                      25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((86,), (87,), (88,)),
          'parts': (
              ('densenet100_k12', 'block1.layer25.conv', None, 'block1.layer25.bn', (86,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1069,6 +1098,7 @@ class SharedMothernet1(SharedNet):
                      49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29,
                      22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4,
                      5, 1),
+         'blocks': ((89,), (90,), (91,)),
          'parts': (
              ('densenet100_k12', 'block1.layer26.conv', None, 'block1.layer26.bn', (89,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1096,6 +1126,7 @@ class SharedMothernet1(SharedNet):
                      46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26,
                      27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8,
                      9, 2, 3, 4, 5, 1),
+         'blocks': ((92,), (93,), (94,)),
          'parts': (
              ('densenet100_k12', 'block1.layer27.conv', None, 'block1.layer27.bn', (92,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1123,6 +1154,7 @@ class SharedMothernet1(SharedNet):
                      50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31,
                      32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12,
                      13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((95,), (96,), (97,)),
          'parts': (
              ('densenet100_k12', 'block1.layer28.conv', None, 'block1.layer28.bn', (95,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1150,6 +1182,7 @@ class SharedMothernet1(SharedNet):
                      53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41, 34, 35, 36,
                      37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14, 15, 16, 17,
                      10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((98,), (99,), (100,)),
          'parts': (
              ('densenet100_k12', 'block1.layer29.conv', None, 'block1.layer29.bn', (98,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1177,6 +1210,7 @@ class SharedMothernet1(SharedNet):
                      56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45, 38, 39, 40, 41,
                      34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18, 19, 20, 21, 14,
                      15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((101,), (102,), (103,)),
          'parts': (
              ('densenet100_k12', 'block1.layer30.conv', None, 'block1.layer30.bn', (101,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1205,6 +1239,7 @@ class SharedMothernet1(SharedNet):
                      64, 59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42, 43, 44, 45,
                      38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23, 24, 25, 18,
                      19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((104,), (105,), (106,)),
          'parts': (
              ('densenet100_k12', 'block1.layer31.conv', None, 'block1.layer31.bn', (104,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1233,6 +1268,7 @@ class SharedMothernet1(SharedNet):
                      67, 62, 63, 64, 59, 60, 61, 56, 57, 58, 53, 54, 55, 50, 51, 52, 46, 47, 48, 49, 42,
                      43, 44, 45, 38, 39, 40, 41, 34, 35, 36, 37, 30, 31, 32, 33, 26, 27, 28, 29, 22, 23,
                      24, 25, 18, 19, 20, 21, 14, 15, 16, 17, 10, 11, 12, 13, 6, 7, 8, 9, 2, 3, 4, 5, 1),
+         'blocks': ((107,), (108,), (109,)),
          'parts': (
              ('densenet100_k12', 'block1.layer32.conv', None, 'block1.layer32.bn', (107,),
               (1, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 53, 56, 59, 62, 65, 68, 71, 74, 77,
@@ -1288,6 +1324,14 @@ class SharedMothernet1(SharedNet):
                    195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211,
                    212, 213, 214, 215, 216, 217, 218),
          'carries': (),
+         'blocks': ((110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122),
+                    (123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134),
+                    (135, 136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151,
+                     152, 153, 154),
+                    (155, 156, 157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171,
+                     172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186),
+                    (187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203,
+                     204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218)),
          'parts': (
              ('densenet40_k12', 'transition1.conv', None, 'transition1.bn',
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122),
@@ -1338,6 +1382,7 @@ class SharedMothernet1(SharedNet):
                      178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194,
                      195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211,
                      212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((219,), (220,), (221,), (222,)),
          'parts': (
              ('densenet40_k12', 'block2.layer1.conv', None, 'block2.layer1.bn', (219,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122), 3),
@@ -1378,6 +1423,7 @@ class SharedMothernet1(SharedNet):
                      174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190,
                      191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207,
                      208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((223,), (224,), (225,), (226,)),
          'parts': (
              ('densenet40_k12', 'block2.layer2.conv', None, 'block2.layer2.bn', (223,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219), 3),
@@ -1418,6 +1464,7 @@ class SharedMothernet1(SharedNet):
                      170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186,
                      187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203,
                      204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((227,), (228,), (229,), (230,)),
          'parts': (
              ('densenet40_k12', 'block2.layer3.conv', None, 'block2.layer3.bn', (227,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223), 3),
@@ -1460,6 +1507,7 @@ class SharedMothernet1(SharedNet):
                      183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199,
                      200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216,
                      217, 218),
+         'blocks': ((231,), (232,), (233,), (234,)),
          'parts': (
              ('densenet40_k12', 'block2.layer4.conv', None, 'block2.layer4.bn', (231,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227), 3),
@@ -1502,6 +1550,7 @@ class SharedMothernet1(SharedNet):
                      179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195,
                      196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212,
                      213, 214, 215, 216, 217, 218),
+         'blocks': ((235,), (236,), (237,), (238,)),
          'parts': (
              ('densenet40_k12', 'block2.layer5.conv', None, 'block2.layer5.bn', (235,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231), 3),
@@ -1545,6 +1594,7 @@ class SharedMothernet1(SharedNet):
                      175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191,
                      192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208,
                      209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((239,), (240,), (241,), (242,)),
          'parts': (
              ('densenet40_k12', 'block2.layer6.conv', None, 'block2.layer6.bn', (239,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235),
@@ -1591,6 +1641,7 @@ class SharedMothernet1(SharedNet):
                      171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187,
                      188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204,
                      205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((243,), (244,), (245,), (246,)),
          'parts': (
              ('densenet40_k12', 'block2.layer7.conv', None, 'block2.layer7.bn', (243,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1641,6 +1692,7 @@ class SharedMothernet1(SharedNet):
                      184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200,
                      201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217,
                      218),
+         'blocks': ((247,), (248,), (249,), (250,)),
          'parts': (
              ('densenet40_k12', 'block2.layer8.conv', None, 'block2.layer8.bn', (247,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1691,6 +1743,7 @@ class SharedMothernet1(SharedNet):
                      180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196,
                      197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213,
                      214, 215, 216, 217, 218),
+         'blocks': ((251,), (252,), (253,), (254,)),
          'parts': (
              ('densenet40_k12', 'block2.layer9.conv', None, 'block2.layer9.bn', (251,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1741,6 +1794,7 @@ class SharedMothernet1(SharedNet):
                      176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192,
                      193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209,
                      210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((255,), (256,), (257,), (258,)),
          'parts': (
              ('densenet40_k12', 'block2.layer10.conv', None, 'block2.layer10.bn', (255,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1791,6 +1845,7 @@ class SharedMothernet1(SharedNet):
                      172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188,
                      189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205,
                      206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((259,), (260,), (261,), (262,)),
          'parts': (
              ('densenet40_k12', 'block2.layer11.conv', None, 'block2.layer11.bn', (259,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1841,6 +1896,7 @@ class SharedMothernet1(SharedNet):
                      168, 169, 170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184,
                      185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201,
                      202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((263,), (264,), (265,), (266,)),
          'parts': (
              ('densenet40_k12', 'block2.layer12.conv', None, 'block2.layer12.bn', (263,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 219, 223, 227, 231, 235,
@@ -1891,6 +1947,7 @@ class SharedMothernet1(SharedNet):
                      181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197,
                      198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214,
                      215, 216, 217, 218),
+         'blocks': ((267,), (268,), (269,)),
          'parts': (
              ('densenet100_k12', 'block2.layer13.conv', None, 'block2.layer13.bn', (267,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -1932,6 +1989,7 @@ class SharedMothernet1(SharedNet):
                      178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194,
                      195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211,
                      212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((270,), (271,), (272,)),
          'parts': (
              ('densenet100_k12', 'block2.layer14.conv', None, 'block2.layer14.bn', (270,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -1974,6 +2032,7 @@ class SharedMothernet1(SharedNet):
                      175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191,
                      192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208,
                      209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((273,), (274,), (275,)),
          'parts': (
              ('densenet100_k12', 'block2.layer15.conv', None, 'block2.layer15.bn', (273,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2016,6 +2075,7 @@ class SharedMothernet1(SharedNet):
                      172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188,
                      189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205,
                      206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((276,), (277,), (278,)),
          'parts': (
              ('densenet100_k12', 'block2.layer16.conv', None, 'block2.layer16.bn', (276,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2058,6 +2118,7 @@ class SharedMothernet1(SharedNet):
                      169, 170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185,
                      186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202,
                      203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((279,), (280,), (281,)),
          'parts': (
              ('densenet100_k12', 'block2.layer17.conv', None, 'block2.layer17.bn', (279,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2103,6 +2164,7 @@ class SharedMothernet1(SharedNet):
                      183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199,
                      200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216,
                      217, 218),
+         'blocks': ((282,), (283,), (284,)),
          'parts': (
              ('densenet100_k12', 'block2.layer18.conv', None, 'block2.layer18.bn', (282,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2148,6 +2210,7 @@ class SharedMothernet1(SharedNet):
                      180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196,
                      197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213,
                      214, 215, 216, 217, 218),
+         'blocks': ((285,), (286,), (287,)),
          'parts': (
              ('densenet100_k12', 'block2.layer19.conv', None, 'block2.layer19.bn', (285,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2194,6 +2257,7 @@ class SharedMothernet1(SharedNet):
                      177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193,
                      194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210,
                      211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((288,), (289,), (290,)),
          'parts': (
              ('densenet100_k12', 'block2.layer20.conv', None, 'block2.layer20.bn', (288,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2240,6 +2304,7 @@ class SharedMothernet1(SharedNet):
                      174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190,
                      191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207,
                      208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((291,), (292,), (293,)),
          'parts': (
              ('densenet100_k12', 'block2.layer21.conv', None, 'block2.layer21.bn', (291,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2286,6 +2351,7 @@ class SharedMothernet1(SharedNet):
                      171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187,
                      188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204,
                      205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((294,), (295,), (296,)),
          'parts': (
              ('densenet100_k12', 'block2.layer22.conv', None, 'block2.layer22.bn', (294,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2332,6 +2398,7 @@ class SharedMothernet1(SharedNet):
                      168, 169, 170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184,
                      185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201,
                      202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((297,), (298,), (299,)),
          'parts': (
              ('densenet100_k12', 'block2.layer23.conv', None, 'block2.layer23.bn', (297,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2380,6 +2447,7 @@ class SharedMothernet1(SharedNet):
                      182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198,
                      199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215,
                      216, 217, 218),
+         'blocks': ((300,), (301,), (302,)),
          'parts': (
              ('densenet100_k12', 'block2.layer24.conv', None, 'block2.layer24.bn', (300,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2428,6 +2496,7 @@ class SharedMothernet1(SharedNet):
                      179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195,
                      196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212,
                      213, 214, 215, 216, 217, 218),
+         'blocks': ((303,), (304,), (305,)),
          'parts': (
              ('densenet100_k12', 'block2.layer25.conv', None, 'block2.layer25.bn', (303,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2477,6 +2546,7 @@ class SharedMothernet1(SharedNet):
                      176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192,
                      193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209,
                      210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((306,), (307,), (308,)),
          'parts': (
              ('densenet100_k12', 'block2.layer26.conv', None, 'block2.layer26.bn', (306,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2526,6 +2596,7 @@ class SharedMothernet1(SharedNet):
                      173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189,
                      190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206,
                      207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((309,), (310,), (311,)),
          'parts': (
              ('densenet100_k12', 'block2.layer27.conv', None, 'block2.layer27.bn', (309,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2575,6 +2646,7 @@ class SharedMothernet1(SharedNet):
                      170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186,
                      187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203,
                      204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((312,), (313,), (314,)),
          'parts': (
              ('densenet100_k12', 'block2.layer28.conv', None, 'block2.layer28.bn', (312,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2625,6 +2697,7 @@ class SharedMothernet1(SharedNet):
                      184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200,
                      201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217,
                      218),
+         'blocks': ((315,), (316,), (317,)),
          'parts': (
              ('densenet100_k12', 'block2.layer29.conv', None, 'block2.layer29.bn', (315,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2675,6 +2748,7 @@ class SharedMothernet1(SharedNet):
                      181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197,
                      198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214,
                      215, 216, 217, 218),
+         'blocks': ((318,), (319,), (320,)),
          'parts': (
              ('densenet100_k12', 'block2.layer30.conv', None, 'block2.layer30.bn', (318,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2725,6 +2799,7 @@ class SharedMothernet1(SharedNet):
                      178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194,
                      195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211,
                      212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((321,), (322,), (323,)),
          'parts': (
              ('densenet100_k12', 'block2.layer31.conv', None, 'block2.layer31.bn', (321,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2776,6 +2851,7 @@ class SharedMothernet1(SharedNet):
                      175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191,
                      192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208,
                      209, 210, 211, 212, 213, 214, 215, 216, 217, 218),
+         'blocks': ((324,), (325,), (326,)),
          'parts': (
              ('densenet100_k12', 'block2.layer32.conv', None, 'block2.layer32.bn', (324,),
               (110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 135, 136, 137, 138, 139,
@@ -2879,6 +2955,21 @@ class SharedMothernet1(SharedNet):
                    514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530,
                    531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
          'carries': (),
+         'blocks': ((327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343,
+                     344, 345, 346, 347, 348, 349, 350, 351),
+                    (352, 353, 354, 355, 356, 357, 358, 359, 360, 361, 362, 363, 364, 365, 366, 367, 368,
+                     369, 370, 371, 372, 373, 374, 375),
+                    (376, 377, 378, 379, 380, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392,
+                     393, 394, 395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409,
+                     410, 411, 412, 413, 414, 415),
+                    (416, 417, 418, 419, 420, 421, 422, 423, 424, 425, 426, 427, 428, 429, 430, 431, 432,
+                     433, 434, 435, 436, 437, 438, 439, 440, 441, 442, 443, 444, 445, 446, 447, 448, 449,
+                     450, 451, 452, 453, 454, 455, 456, 457, 458, 459, 460, 461, 462, 463, 464, 465, 466,
+                     467, 468, 469, 470, 471, 472, 473, 474, 475, 476, 477, 478, 479),
+                    (480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 490, 491, 492, 493, 494, 495, 496,
+                     497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513,
+                     514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530,
+                     531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543)),
          'parts': (
              ('densenet40_k12', 'transition2.conv', None, 'transition2.bn',
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -2960,6 +3051,7 @@ class SharedMothernet1(SharedNet):
                      497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513,
                      514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530,
                      531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((544,), (545,), (546,), (547,)),
          'parts': (
              ('densenet40_k12', 'block3.layer1.conv', None, 'block3.layer1.bn', (544,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3021,6 +3113,7 @@ class SharedMothernet1(SharedNet):
                      493, 494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509,
                      510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526,
                      527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((548,), (549,), (550,), (551,)),
          'parts': (
              ('densenet40_k12', 'block3.layer2.conv', None, 'block3.layer2.bn', (548,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3086,6 +3179,7 @@ class SharedMothernet1(SharedNet):
                      506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522,
                      523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539,
                      540, 541, 542, 543),
+         'blocks': ((552,), (553,), (554,), (555,)),
          'parts': (
              ('densenet40_k12', 'block3.layer3.conv', None, 'block3.layer3.bn', (552,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3151,6 +3245,7 @@ class SharedMothernet1(SharedNet):
                      502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518,
                      519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535,
                      536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((556,), (557,), (558,), (559,)),
          'parts': (
              ('densenet40_k12', 'block3.layer4.conv', None, 'block3.layer4.bn', (556,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3217,6 +3312,7 @@ class SharedMothernet1(SharedNet):
                      498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514,
                      515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531,
                      532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((560,), (561,), (562,), (563,)),
          'parts': (
              ('densenet40_k12', 'block3.layer5.conv', None, 'block3.layer5.bn', (560,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3283,6 +3379,7 @@ class SharedMothernet1(SharedNet):
                      494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510,
                      511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527,
                      528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((564,), (565,), (566,), (567,)),
          'parts': (
              ('densenet40_k12', 'block3.layer6.conv', None, 'block3.layer6.bn', (564,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3351,6 +3448,7 @@ class SharedMothernet1(SharedNet):
                      507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523,
                      524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540,
                      541, 542, 543),
+         'blocks': ((568,), (569,), (570,), (571,)),
          'parts': (
              ('densenet40_k12', 'block3.layer7.conv', None, 'block3.layer7.bn', (568,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3419,6 +3517,7 @@ class SharedMothernet1(SharedNet):
                      503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519,
                      520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536,
                      537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((572,), (573,), (574,), (575,)),
          'parts': (
              ('densenet40_k12', 'block3.layer8.conv', None, 'block3.layer8.bn', (572,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3487,6 +3586,7 @@ class SharedMothernet1(SharedNet):
                      499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515,
                      516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532,
                      533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((576,), (577,), (578,), (579,)),
          'parts': (
              ('densenet40_k12', 'block3.layer9.conv', None, 'block3.layer9.bn', (576,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3556,6 +3656,7 @@ class SharedMothernet1(SharedNet):
                      495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511,
                      512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528,
                      529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((580,), (581,), (582,), (583,)),
          'parts': (
              ('densenet40_k12', 'block3.layer10.conv', None, 'block3.layer10.bn', (580,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3627,6 +3728,7 @@ class SharedMothernet1(SharedNet):
                      508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524,
                      525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541,
                      542, 543),
+         'blocks': ((584,), (585,), (586,), (587,)),
          'parts': (
              ('densenet40_k12', 'block3.layer11.conv', None, 'block3.layer11.bn', (584,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3700,6 +3802,7 @@ class SharedMothernet1(SharedNet):
                      504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520,
                      521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537,
                      538, 539, 540, 541, 542, 543),
+         'blocks': ((588,), (589,), (590,), (591,)),
          'parts': (
              ('densenet40_k12', 'block3.layer12.conv', None, 'block3.layer12.bn', (588,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344,
@@ -3771,6 +3874,7 @@ class SharedMothernet1(SharedNet):
                      500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516,
                      517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533,
                      534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((592,), (593,), (594,)),
          'parts': (
              ('densenet100_k12', 'block3.layer13.conv', None, 'block3.layer13.bn', (592,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -3832,6 +3936,7 @@ class SharedMothernet1(SharedNet):
                      497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513,
                      514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530,
                      531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((595,), (596,), (597,)),
          'parts': (
              ('densenet100_k12', 'block3.layer14.conv', None, 'block3.layer14.bn', (595,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -3893,6 +3998,7 @@ class SharedMothernet1(SharedNet):
                      494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510,
                      511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527,
                      528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((598,), (599,), (600,)),
          'parts': (
              ('densenet100_k12', 'block3.layer15.conv', None, 'block3.layer15.bn', (598,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -3955,6 +4061,7 @@ class SharedMothernet1(SharedNet):
                      508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524,
                      525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541,
                      542, 543),
+         'blocks': ((601,), (602,), (603,)),
          'parts': (
              ('densenet100_k12', 'block3.layer16.conv', None, 'block3.layer16.bn', (601,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4018,6 +4125,7 @@ class SharedMothernet1(SharedNet):
                      505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521,
                      522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538,
                      539, 540, 541, 542, 543),
+         'blocks': ((604,), (605,), (606,)),
          'parts': (
              ('densenet100_k12', 'block3.layer17.conv', None, 'block3.layer17.bn', (604,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4081,6 +4189,7 @@ class SharedMothernet1(SharedNet):
                      502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518,
                      519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535,
                      536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((607,), (608,), (609,)),
          'parts': (
              ('densenet100_k12', 'block3.layer18.conv', None, 'block3.layer18.bn', (607,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4144,6 +4253,7 @@ class SharedMothernet1(SharedNet):
                      499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515,
                      516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532,
                      533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((610,), (611,), (612,)),
          'parts': (
              ('densenet100_k12', 'block3.layer19.conv', None, 'block3.layer19.bn', (610,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4207,6 +4317,7 @@ class SharedMothernet1(SharedNet):
                      496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512,
                      513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529,
                      530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((613,), (614,), (615,)),
          'parts': (
              ('densenet100_k12', 'block3.layer20.conv', None, 'block3.layer20.bn', (613,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4270,6 +4381,7 @@ class SharedMothernet1(SharedNet):
                      493, 494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509,
                      510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526,
                      527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((616,), (617,), (618,)),
          'parts': (
              ('densenet100_k12', 'block3.layer21.conv', None, 'block3.layer21.bn', (616,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4335,6 +4447,7 @@ class SharedMothernet1(SharedNet):
                      507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523,
                      524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540,
                      541, 542, 543),
+         'blocks': ((619,), (620,), (621,)),
          'parts': (
              ('densenet100_k12', 'block3.layer22.conv', None, 'block3.layer22.bn', (619,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4400,6 +4513,7 @@ class SharedMothernet1(SharedNet):
                      504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520,
                      521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537,
                      538, 539, 540, 541, 542, 543),
+         'blocks': ((622,), (623,), (624,)),
          'parts': (
              ('densenet100_k12', 'block3.layer23.conv', None, 'block3.layer23.bn', (622,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4465,6 +4579,7 @@ class SharedMothernet1(SharedNet):
                      501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517,
                      518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534,
                      535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((625,), (626,), (627,)),
          'parts': (
              ('densenet100_k12', 'block3.layer24.conv', None, 'block3.layer24.bn', (625,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4530,6 +4645,7 @@ class SharedMothernet1(SharedNet):
                      498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514,
                      515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531,
                      532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((628,), (629,), (630,)),
          'parts': (
              ('densenet100_k12', 'block3.layer25.conv', None, 'block3.layer25.bn', (628,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4595,6 +4711,7 @@ class SharedMothernet1(SharedNet):
                      495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511,
                      512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528,
                      529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((631,), (632,), (633,)),
          'parts': (
              ('densenet100_k12', 'block3.layer26.conv', None, 'block3.layer26.bn', (631,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4661,6 +4778,7 @@ class SharedMothernet1(SharedNet):
                      509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525,
                      526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542,
                      543),
+         'blocks': ((634,), (635,), (636,)),
          'parts': (
              ('densenet100_k12', 'block3.layer27.conv', None, 'block3.layer27.bn', (634,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4731,6 +4849,7 @@ class SharedMothernet1(SharedNet):
                      506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522,
                      523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539,
                      540, 541, 542, 543),
+         'blocks': ((637,), (638,), (639,)),
          'parts': (
              ('densenet100_k12', 'block3.layer28.conv', None, 'block3.layer28.bn', (637,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4801,6 +4920,7 @@ class SharedMothernet1(SharedNet):
                      503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519,
                      520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536,
                      537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((640,), (641,), (642,)),
          'parts': (
              ('densenet100_k12', 'block3.layer29.conv', None, 'block3.layer29.bn', (640,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4871,6 +4991,7 @@ class SharedMothernet1(SharedNet):
                      500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516,
                      517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533,
                      534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((643,), (644,), (645,)),
          'parts': (
              ('densenet100_k12', 'block3.layer30.conv', None, 'block3.layer30.bn', (643,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -4941,6 +5062,7 @@ class SharedMothernet1(SharedNet):
                      497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513,
                      514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530,
                      531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((646,), (647,), (648,)),
          'parts': (
              ('densenet100_k12', 'block3.layer31.conv', None, 'block3.layer31.bn', (646,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -5011,6 +5133,7 @@ class SharedMothernet1(SharedNet):
                      494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510,
                      511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527,
                      528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543),
+         'blocks': ((649,), (650,), (651,)),
          'parts': (
              ('densenet100_k12', 'block3.layer32.conv', None, 'block3.layer32.bn', (649,),
               (327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 376, 377, 378, 379, 380,
@@ -5160,6 +5283,7 @@ class SharedMothernet1(SharedNet):
                    926, 927, 928, 929, 930, 931, 932, 933, 934, 935, 936, 937, 938, 939, 940, 941, 942,
                    943, 944),
          'carries': (),
+         'blocks': (),
          'parts': (
              ('densenet40_k12', None, None, 'head.bn',
               (652, 653, 654, 655, 656, 657, 658, 659, 660, 661, 662, 663, 664, 665, 666, 667, 668, 669,
@@ -5259,6 +5383,7 @@ class SharedMothernet1(SharedNet):
                    943, 944),
          'makes': (977, 978, 979, 980, 981),
          'carries': (),
+         'blocks': ((977,), (978,), (979,), (980,), (981,)),
          'parts': (
              ('densenet40_k12', 'head.out', None, None, (977,),
               (652, 653, 654, 655, 656, 657, 658, 659, 660, 661, 662, 663, 664, 665, 666, 667, 668, 669,

@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -227,6 +230,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1, 2),
          'carries': (),
+         'blocks': ((1, 2),),
          'parts': (
              ('plain_a', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
              ('plain_b', 'block1.layer1.conv', 'block1.layer1.bn', None, (1, 2), (0,), 3),
@@ -237,6 +241,7 @@ class SharedMothernet1(SharedNet):
          'reads': (1, 2),
          'makes': (3,),
          'carries': (1,),
+         'blocks': ((3,),),
          'parts': (
              ('plain_b', 'block1.layer2.conv', 'block1.layer2.bn', None, (3,), (1, 2), 3),
          )},
@@ -247,6 +252,7 @@ class SharedMothernet1(SharedNet):
          'reads': (3, 1),
          'makes': (4,),
          'carries': (),
+         'blocks': ((4,),),
          'parts': (
              ('plain_a', 'block2.layer1.conv', 'block2.layer1.bn', None, (4,), (1,), 3),
              ('plain_b', 'block2.layer1.conv', 'block2.layer1.bn', None, (4,), (3,), 3),
@@ -259,6 +265,7 @@ class SharedMothernet1(SharedNet):
          'reads': (4,),
          'makes': (5,),
          'carries': (),
+         'blocks': ((5,),),
          'parts': (
              ('plain_a', 'head.fc1', None, None, (5,), (4,), None),
              ('plain_b', 'head.fc1', None, None, (5,), (4,), None),
@@ -269,6 +276,7 @@ class SharedMothernet1(SharedNet):
          'reads': (5,),
          'makes': (6, 7),
          'carries': (),
+         'blocks': ((6, 7),),
          'parts': (
              ('plain_a', 'head.out', None, None, (6,), (5,), None),
              ('plain_b', 'head.out', None, None, (7,), (5,), None),
@@ -303,6 +311,7 @@ class SharedMothernet2(SharedNet):
          'reads': (0,),
          'makes': (1,),
          'carries': (),
+         'blocks': ((1,),),
          'parts': (
              ('res_a', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('res_b', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
@@ -313,6 +322,7 @@ class SharedMothernet2(SharedNet):
          'reads': (1,),
          'makes': (2, 3, 4, 5),
          'carries': (1,),
+         'blocks': ((2, 3), (4, 5)),
          'parts': (
              ('res_a', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (2,), (1,), 3),
              ('res_b', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (2, 3), (1,), 3),
@@ -324,6 +334,7 @@ class SharedMothernet2(SharedNet):
          'reads': (2, 3),
          'makes': (6, 7),
          'carries': (4, 5, 1),
+         'blocks': ((6, 7),),
          'parts': (
              ('res_a', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6,), (2,), 3),
              ('res_b', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6, 7), (2, 3), 3),
@@ -344,6 +355,7 @@ class SharedMothernet2(SharedNet):
          'reads': (8, 9),
          'makes': (10, 11),
          'carries': (8, 9),
+         'blocks': ((10, 11),),
          'parts': (
              ('res_a', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10,), (8,), 3),
              ('res_b', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10, 11), (8, 9), 3),
@@ -354,6 +366,7 @@ class SharedMothernet2(SharedNet):
          'reads': (10, 11),
          'makes': (12, 13),
          'carries': (8, 9),
+         'blocks': ((12, 13),),
          'parts': (
              ('res_a', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12,), (10,), 3),
              ('res_b', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12, 13), (10, 11), 3),
@@ -374,6 +387,7 @@ class SharedMothernet2(SharedNet):
          'reads': (14, 15),
          'makes': (16, 17),
          'carries': (),
+         'blocks': ((16,), (17,)),
          'parts': (
              ('res_a', 'block2.unit1.conv1', 'block2.unit1.bn1', None, (16,), (14,), 3),
              ('res_a', 'block2.unit1.shortcut.conv', 'block2.unit1.shortcut.bn', None, (17,), (14,), 1),
@@ -386,6 +400,7 @@ class SharedMothernet2(SharedNet):
          'reads': (16,),
          'makes': (18,),
          'carries': (17,),
+         'blocks': ((18,),),
          'parts': (
              ('res_a', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (18,), (16,), 3),
              ('res_b', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (18,), (16,), 5),
@@ -405,6 +420,7 @@ class SharedMothernet2(SharedNet):
          'reads': (19,),
          'makes': (20,),
          'carries': (19,),
+         'blocks': ((20,),),
          'parts': (
              ('res_a', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (20,), (19,), 3),
              ('res_b', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (20,), (19,), 3),
@@ -415,6 +431,7 @@ class SharedMothernet2(SharedNet):
          'reads': (20,),
          'makes': (21,),
          'carries': (19,),
+         'blocks': ((21,),),
          'parts': (
              ('res_a', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (21,), (20,), 3),
              ('res_b', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (21,), (20,), 3),
@@ -434,6 +451,7 @@ class SharedMothernet2(SharedNet):
          'reads': (22,),
          'makes': (23,),
          'carries': (22,),
+         'blocks': ((23,),),
          'parts': (
              ('res_b', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (23,), (22,), 3),
          )},
@@ -443,6 +461,7 @@ class SharedMothernet2(SharedNet):
          'reads': (23,),
          'makes': (24,),
          'carries': (22,),
+         'blocks': ((24,),),
          'parts': (
              ('res_b', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (24,), (23,), 3),
          )},
@@ -462,6 +481,7 @@ class SharedMothernet2(SharedNet):
          'reads': (25, 22),
          'makes': (26, 27),
          'carries': (),
+         'blocks': ((26,), (27,)),
          'parts': (
              ('res_a', 'head.out', None, None, (26,), (22,), None),
              ('res_b', 'head.out', None, None, (27,), (25,), None),
@@ -497,6 +517,7 @@ class SharedMothernet3(SharedNet):
          'reads': (0,),
          'makes': (1,),
          'carries': (),
+         'blocks': ((1,),),
          'parts': (
              ('dense_a', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('dense_b', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
@@ -507,6 +528,7 @@ class SharedMothernet3(SharedNet):
          'reads': (1,),
          'makes': (2, 3),
          'carries': (1,),
+         'blocks': ((2, 3),),
          'parts': (
              ('dense_a', 'block1.layer1.conv', None, 'block1.layer1.bn', (2,), (1,), 3),
              ('dense_b', 'block1.layer1.conv', None, 'block1.layer1.bn', (2, 3), (1,), 3),
@@ -517,6 +539,7 @@ class SharedMothernet3(SharedNet):
          'reads': (2, 3, 1),
          'makes': (4, 5),
          'carries': (2, 3, 1),
+         'blocks': ((4, 5),),
          'parts': (
              ('dense_a', 'block1.layer2.conv', None, 'block1.layer2.bn', (4,), (1, 2), 3),
              ('dense_b', 'block1.layer2.conv', None, 'block1.layer2.bn', (4, 5), (1, 2, 3), 3),
@@ -527,6 +550,7 @@ class SharedMothernet3(SharedNet):
          'reads': (4, 5, 2, 3, 1),
          'makes': (6, 7),
          'carries': (4, 5, 2, 3, 1),
+         'blocks': ((6, 7),),
          'parts': (
              ('dense_a', 'block1.layer3.conv', None, 'block1.layer3.bn', (6,), (1, 2, 4), 3),
              ('dense_b', 'block1.layer3.conv', None, 'block1.layer3.bn', (6, 7), (1, 2, 3, 4, 5), 3),
@@ -537,6 +561,7 @@ class SharedMothernet3(SharedNet):
          'reads': (6, 7, 4, 5, 2, 3, 1),
          'makes': (8,),
          'carries': (6, 7, 4, 5, 2, 3, 1),
+         'blocks': ((8,),),
          'parts': (
              ('dense_b', 'block1.layer4.conv', None, 'block1.layer4.bn', (8,), (1, 2, 3, 4, 5, 6, 7), 3),
          )},
@@ -547,6 +572,7 @@ class SharedMothernet3(SharedNet):
          'reads': (8, 6, 7, 4, 5, 2, 3, 1),
          'makes': (9, 10, 11, 12, 13, 14, 15, 16),
          'carries': (),
+         'blocks': ((9, 10, 11, 12, 13, 14, 15, 16),),
          'parts': (
              ('dense_a', 'transition1.conv', None, 'transition1.bn', (9, 10, 11, 12), (1, 2, 4, 6), 1),
              ('dense_b', 'transition1.conv', None, 'transition1.bn', (9, 10, 13, 11, 14, 12, 15, 16),
@@ -559,6 +585,7 @@ class SharedMothernet3(SharedNet):
          'reads': (9, 10, 11, 12, 13, 14, 15, 16),
          'makes': (17,),
          'carries': (9, 10, 11, 12, 13, 14, 15, 16),
+         'blocks': ((17,),),
          'parts': (
              ('dense_a', 'block2.layer1.conv', None, 'block2.layer1.bn', (17,), (9, 10, 11, 12), 3),
              ('dense_b', 'block2.layer1.conv', None, 'block2.layer1.bn', (17,),
@@ -570,6 +597,7 @@ class SharedMothernet3(SharedNet):
          'reads': (17, 9, 10, 11, 12, 13, 14, 15, 16),
          'makes': (18,),
          'carries': (17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'blocks': ((18,),),
          'parts': (
              ('dense_a', 'block2.layer2.conv', None, 'block2.layer2.bn', (18,), (9, 10, 11, 12, 17), 3),
              ('dense_b', 'block2.layer2.conv', None, 'block2.layer2.bn', (18,),
@@ -581,6 +609,7 @@ class SharedMothernet3(SharedNet):
          'reads': (18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
          'makes': (19,),
          'carries': (18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
+         'blocks': ((19,),),
          'parts': (
              ('dense_a', 'block2.layer3.conv', None, 'block2.layer3.bn', (19,), (9, 10, 11, 12, 17, 18),
               3),
@@ -594,6 +623,7 @@ class SharedMothernet3(SharedNet):
          'reads': (19, 18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
          'makes': (26, 25, 24, 20, 21, 22, 23, 27, 28, 29, 30),
          'carries': (),
+         'blocks': (),
          'parts': (
              ('dense_a', None, None, 'head.bn', (20, 21, 22, 23, 24, 25, 26), (9, 10, 11, 12, 17, 18, 19),
               None),
@@ -607,6 +637,7 @@ class SharedMothernet3(SharedNet):
          'reads': (26, 25, 24, 20, 21, 22, 23, 27, 28, 29, 30),
          'makes': (31, 32),
          'carries': (),
+         'blocks': ((31, 32),),
          'parts': (
              ('dense_a', 'head.out', None, None, (31,), (20, 21, 22, 23, 24, 25, 26), None),
              ('dense_b', 'head.out', None, None, (32,), (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),

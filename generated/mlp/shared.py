@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -230,6 +233,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1, 2, 3, 4, 5),
          'carries': (),
+         'blocks': ((1, 2, 3, 4, 5),),
          'parts': (
              ('m256', 'head.fc1', None, None, (1, 2), (0,), None),
              ('m256w', 'head.fc1', None, None, (1, 3), (0,), None),
@@ -243,6 +247,7 @@ class SharedMothernet1(SharedNet):
          'reads': (1, 2, 3, 4, 5),
          'makes': (6, 7, 8, 9, 10, 11),
          'carries': (),
+         'blocks': ((6,), (7, 8), (9,), (10, 11)),
          'parts': (
              ('m256', 'head.fc2', None, None, (6, 7), (1, 2), None),
              ('m256w', 'head.fc2', None, None, (6, 8), (1, 3), None),
@@ -256,6 +261,7 @@ class SharedMothernet1(SharedNet):
          'reads': (6, 10),
          'makes': (12,),
          'carries': (6, 7, 8, 9, 11),
+         'blocks': ((12,),),
          'parts': (
              ('m192d3', 'head.fc3', None, None, (12,), (6, 10), None),
          )},
@@ -265,6 +271,7 @@ class SharedMothernet1(SharedNet):
          'reads': (12, 6, 7, 8, 9, 11),
          'makes': (13, 14, 15, 16, 17),
          'carries': (),
+         'blocks': ((13,), (14,), (15,), (16,), (17,)),
          'parts': (
              ('m256', 'head.out', None, None, (13,), (6, 7), None),
              ('m256w', 'head.out', None, None, (14,), (6, 8), None),

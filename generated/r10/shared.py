@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -437,6 +440,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1, 2, 3, 4, 5, 6),
          'carries': (),
+         'blocks': ((1, 2, 3, 4, 5, 6),),
          'parts': (
              ('resnet20a', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('resnet20b', 'stem.conv', 'stem.bn', None, (1, 2), (0,), 3),
@@ -456,6 +460,7 @@ class SharedMothernet1(SharedNet):
          'reads': (1, 2, 3, 4, 5, 6),
          'makes': (7, 8, 9, 10, 11, 12),
          'carries': (1, 2, 3, 4, 5, 6),
+         'blocks': ((7, 8, 9, 10, 11, 12),),
          'parts': (
              ('resnet20a', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (7,), (1,), 3),
              ('resnet20b', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (7, 8), (1, 2), 3),
@@ -475,6 +480,7 @@ class SharedMothernet1(SharedNet):
          'reads': (7, 8, 9, 10, 11, 12),
          'makes': (13, 14, 15, 16, 17, 18),
          'carries': (1, 2, 3, 4, 5, 6),
+         'blocks': ((13, 14, 15, 16, 17, 18),),
          'parts': (
              ('resnet20a', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (13,), (7,), 3),
              ('resnet20b', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (13, 14), (7, 8), 3),
@@ -509,6 +515,7 @@ class SharedMothernet1(SharedNet):
          'reads': (19, 20, 21, 22, 23, 24),
          'makes': (25, 26, 27, 28, 29, 30),
          'carries': (19, 20, 21, 22, 23, 24),
+         'blocks': ((25, 26, 27, 28, 29, 30),),
          'parts': (
              ('resnet20a', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (25,), (19,), 3),
              ('resnet20b', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (25, 26), (19, 20), 3),
@@ -528,6 +535,7 @@ class SharedMothernet1(SharedNet):
          'reads': (25, 26, 27, 28, 29, 30),
          'makes': (31, 32, 33, 34, 35, 36),
          'carries': (19, 20, 21, 22, 23, 24),
+         'blocks': ((31, 32, 33, 34, 35, 36),),
          'parts': (
              ('resnet20a', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (31,), (25,), 3),
              ('resnet20b', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (31, 32), (25, 26), 3),
@@ -562,6 +570,7 @@ class SharedMothernet1(SharedNet):
          'reads': (37, 38, 39, 40, 41, 42),
          'makes': (43, 44, 45, 46, 47, 48),
          'carries': (37, 38, 39, 40, 41, 42),
+         'blocks': ((43, 44, 45, 46, 47, 48),),
          'parts': (
              ('resnet20a', 'block1.unit3.conv1', 'block1.unit3.bn1', None, (43,), (37,), 3),
              ('resnet20b', 'block1.unit3.conv1', 'block1.unit3.bn1', None, (43, 44), (37, 38), 3),
@@ -581,6 +590,7 @@ class SharedMothernet1(SharedNet):
          'reads': (43, 44, 45, 46, 47, 48),
          'makes': (49, 50, 51, 52, 53, 54),
          'carries': (37, 38, 39, 40, 41, 42),
+         'blocks': ((49, 50, 51, 52, 53, 54),),
          'parts': (
              ('resnet20a', 'block1.unit3.conv2', 'block1.unit3.bn2', None, (49,), (43,), 3),
              ('resnet20b', 'block1.unit3.conv2', 'block1.unit3.bn2', None, (49, 50), (43, 44), 3),
@@ -615,6 +625,7 @@ class SharedMothernet1(SharedNet):
          'reads': (55, 57, 58, 59, 60),
          'makes': (61, 62, 63, 64, 65, 66, 67, 68),
          'carries': (55, 56, 57, 58, 59, 60),
+         'blocks': ((61, 62, 63, 64, 65, 66, 67, 68),),
          'parts': (
              ('resnet32a', 'block1.unit4.conv1', 'block1.unit4.bn1', None, (61,), (55,), 3),
              ('resnet32b', 'block1.unit4.conv1', 'block1.unit4.bn1', None, (62,), (55, 57), 3),
@@ -633,6 +644,7 @@ class SharedMothernet1(SharedNet):
          'reads': (61, 62, 63, 64, 65, 66, 67, 68),
          'makes': (69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80),
          'carries': (55, 56, 57, 58, 59, 60),
+         'blocks': ((69,), (70, 71), (72,), (73, 74), (75,), (76, 77), (78,), (79, 80)),
          'parts': (
              ('resnet32a', 'block1.unit4.conv2', 'block1.unit4.bn2', None, (69,), (61,), 3),
              ('resnet32b', 'block1.unit4.conv2', 'block1.unit4.bn2', None, (70, 71), (62,), 3),
@@ -672,6 +684,7 @@ class SharedMothernet1(SharedNet):
          'reads': (81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92),
          'makes': (93, 94, 95, 96, 97, 98, 99, 100),
          'carries': (81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 55, 56),
+         'blocks': ((93,), (94,), (95,), (96,), (97,), (98,), (99,), (100,)),
          'parts': (
              ('resnet32a', 'block1.unit5.conv1', 'block1.unit5.bn1', None, (93,), (81,), 3),
              ('resnet32b', 'block1.unit5.conv1', 'block1.unit5.bn1', None, (94,), (82, 83), 3),
@@ -690,6 +703,7 @@ class SharedMothernet1(SharedNet):
          'reads': (93, 94, 95, 96, 97, 98, 99, 100),
          'makes': (101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112),
          'carries': (81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 55, 56),
+         'blocks': ((101,), (102, 103), (104,), (105, 106), (107,), (108, 109), (110,), (111, 112)),
          'parts': (
              ('resnet32a', 'block1.unit5.conv2', 'block1.unit5.bn2', None, (101,), (93,), 3),
              ('resnet32b', 'block1.unit5.conv2', 'block1.unit5.bn2', None, (102, 103), (94,), 3),
@@ -730,6 +744,7 @@ class SharedMothernet1(SharedNet):
          'reads': (116, 117, 118, 119, 120, 121, 122, 123, 124),
          'makes': (125, 126, 127, 128, 129, 130),
          'carries': (113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 55, 56),
+         'blocks': ((125,), (126,), (127,), (128,), (129,), (130,)),
          'parts': (
              ('resnet44a', 'block1.unit6.conv1', 'block1.unit6.bn1', None, (125,), (116,), 3),
              ('resnet44b', 'block1.unit6.conv1', 'block1.unit6.bn1', None, (126,), (117, 118), 3),
@@ -745,6 +760,7 @@ class SharedMothernet1(SharedNet):
          'reads': (125, 126, 127, 128, 129, 130),
          'makes': (131, 132, 133, 134, 135, 136, 137, 138, 139),
          'carries': (113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 55, 56),
+         'blocks': ((131,), (132, 133), (134,), (135, 136), (137,), (138, 139)),
          'parts': (
              ('resnet44a', 'block1.unit6.conv2', 'block1.unit6.bn2', None, (131,), (125,), 3),
              ('resnet44b', 'block1.unit6.conv2', 'block1.unit6.bn2', None, (132, 133), (126,), 3),
@@ -779,6 +795,7 @@ class SharedMothernet1(SharedNet):
          'reads': (140, 141, 142, 143, 144, 145, 146, 147, 148),
          'makes': (149, 150, 151, 152, 153, 154),
          'carries': (140, 141, 142, 143, 144, 145, 146, 147, 148, 113, 114, 115, 55, 56),
+         'blocks': ((149,), (150,), (151,), (152,), (153,), (154,)),
          'parts': (
              ('resnet44a', 'block1.unit7.conv1', 'block1.unit7.bn1', None, (149,), (140,), 3),
              ('resnet44b', 'block1.unit7.conv1', 'block1.unit7.bn1', None, (150,), (141, 142), 3),
@@ -794,6 +811,7 @@ class SharedMothernet1(SharedNet):
          'reads': (149, 150, 151, 152, 153, 154),
          'makes': (155, 156, 157, 158, 159, 160, 161, 162, 163),
          'carries': (140, 141, 142, 143, 144, 145, 146, 147, 148, 113, 114, 115, 55, 56),
+         'blocks': ((155,), (156, 157), (158,), (159, 160), (161,), (162, 163)),
          'parts': (
              ('resnet44a', 'block1.unit7.conv2', 'block1.unit7.bn2', None, (155,), (149,), 3),
              ('resnet44b', 'block1.unit7.conv2', 'block1.unit7.bn2', None, (156, 157), (150,), 3),
@@ -827,6 +845,7 @@ class SharedMothernet1(SharedNet):
          'reads': (167, 168, 169, 170, 171, 172),
          'makes': (173, 174, 175, 176),
          'carries': (164, 165, 166, 167, 168, 169, 170, 171, 172, 113, 114, 115, 55, 56),
+         'blocks': ((173,), (174,), (175,), (176,)),
          'parts': (
              ('resnet56a', 'block1.unit8.conv1', 'block1.unit8.bn1', None, (173,), (167,), 3),
              ('resnet56b', 'block1.unit8.conv1', 'block1.unit8.bn1', None, (174,), (168, 169), 3),
@@ -840,6 +859,7 @@ class SharedMothernet1(SharedNet):
          'reads': (173, 174, 175, 176),
          'makes': (177, 178, 179, 180, 181, 182),
          'carries': (164, 165, 166, 167, 168, 169, 170, 171, 172, 113, 114, 115, 55, 56),
+         'blocks': ((177,), (178, 179), (180,), (181, 182)),
          'parts': (
              ('resnet56a', 'block1.unit8.conv2', 'block1.unit8.bn2', None, (177,), (173,), 3),
              ('resnet56b', 'block1.unit8.conv2', 'block1.unit8.bn2', None, (178, 179), (174,), 3),
@@ -867,6 +887,7 @@ class SharedMothernet1(SharedNet):
          'reads': (183, 184, 185, 186, 187, 188),
          'makes': (189, 190, 191, 192),
          'carries': (183, 184, 185, 186, 187, 188, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((189,), (190,), (191,), (192,)),
          'parts': (
              ('resnet56a', 'block1.unit9.conv1', 'block1.unit9.bn1', None, (189,), (183,), 3),
              ('resnet56b', 'block1.unit9.conv1', 'block1.unit9.bn1', None, (190,), (184, 185), 3),
@@ -880,6 +901,7 @@ class SharedMothernet1(SharedNet):
          'reads': (189, 190, 191, 192),
          'makes': (193, 194, 195, 196, 197, 198),
          'carries': (183, 184, 185, 186, 187, 188, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((193,), (194, 195), (196,), (197, 198)),
          'parts': (
              ('resnet56a', 'block1.unit9.conv2', 'block1.unit9.bn2', None, (193,), (189,), 3),
              ('resnet56b', 'block1.unit9.conv2', 'block1.unit9.bn2', None, (194, 195), (190,), 3),
@@ -907,6 +929,7 @@ class SharedMothernet1(SharedNet):
          'reads': (202, 203, 204),
          'makes': (205, 206),
          'carries': (199, 200, 201, 202, 203, 204, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((205,), (206,)),
          'parts': (
              ('resnet110a', 'block1.unit10.conv1', 'block1.unit10.bn1', None, (205,), (202,), 3),
              ('resnet110b', 'block1.unit10.conv1', 'block1.unit10.bn1', None, (206,), (203, 204), 3),
@@ -917,6 +940,7 @@ class SharedMothernet1(SharedNet):
          'reads': (205, 206),
          'makes': (207, 208, 209),
          'carries': (199, 200, 201, 202, 203, 204, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((207,), (208, 209)),
          'parts': (
              ('resnet110a', 'block1.unit10.conv2', 'block1.unit10.bn2', None, (207,), (205,), 3),
              ('resnet110b', 'block1.unit10.conv2', 'block1.unit10.bn2', None, (208, 209), (206,), 3),
@@ -938,6 +962,7 @@ class SharedMothernet1(SharedNet):
          'reads': (210, 211, 212),
          'makes': (213, 214),
          'carries': (210, 211, 212, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((213,), (214,)),
          'parts': (
              ('resnet110a', 'block1.unit11.conv1', 'block1.unit11.bn1', None, (213,), (210,), 3),
              ('resnet110b', 'block1.unit11.conv1', 'block1.unit11.bn1', None, (214,), (211, 212), 3),
@@ -948,6 +973,7 @@ class SharedMothernet1(SharedNet):
          'reads': (213, 214),
          'makes': (215, 216, 217),
          'carries': (210, 211, 212, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((215,), (216, 217)),
          'parts': (
              ('resnet110a', 'block1.unit11.conv2', 'block1.unit11.bn2', None, (215,), (213,), 3),
              ('resnet110b', 'block1.unit11.conv2', 'block1.unit11.bn2', None, (216, 217), (214,), 3),
@@ -969,6 +995,7 @@ class SharedMothernet1(SharedNet):
          'reads': (218, 219, 220),
          'makes': (221, 222),
          'carries': (218, 219, 220, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((221,), (222,)),
          'parts': (
              ('resnet110a', 'block1.unit12.conv1', 'block1.unit12.bn1', None, (221,), (218,), 3),
              ('resnet110b', 'block1.unit12.conv1', 'block1.unit12.bn1', None, (222,), (219, 220), 3),
@@ -979,6 +1006,7 @@ class SharedMothernet1(SharedNet):
          'reads': (221, 222),
          'makes': (223, 224, 225),
          'carries': (218, 219, 220, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((223,), (224, 225)),
          'parts': (
              ('resnet110a', 'block1.unit12.conv2', 'block1.unit12.bn2', None, (223,), (221,), 3),
              ('resnet110b', 'block1.unit12.conv2', 'block1.unit12.bn2', None, (224, 225), (222,), 3),
@@ -1000,6 +1028,7 @@ class SharedMothernet1(SharedNet):
          'reads': (226, 227, 228),
          'makes': (229, 230),
          'carries': (226, 227, 228, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((229,), (230,)),
          'parts': (
              ('resnet110a', 'block1.unit13.conv1', 'block1.unit13.bn1', None, (229,), (226,), 3),
              ('resnet110b', 'block1.unit13.conv1', 'block1.unit13.bn1', None, (230,), (227, 228), 3),
@@ -1010,6 +1039,7 @@ class SharedMothernet1(SharedNet):
          'reads': (229, 230),
          'makes': (231, 232, 233),
          'carries': (226, 227, 228, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((231,), (232, 233)),
          'parts': (
              ('resnet110a', 'block1.unit13.conv2', 'block1.unit13.bn2', None, (231,), (229,), 3),
              ('resnet110b', 'block1.unit13.conv2', 'block1.unit13.bn2', None, (232, 233), (230,), 3),
@@ -1031,6 +1061,7 @@ class SharedMothernet1(SharedNet):
          'reads': (234, 235, 236),
          'makes': (237, 238),
          'carries': (234, 235, 236, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((237,), (238,)),
          'parts': (
              ('resnet110a', 'block1.unit14.conv1', 'block1.unit14.bn1', None, (237,), (234,), 3),
              ('resnet110b', 'block1.unit14.conv1', 'block1.unit14.bn1', None, (238,), (235, 236), 3),
@@ -1041,6 +1072,7 @@ class SharedMothernet1(SharedNet):
          'reads': (237, 238),
          'makes': (239, 240, 241),
          'carries': (234, 235, 236, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((239,), (240, 241)),
          'parts': (
              ('resnet110a', 'block1.unit14.conv2', 'block1.unit14.bn2', None, (239,), (237,), 3),
              ('resnet110b', 'block1.unit14.conv2', 'block1.unit14.bn2', None, (240, 241), (238,), 3),
@@ -1062,6 +1094,7 @@ class SharedMothernet1(SharedNet):
          'reads': (242, 243, 244),
          'makes': (245, 246),
          'carries': (242, 243, 244, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((245,), (246,)),
          'parts': (
              ('resnet110a', 'block1.unit15.conv1', 'block1.unit15.bn1', None, (245,), (242,), 3),
              ('resnet110b', 'block1.unit15.conv1', 'block1.unit15.bn1', None, (246,), (243, 244), 3),
@@ -1072,6 +1105,7 @@ class SharedMothernet1(SharedNet):
          'reads': (245, 246),
          'makes': (247, 248, 249),
          'carries': (242, 243, 244, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((247,), (248, 249)),
          'parts': (
              ('resnet110a', 'block1.unit15.conv2', 'block1.unit15.bn2', None, (247,), (245,), 3),
              ('resnet110b', 'block1.unit15.conv2', 'block1.unit15.bn2', None, (248, 249), (246,), 3),
@@ -1093,6 +1127,7 @@ class SharedMothernet1(SharedNet):
          'reads': (250, 251, 252),
          'makes': (253, 254),
          'carries': (250, 251, 252, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((253,), (254,)),
          'parts': (
              ('resnet110a', 'block1.unit16.conv1', 'block1.unit16.bn1', None, (253,), (250,), 3),
              ('resnet110b', 'block1.unit16.conv1', 'block1.unit16.bn1', None, (254,), (251, 252), 3),
@@ -1103,6 +1138,7 @@ class SharedMothernet1(SharedNet):
          'reads': (253, 254),
          'makes': (255, 256, 257),
          'carries': (250, 251, 252, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((255,), (256, 257)),
          'parts': (
              ('resnet110a', 'block1.unit16.conv2', 'block1.unit16.bn2', None, (255,), (253,), 3),
              ('resnet110b', 'block1.unit16.conv2', 'block1.unit16.bn2', None, (256, 257), (254,), 3),
@@ -1124,6 +1160,7 @@ class SharedMothernet1(SharedNet):
          'reads': (258, 259, 260),
          'makes': (261, 262),
          'carries': (258, 259, 260, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((261,), (262,)),
          'parts': (
              ('resnet110a', 'block1.unit17.conv1', 'block1.unit17.bn1', None, (261,), (258,), 3),
              ('resnet110b', 'block1.unit17.conv1', 'block1.unit17.bn1', None, (262,), (259, 260), 3),
@@ -1134,6 +1171,7 @@ class SharedMothernet1(SharedNet):
          'reads': (261, 262),
          'makes': (263, 264, 265),
          'carries': (258, 259, 260, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((263,), (264, 265)),
          'parts': (
              ('resnet110a', 'block1.unit17.conv2', 'block1.unit17.bn2', None, (263,), (261,), 3),
              ('resnet110b', 'block1.unit17.conv2', 'block1.unit17.bn2', None, (264, 265), (262,), 3),
@@ -1155,6 +1193,7 @@ class SharedMothernet1(SharedNet):
          'reads': (266, 267, 268),
          'makes': (269, 270),
          'carries': (266, 267, 268, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((269,), (270,)),
          'parts': (
              ('resnet110a', 'block1.unit18.conv1', 'block1.unit18.bn1', None, (269,), (266,), 3),
              ('resnet110b', 'block1.unit18.conv1', 'block1.unit18.bn1', None, (270,), (267, 268), 3),
@@ -1165,6 +1204,7 @@ class SharedMothernet1(SharedNet):
          'reads': (269, 270),
          'makes': (271, 272, 273),
          'carries': (266, 267, 268, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
+         'blocks': ((271,), (272, 273)),
          'parts': (
              ('resnet110a', 'block1.unit18.conv2', 'block1.unit18.bn2', None, (271,), (269,), 3),
              ('resnet110b', 'block1.unit18.conv2', 'block1.unit18.bn2', None, (272, 273), (270,), 3),
@@ -1180,14 +1220,16 @@ class SharedMothernet1(SharedNet):
              (275, ((267, 1.0), (272, 1.0))),
              (276, ((268, 1.0), (273, 1.0))),
          )},
-        # block2.unit1.conv1: shared 32 | resnet20b +8 | resnet32b +8 | resnet44b +8 | resnet56b +8 |
-        # resnet110b +8 | shared 32 | resnet20b +8 | resnet32b +8 | resnet44b +8 | resnet56b +8 |
+        # block2.unit1.conv1: shared 32 | shared 32 | resnet20b +8 | resnet32b +8 | resnet44b +8 |
+        # resnet56b +8 | resnet110b +8 | resnet20b +8 | resnet32b +8 | resnet44b +8 | resnet56b +8 |
         # resnet110b +8
         {'op': 'conv', 'name': 'block2.unit1.conv1', 'kernel': 3, 'stride': 2, 'pre': None, 'bn': True,
          'relu': False, 'bias': False,
          'reads': (274, 275, 276, 199, 200, 201, 164, 165, 166, 113, 114, 115, 55, 56),
-         'makes': (277, 279, 281, 283, 285, 287, 278, 280, 282, 284, 286, 288),
+         'makes': (277, 278, 279, 281, 283, 285, 287, 280, 282, 284, 286, 288),
          'carries': (),
+         'blocks': ((277,), (278,), (279,), (281,), (283,), (285,), (287,), (280,), (282,), (284,), (286,),
+                    (288,)),
          'parts': (
              ('resnet20a', 'block2.unit1.conv1', 'block2.unit1.bn1', None, (277,), (55,), 3),
              ('resnet20a', 'block2.unit1.shortcut.conv', 'block2.unit1.shortcut.bn', None, (278,), (55,),
@@ -1227,6 +1269,7 @@ class SharedMothernet1(SharedNet):
          'reads': (277, 279, 281, 283, 285, 287),
          'makes': (289, 290, 291, 292, 293, 294),
          'carries': (278, 280, 282, 284, 286, 288),
+         'blocks': ((289, 290, 291, 292, 293, 294),),
          'parts': (
              ('resnet20a', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (289,), (277,), 3),
              ('resnet20b', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (289, 290), (277, 279), 3),
@@ -1261,6 +1304,7 @@ class SharedMothernet1(SharedNet):
          'reads': (295, 296, 297, 298, 299, 300),
          'makes': (301, 302, 303, 304, 305, 306),
          'carries': (295, 296, 297, 298, 299, 300),
+         'blocks': ((301, 302, 303, 304, 305, 306),),
          'parts': (
              ('resnet20a', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (301,), (295,), 3),
              ('resnet20b', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (301, 302), (295, 296), 3),
@@ -1280,6 +1324,7 @@ class SharedMothernet1(SharedNet):
          'reads': (301, 302, 303, 304, 305, 306),
          'makes': (307, 308, 309, 310, 311, 312),
          'carries': (295, 296, 297, 298, 299, 300),
+         'blocks': ((307, 308, 309, 310, 311, 312),),
          'parts': (
              ('resnet20a', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (307,), (301,), 3),
              ('resnet20b', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (307, 308), (301, 302), 3),
@@ -1314,6 +1359,7 @@ class SharedMothernet1(SharedNet):
          'reads': (313, 314, 315, 316, 317, 318),
          'makes': (319, 320, 321, 322, 323, 324),
          'carries': (313, 314, 315, 316, 317, 318),
+         'blocks': ((319, 320, 321, 322, 323, 324),),
          'parts': (
              ('resnet20a', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (319,), (313,), 3),
              ('resnet20b', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (319, 320), (313, 314), 3),
@@ -1333,6 +1379,7 @@ class SharedMothernet1(SharedNet):
          'reads': (319, 320, 321, 322, 323, 324),
          'makes': (325, 326, 327, 328, 329, 330),
          'carries': (313, 314, 315, 316, 317, 318),
+         'blocks': ((325, 326, 327, 328, 329, 330),),
          'parts': (
              ('resnet20a', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (325,), (319,), 3),
              ('resnet20b', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (325, 326), (319, 320), 3),
@@ -1367,6 +1414,7 @@ class SharedMothernet1(SharedNet):
          'reads': (331, 333, 334, 335, 336),
          'makes': (337, 338, 339, 340, 341, 342, 343, 344),
          'carries': (331, 332, 333, 334, 335, 336),
+         'blocks': ((337, 338, 339, 340, 341, 342, 343, 344),),
          'parts': (
              ('resnet32a', 'block2.unit4.conv1', 'block2.unit4.bn1', None, (337,), (331,), 3),
              ('resnet32b', 'block2.unit4.conv1', 'block2.unit4.bn1', None, (338,), (331, 333), 3),
@@ -1385,6 +1433,7 @@ class SharedMothernet1(SharedNet):
          'reads': (337, 338, 339, 340, 341, 342, 343, 344),
          'makes': (345, 346, 347, 348, 349, 350, 351, 352, 353, 354, 355, 356),
          'carries': (331, 332, 333, 334, 335, 336),
+         'blocks': ((345,), (346, 347), (348,), (349, 350), (351,), (352, 353), (354,), (355, 356)),
          'parts': (
              ('resnet32a', 'block2.unit4.conv2', 'block2.unit4.bn2', None, (345,), (337,), 3),
              ('resnet32b', 'block2.unit4.conv2', 'block2.unit4.bn2', None, (346, 347), (338,), 3),
@@ -1424,6 +1473,7 @@ class SharedMothernet1(SharedNet):
          'reads': (357, 358, 359, 360, 361, 362, 363, 364, 365, 366, 367, 368),
          'makes': (369, 370, 371, 372, 373, 374, 375, 376),
          'carries': (357, 358, 359, 360, 361, 362, 363, 364, 365, 366, 367, 368, 331, 332),
+         'blocks': ((369,), (370,), (371,), (372,), (373,), (374,), (375,), (376,)),
          'parts': (
              ('resnet32a', 'block2.unit5.conv1', 'block2.unit5.bn1', None, (369,), (357,), 3),
              ('resnet32b', 'block2.unit5.conv1', 'block2.unit5.bn1', None, (370,), (358, 359), 3),
@@ -1442,6 +1492,7 @@ class SharedMothernet1(SharedNet):
          'reads': (369, 370, 371, 372, 373, 374, 375, 376),
          'makes': (377, 378, 379, 380, 381, 382, 383, 384, 385, 386, 387, 388),
          'carries': (357, 358, 359, 360, 361, 362, 363, 364, 365, 366, 367, 368, 331, 332),
+         'blocks': ((377,), (378, 379), (380,), (381, 382), (383,), (384, 385), (386,), (387, 388)),
          'parts': (
              ('resnet32a', 'block2.unit5.conv2', 'block2.unit5.bn2', None, (377,), (369,), 3),
              ('resnet32b', 'block2.unit5.conv2', 'block2.unit5.bn2', None, (378, 379), (370,), 3),
@@ -1482,6 +1533,7 @@ class SharedMothernet1(SharedNet):
          'reads': (392, 393, 394, 395, 396, 397, 398, 399, 400),
          'makes': (401, 402, 403, 404, 405, 406),
          'carries': (389, 390, 391, 392, 393, 394, 395, 396, 397, 398, 399, 400, 331, 332),
+         'blocks': ((401,), (402,), (403,), (404,), (405,), (406,)),
          'parts': (
              ('resnet44a', 'block2.unit6.conv1', 'block2.unit6.bn1', None, (401,), (392,), 3),
              ('resnet44b', 'block2.unit6.conv1', 'block2.unit6.bn1', None, (402,), (393, 394), 3),
@@ -1497,6 +1549,7 @@ class SharedMothernet1(SharedNet):
          'reads': (401, 402, 403, 404, 405, 406),
          'makes': (407, 408, 409, 410, 411, 412, 413, 414, 415),
          'carries': (389, 390, 391, 392, 393, 394, 395, 396, 397, 398, 399, 400, 331, 332),
+         'blocks': ((407,), (408, 409), (410,), (411, 412), (413,), (414, 415)),
          'parts': (
              ('resnet44a', 'block2.unit6.conv2', 'block2.unit6.bn2', None, (407,), (401,), 3),
              ('resnet44b', 'block2.unit6.conv2', 'block2.unit6.bn2', None, (408, 409), (402,), 3),
@@ -1531,6 +1584,7 @@ class SharedMothernet1(SharedNet):
          'reads': (416, 417, 418, 419, 420, 421, 422, 423, 424),
          'makes': (425, 426, 427, 428, 429, 430),
          'carries': (416, 417, 418, 419, 420, 421, 422, 423, 424, 389, 390, 391, 331, 332),
+         'blocks': ((425,), (426,), (427,), (428,), (429,), (430,)),
          'parts': (
              ('resnet44a', 'block2.unit7.conv1', 'block2.unit7.bn1', None, (425,), (416,), 3),
              ('resnet44b', 'block2.unit7.conv1', 'block2.unit7.bn1', None, (426,), (417, 418), 3),
@@ -1546,6 +1600,7 @@ class SharedMothernet1(SharedNet):
          'reads': (425, 426, 427, 428, 429, 430),
          'makes': (431, 432, 433, 434, 435, 436, 437, 438, 439),
          'carries': (416, 417, 418, 419, 420, 421, 422, 423, 424, 389, 390, 391, 331, 332),
+         'blocks': ((431,), (432, 433), (434,), (435, 436), (437,), (438, 439)),
          'parts': (
              ('resnet44a', 'block2.unit7.conv2', 'block2.unit7.bn2', None, (431,), (425,), 3),
              ('resnet44b', 'block2.unit7.conv2', 'block2.unit7.bn2', None, (432, 433), (426,), 3),
@@ -1579,6 +1634,7 @@ class SharedMothernet1(SharedNet):
          'reads': (443, 444, 445, 446, 447, 448),
          'makes': (449, 450, 451, 452),
          'carries': (440, 441, 442, 443, 444, 445, 446, 447, 448, 389, 390, 391, 331, 332),
+         'blocks': ((449,), (450,), (451,), (452,)),
          'parts': (
              ('resnet56a', 'block2.unit8.conv1', 'block2.unit8.bn1', None, (449,), (443,), 3),
              ('resnet56b', 'block2.unit8.conv1', 'block2.unit8.bn1', None, (450,), (444, 445), 3),
@@ -1592,6 +1648,7 @@ class SharedMothernet1(SharedNet):
          'reads': (449, 450, 451, 452),
          'makes': (453, 454, 455, 456, 457, 458),
          'carries': (440, 441, 442, 443, 444, 445, 446, 447, 448, 389, 390, 391, 331, 332),
+         'blocks': ((453,), (454, 455), (456,), (457, 458)),
          'parts': (
              ('resnet56a', 'block2.unit8.conv2', 'block2.unit8.bn2', None, (453,), (449,), 3),
              ('resnet56b', 'block2.unit8.conv2', 'block2.unit8.bn2', None, (454, 455), (450,), 3),
@@ -1619,6 +1676,7 @@ class SharedMothernet1(SharedNet):
          'reads': (459, 460, 461, 462, 463, 464),
          'makes': (465, 466, 467, 468),
          'carries': (459, 460, 461, 462, 463, 464, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((465,), (466,), (467,), (468,)),
          'parts': (
              ('resnet56a', 'block2.unit9.conv1', 'block2.unit9.bn1', None, (465,), (459,), 3),
              ('resnet56b', 'block2.unit9.conv1', 'block2.unit9.bn1', None, (466,), (460, 461), 3),
@@ -1632,6 +1690,7 @@ class SharedMothernet1(SharedNet):
          'reads': (465, 466, 467, 468),
          'makes': (469, 470, 471, 472, 473, 474),
          'carries': (459, 460, 461, 462, 463, 464, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((469,), (470, 471), (472,), (473, 474)),
          'parts': (
              ('resnet56a', 'block2.unit9.conv2', 'block2.unit9.bn2', None, (469,), (465,), 3),
              ('resnet56b', 'block2.unit9.conv2', 'block2.unit9.bn2', None, (470, 471), (466,), 3),
@@ -1659,6 +1718,7 @@ class SharedMothernet1(SharedNet):
          'reads': (478, 479, 480),
          'makes': (481, 482),
          'carries': (475, 476, 477, 478, 479, 480, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((481,), (482,)),
          'parts': (
              ('resnet110a', 'block2.unit10.conv1', 'block2.unit10.bn1', None, (481,), (478,), 3),
              ('resnet110b', 'block2.unit10.conv1', 'block2.unit10.bn1', None, (482,), (479, 480), 3),
@@ -1669,6 +1729,7 @@ class SharedMothernet1(SharedNet):
          'reads': (481, 482),
          'makes': (483, 484, 485),
          'carries': (475, 476, 477, 478, 479, 480, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((483,), (484, 485)),
          'parts': (
              ('resnet110a', 'block2.unit10.conv2', 'block2.unit10.bn2', None, (483,), (481,), 3),
              ('resnet110b', 'block2.unit10.conv2', 'block2.unit10.bn2', None, (484, 485), (482,), 3),
@@ -1690,6 +1751,7 @@ class SharedMothernet1(SharedNet):
          'reads': (486, 487, 488),
          'makes': (489, 490),
          'carries': (486, 487, 488, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((489,), (490,)),
          'parts': (
              ('resnet110a', 'block2.unit11.conv1', 'block2.unit11.bn1', None, (489,), (486,), 3),
              ('resnet110b', 'block2.unit11.conv1', 'block2.unit11.bn1', None, (490,), (487, 488), 3),
@@ -1700,6 +1762,7 @@ class SharedMothernet1(SharedNet):
          'reads': (489, 490),
          'makes': (491, 492, 493),
          'carries': (486, 487, 488, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((491,), (492, 493)),
          'parts': (
              ('resnet110a', 'block2.unit11.conv2', 'block2.unit11.bn2', None, (491,), (489,), 3),
              ('resnet110b', 'block2.unit11.conv2', 'block2.unit11.bn2', None, (492, 493), (490,), 3),
@@ -1721,6 +1784,7 @@ class SharedMothernet1(SharedNet):
          'reads': (494, 495, 496),
          'makes': (497, 498),
          'carries': (494, 495, 496, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((497,), (498,)),
          'parts': (
              ('resnet110a', 'block2.unit12.conv1', 'block2.unit12.bn1', None, (497,), (494,), 3),
              ('resnet110b', 'block2.unit12.conv1', 'block2.unit12.bn1', None, (498,), (495, 496), 3),
@@ -1731,6 +1795,7 @@ class SharedMothernet1(SharedNet):
          'reads': (497, 498),
          'makes': (499, 500, 501),
          'carries': (494, 495, 496, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((499,), (500, 501)),
          'parts': (
              ('resnet110a', 'block2.unit12.conv2', 'block2.unit12.bn2', None, (499,), (497,), 3),
              ('resnet110b', 'block2.unit12.conv2', 'block2.unit12.bn2', None, (500, 501), (498,), 3),
@@ -1752,6 +1817,7 @@ class SharedMothernet1(SharedNet):
          'reads': (502, 503, 504),
          'makes': (505, 506),
          'carries': (502, 503, 504, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((505,), (506,)),
          'parts': (
              ('resnet110a', 'block2.unit13.conv1', 'block2.unit13.bn1', None, (505,), (502,), 3),
              ('resnet110b', 'block2.unit13.conv1', 'block2.unit13.bn1', None, (506,), (503, 504), 3),
@@ -1762,6 +1828,7 @@ class SharedMothernet1(SharedNet):
          'reads': (505, 506),
          'makes': (507, 508, 509),
          'carries': (502, 503, 504, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((507,), (508, 509)),
          'parts': (
              ('resnet110a', 'block2.unit13.conv2', 'block2.unit13.bn2', None, (507,), (505,), 3),
              ('resnet110b', 'block2.unit13.conv2', 'block2.unit13.bn2', None, (508, 509), (506,), 3),
@@ -1783,6 +1850,7 @@ class SharedMothernet1(SharedNet):
          'reads': (510, 511, 512),
          'makes': (513, 514),
          'carries': (510, 511, 512, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((513,), (514,)),
          'parts': (
              ('resnet110a', 'block2.unit14.conv1', 'block2.unit14.bn1', None, (513,), (510,), 3),
              ('resnet110b', 'block2.unit14.conv1', 'block2.unit14.bn1', None, (514,), (511, 512), 3),
@@ -1793,6 +1861,7 @@ class SharedMothernet1(SharedNet):
          'reads': (513, 514),
          'makes': (515, 516, 517),
          'carries': (510, 511, 512, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((515,), (516, 517)),
          'parts': (
              ('resnet110a', 'block2.unit14.conv2', 'block2.unit14.bn2', None, (515,), (513,), 3),
              ('resnet110b', 'block2.unit14.conv2', 'block2.unit14.bn2', None, (516, 517), (514,), 3),
@@ -1814,6 +1883,7 @@ class SharedMothernet1(SharedNet):
          'reads': (518, 519, 520),
          'makes': (521, 522),
          'carries': (518, 519, 520, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((521,), (522,)),
          'parts': (
              ('resnet110a', 'block2.unit15.conv1', 'block2.unit15.bn1', None, (521,), (518,), 3),
              ('resnet110b', 'block2.unit15.conv1', 'block2.unit15.bn1', None, (522,), (519, 520), 3),
@@ -1824,6 +1894,7 @@ class SharedMothernet1(SharedNet):
          'reads': (521, 522),
          'makes': (523, 524, 525),
          'carries': (518, 519, 520, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((523,), (524, 525)),
          'parts': (
              ('resnet110a', 'block2.unit15.conv2', 'block2.unit15.bn2', None, (523,), (521,), 3),
              ('resnet110b', 'block2.unit15.conv2', 'block2.unit15.bn2', None, (524, 525), (522,), 3),
@@ -1845,6 +1916,7 @@ class SharedMothernet1(SharedNet):
          'reads': (526, 527, 528),
          'makes': (529, 530),
          'carries': (526, 527, 528, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((529,), (530,)),
          'parts': (
              ('resnet110a', 'block2.unit16.conv1', 'block2.unit16.bn1', None, (529,), (526,), 3),
              ('resnet110b', 'block2.unit16.conv1', 'block2.unit16.bn1', None, (530,), (527, 528), 3),
@@ -1855,6 +1927,7 @@ class SharedMothernet1(SharedNet):
          'reads': (529, 530),
          'makes': (531, 532, 533),
          'carries': (526, 527, 528, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((531,), (532, 533)),
          'parts': (
              ('resnet110a', 'block2.unit16.conv2', 'block2.unit16.bn2', None, (531,), (529,), 3),
              ('resnet110b', 'block2.unit16.conv2', 'block2.unit16.bn2', None, (532, 533), (530,), 3),
@@ -1876,6 +1949,7 @@ class SharedMothernet1(SharedNet):
          'reads': (534, 535, 536),
          'makes': (537, 538),
          'carries': (534, 535, 536, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((537,), (538,)),
          'parts': (
              ('resnet110a', 'block2.unit17.conv1', 'block2.unit17.bn1', None, (537,), (534,), 3),
              ('resnet110b', 'block2.unit17.conv1', 'block2.unit17.bn1', None, (538,), (535, 536), 3),
@@ -1886,6 +1960,7 @@ class SharedMothernet1(SharedNet):
          'reads': (537, 538),
          'makes': (539, 540, 541),
          'carries': (534, 535, 536, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((539,), (540, 541)),
          'parts': (
              ('resnet110a', 'block2.unit17.conv2', 'block2.unit17.bn2', None, (539,), (537,), 3),
              ('resnet110b', 'block2.unit17.conv2', 'block2.unit17.bn2', None, (540, 541), (538,), 3),
@@ -1907,6 +1982,7 @@ class SharedMothernet1(SharedNet):
          'reads': (542, 543, 544),
          'makes': (545, 546),
          'carries': (542, 543, 544, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((545,), (546,)),
          'parts': (
              ('resnet110a', 'block2.unit18.conv1', 'block2.unit18.bn1', None, (545,), (542,), 3),
              ('resnet110b', 'block2.unit18.conv1', 'block2.unit18.bn1', None, (546,), (543, 544), 3),
@@ -1917,6 +1993,7 @@ class SharedMothernet1(SharedNet):
          'reads': (545, 546),
          'makes': (547, 548, 549),
          'carries': (542, 543, 544, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
+         'blocks': ((547,), (548, 549)),
          'parts': (
              ('resnet110a', 'block2.unit18.conv2', 'block2.unit18.bn2', None, (547,), (545,), 3),
              ('resnet110b', 'block2.unit18.conv2', 'block2.unit18.bn2', None, (548, 549), (546,), 3),
@@ -1932,14 +2009,16 @@ class SharedMothernet1(SharedNet):
              (551, ((543, 1.0), (548, 1.0))),
              (552, ((544, 1.0), (549, 1.0))),
          )},
-        # block3.unit1.conv1: shared 64 | resnet20b +16 | resnet32b +16 | resnet44b +16 | resnet56b +16 |
-        # resnet110b +16 | shared 64 | resnet20b +16 | resnet32b +16 | resnet44b +16 | resnet56b +16 |
+        # block3.unit1.conv1: shared 64 | shared 64 | resnet20b +16 | resnet32b +16 | resnet44b +16 |
+        # resnet56b +16 | resnet110b +16 | resnet20b +16 | resnet32b +16 | resnet44b +16 | resnet56b +16 |
         # resnet110b +16
         {'op': 'conv', 'name': 'block3.unit1.conv1', 'kernel': 3, 'stride': 2, 'pre': None, 'bn': True,
          'relu': False, 'bias': False,
          'reads': (550, 551, 552, 475, 476, 477, 440, 441, 442, 389, 390, 391, 331, 332),
-         'makes': (553, 555, 557, 559, 561, 563, 554, 556, 558, 560, 562, 564),
+         'makes': (553, 554, 555, 557, 559, 561, 563, 556, 558, 560, 562, 564),
          'carries': (),
+         'blocks': ((553,), (554,), (555,), (557,), (559,), (561,), (563,), (556,), (558,), (560,), (562,),
+                    (564,)),
          'parts': (
              ('resnet20a', 'block3.unit1.conv1', 'block3.unit1.bn1', None, (553,), (331,), 3),
              ('resnet20a', 'block3.unit1.shortcut.conv', 'block3.unit1.shortcut.bn', None, (554,), (331,),
@@ -1979,6 +2058,7 @@ class SharedMothernet1(SharedNet):
          'reads': (553, 555, 557, 559, 561, 563),
          'makes': (565, 566, 567, 568, 569, 570),
          'carries': (554, 556, 558, 560, 562, 564),
+         'blocks': ((565, 566, 567, 568, 569, 570),),
          'parts': (
              ('resnet20a', 'block3.unit1.conv2', 'block3.unit1.bn2', None, (565,), (553,), 3),
              ('resnet20b', 'block3.unit1.conv2', 'block3.unit1.bn2', None, (565, 566), (553, 555), 3),
@@ -2013,6 +2093,7 @@ class SharedMothernet1(SharedNet):
          'reads': (571, 572, 573, 574, 575, 576),
          'makes': (577, 578, 579, 580, 581, 582),
          'carries': (571, 572, 573, 574, 575, 576),
+         'blocks': ((577, 578, 579, 580, 581, 582),),
          'parts': (
              ('resnet20a', 'block3.unit2.conv1', 'block3.unit2.bn1', None, (577,), (571,), 3),
              ('resnet20b', 'block3.unit2.conv1', 'block3.unit2.bn1', None, (577, 578), (571, 572), 3),
@@ -2032,6 +2113,7 @@ class SharedMothernet1(SharedNet):
          'reads': (577, 578, 579, 580, 581, 582),
          'makes': (583, 584, 585, 586, 587, 588),
          'carries': (571, 572, 573, 574, 575, 576),
+         'blocks': ((583, 584, 585, 586, 587, 588),),
          'parts': (
              ('resnet20a', 'block3.unit2.conv2', 'block3.unit2.bn2', None, (583,), (577,), 3),
              ('resnet20b', 'block3.unit2.conv2', 'block3.unit2.bn2', None, (583, 584), (577, 578), 3),
@@ -2066,6 +2148,7 @@ class SharedMothernet1(SharedNet):
          'reads': (589, 590, 591, 592, 593, 594),
          'makes': (595, 596, 597, 598, 599, 600),
          'carries': (589, 590, 591, 592, 593, 594),
+         'blocks': ((595, 596, 597, 598, 599, 600),),
          'parts': (
              ('resnet20a', 'block3.unit3.conv1', 'block3.unit3.bn1', None, (595,), (589,), 3),
              ('resnet20b', 'block3.unit3.conv1', 'block3.unit3.bn1', None, (595, 596), (589, 590), 3),
@@ -2085,6 +2168,7 @@ class SharedMothernet1(SharedNet):
          'reads': (595, 596, 597, 598, 599, 600),
          'makes': (601, 602, 603, 604, 605, 606),
          'carries': (589, 590, 591, 592, 593, 594),
+         'blocks': ((601, 602, 603, 604, 605, 606),),
          'parts': (
              ('resnet20a', 'block3.unit3.conv2', 'block3.unit3.bn2', None, (601,), (595,), 3),
              ('resnet20b', 'block3.unit3.conv2', 'block3.unit3.bn2', None, (601, 602), (595, 596), 3),
@@ -2119,6 +2203,7 @@ class SharedMothernet1(SharedNet):
          'reads': (607, 609, 610, 611, 612),
          'makes': (613, 614, 615, 616, 617, 618, 619, 620),
          'carries': (607, 608, 609, 610, 611, 612),
+         'blocks': ((613, 614, 615, 616, 617, 618, 619, 620),),
          'parts': (
              ('resnet32a', 'block3.unit4.conv1', 'block3.unit4.bn1', None, (613,), (607,), 3),
              ('resnet32b', 'block3.unit4.conv1', 'block3.unit4.bn1', None, (614,), (607, 609), 3),
@@ -2137,6 +2222,7 @@ class SharedMothernet1(SharedNet):
          'reads': (613, 614, 615, 616, 617, 618, 619, 620),
          'makes': (621, 622, 623, 624, 625, 626, 627, 628, 629, 630, 631, 632),
          'carries': (607, 608, 609, 610, 611, 612),
+         'blocks': ((621,), (622, 623), (624,), (625, 626), (627,), (628, 629), (630,), (631, 632)),
          'parts': (
              ('resnet32a', 'block3.unit4.conv2', 'block3.unit4.bn2', None, (621,), (613,), 3),
              ('resnet32b', 'block3.unit4.conv2', 'block3.unit4.bn2', None, (622, 623), (614,), 3),
@@ -2176,6 +2262,7 @@ class SharedMothernet1(SharedNet):
          'reads': (633, 634, 635, 636, 637, 638, 639, 640, 641, 642, 643, 644),
          'makes': (645, 646, 647, 648, 649, 650, 651, 652),
          'carries': (633, 634, 635, 636, 637, 638, 639, 640, 641, 642, 643, 644, 607, 608),
+         'blocks': ((645,), (646,), (647,), (648,), (649,), (650,), (651,), (652,)),
          'parts': (
              ('resnet32a', 'block3.unit5.conv1', 'block3.unit5.bn1', None, (645,), (633,), 3),
              ('resnet32b', 'block3.unit5.conv1', 'block3.unit5.bn1', None, (646,), (634, 635), 3),
@@ -2194,6 +2281,7 @@ class SharedMothernet1(SharedNet):
          'reads': (645, 646, 647, 648, 649, 650, 651, 652),
          'makes': (653, 654, 655, 656, 657, 658, 659, 660, 661, 662, 663, 664),
          'carries': (633, 634, 635, 636, 637, 638, 639, 640, 641, 642, 643, 644, 607, 608),
+         'blocks': ((653,), (654, 655), (656,), (657, 658), (659,), (660, 661), (662,), (663, 664)),
          'parts': (
              ('resnet32a', 'block3.unit5.conv2', 'block3.unit5.bn2', None, (653,), (645,), 3),
              ('resnet32b', 'block3.unit5.conv2', 'block3.unit5.bn2', None, (654, 655), (646,), 3),
@@ -2234,6 +2322,7 @@ class SharedMothernet1(SharedNet):
          'reads': (668, 669, 670, 671, 672, 673, 674, 675, 676),
          'makes': (677, 678, 679, 680, 681, 682),
          'carries': (665, 666, 667, 668, 669, 670, 671, 672, 673, 674, 675, 676, 607, 608),
+         'blocks': ((677,), (678,), (679,), (680,), (681,), (682,)),
          'parts': (
              ('resnet44a', 'block3.unit6.conv1', 'block3.unit6.bn1', None, (677,), (668,), 3),
              ('resnet44b', 'block3.unit6.conv1', 'block3.unit6.bn1', None, (678,), (669, 670), 3),
@@ -2249,6 +2338,7 @@ class SharedMothernet1(SharedNet):
          'reads': (677, 678, 679, 680, 681, 682),
          'makes': (683, 684, 685, 686, 687, 688, 689, 690, 691),
          'carries': (665, 666, 667, 668, 669, 670, 671, 672, 673, 674, 675, 676, 607, 608),
+         'blocks': ((683,), (684, 685), (686,), (687, 688), (689,), (690, 691)),
          'parts': (
              ('resnet44a', 'block3.unit6.conv2', 'block3.unit6.bn2', None, (683,), (677,), 3),
              ('resnet44b', 'block3.unit6.conv2', 'block3.unit6.bn2', None, (684, 685), (678,), 3),
@@ -2283,6 +2373,7 @@ class SharedMothernet1(SharedNet):
          'reads': (692, 693, 694, 695, 696, 697, 698, 699, 700),
          'makes': (701, 702, 703, 704, 705, 706),
          'carries': (692, 693, 694, 695, 696, 697, 698, 699, 700, 665, 666, 667, 607, 608),
+         'blocks': ((701,), (702,), (703,), (704,), (705,), (706,)),
          'parts': (
              ('resnet44a', 'block3.unit7.conv1', 'block3.unit7.bn1', None, (701,), (692,), 3),
              ('resnet44b', 'block3.unit7.conv1', 'block3.unit7.bn1', None, (702,), (693, 694), 3),
@@ -2298,6 +2389,7 @@ class SharedMothernet1(SharedNet):
          'reads': (701, 702, 703, 704, 705, 706),
          'makes': (707, 708, 709, 710, 711, 712, 713, 714, 715),
          'carries': (692, 693, 694, 695, 696, 697, 698, 699, 700, 665, 666, 667, 607, 608),
+         'blocks': ((707,), (708, 709), (710,), (711, 712), (713,), (714, 715)),
          'parts': (
              ('resnet44a', 'block3.unit7.conv2', 'block3.unit7.bn2', None, (707,), (701,), 3),
              ('resnet44b', 'block3.unit7.conv2', 'block3.unit7.bn2', None, (708, 709), (702,), 3),
@@ -2331,6 +2423,7 @@ class SharedMothernet1(SharedNet):
          'reads': (719, 720, 721, 722, 723, 724),
          'makes': (725, 726, 727, 728),
          'carries': (716, 717, 718, 719, 720, 721, 722, 723, 724, 665, 666, 667, 607, 608),
+         'blocks': ((725,), (726,), (727,), (728,)),
          'parts': (
              ('resnet56a', 'block3.unit8.conv1', 'block3.unit8.bn1', None, (725,), (719,), 3),
              ('resnet56b', 'block3.unit8.conv1', 'block3.unit8.bn1', None, (726,), (720, 721), 3),
@@ -2344,6 +2437,7 @@ class SharedMothernet1(SharedNet):
          'reads': (725, 726, 727, 728),
          'makes': (729, 730, 731, 732, 733, 734),
          'carries': (716, 717, 718, 719, 720, 721, 722, 723, 724, 665, 666, 667, 607, 608),
+         'blocks': ((729,), (730, 731), (732,), (733, 734)),
          'parts': (
              ('resnet56a', 'block3.unit8.conv2', 'block3.unit8.bn2', None, (729,), (725,), 3),
              ('resnet56b', 'block3.unit8.conv2', 'block3.unit8.bn2', None, (730, 731), (726,), 3),
@@ -2371,6 +2465,7 @@ class SharedMothernet1(SharedNet):
          'reads': (735, 736, 737, 738, 739, 740),
          'makes': (741, 742, 743, 744),
          'carries': (735, 736, 737, 738, 739, 740, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((741,), (742,), (743,), (744,)),
          'parts': (
              ('resnet56a', 'block3.unit9.conv1', 'block3.unit9.bn1', None, (741,), (735,), 3),
              ('resnet56b', 'block3.unit9.conv1', 'block3.unit9.bn1', None, (742,), (736, 737), 3),
@@ -2384,6 +2479,7 @@ class SharedMothernet1(SharedNet):
          'reads': (741, 742, 743, 744),
          'makes': (745, 746, 747, 748, 749, 750),
          'carries': (735, 736, 737, 738, 739, 740, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((745,), (746, 747), (748,), (749, 750)),
          'parts': (
              ('resnet56a', 'block3.unit9.conv2', 'block3.unit9.bn2', None, (745,), (741,), 3),
              ('resnet56b', 'block3.unit9.conv2', 'block3.unit9.bn2', None, (746, 747), (742,), 3),
@@ -2411,6 +2507,7 @@ class SharedMothernet1(SharedNet):
          'reads': (754, 755, 756),
          'makes': (757, 758),
          'carries': (751, 752, 753, 754, 755, 756, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((757,), (758,)),
          'parts': (
              ('resnet110a', 'block3.unit10.conv1', 'block3.unit10.bn1', None, (757,), (754,), 3),
              ('resnet110b', 'block3.unit10.conv1', 'block3.unit10.bn1', None, (758,), (755, 756), 3),
@@ -2421,6 +2518,7 @@ class SharedMothernet1(SharedNet):
          'reads': (757, 758),
          'makes': (759, 760, 761),
          'carries': (751, 752, 753, 754, 755, 756, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((759,), (760, 761)),
          'parts': (
              ('resnet110a', 'block3.unit10.conv2', 'block3.unit10.bn2', None, (759,), (757,), 3),
              ('resnet110b', 'block3.unit10.conv2', 'block3.unit10.bn2', None, (760, 761), (758,), 3),
@@ -2442,6 +2540,7 @@ class SharedMothernet1(SharedNet):
          'reads': (762, 763, 764),
          'makes': (765, 766),
          'carries': (762, 763, 764, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((765,), (766,)),
          'parts': (
              ('resnet110a', 'block3.unit11.conv1', 'block3.unit11.bn1', None, (765,), (762,), 3),
              ('resnet110b', 'block3.unit11.conv1', 'block3.unit11.bn1', None, (766,), (763, 764), 3),
@@ -2452,6 +2551,7 @@ class SharedMothernet1(SharedNet):
          'reads': (765, 766),
          'makes': (767, 768, 769),
          'carries': (762, 763, 764, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((767,), (768, 769)),
          'parts': (
              ('resnet110a', 'block3.unit11.conv2', 'block3.unit11.bn2', None, (767,), (765,), 3),
              ('resnet110b', 'block3.unit11.conv2', 'block3.unit11.bn2', None, (768, 769), (766,), 3),
@@ -2473,6 +2573,7 @@ class SharedMothernet1(SharedNet):
          'reads': (770, 771, 772),
          'makes': (773, 774),
          'carries': (770, 771, 772, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((773,), (774,)),
          'parts': (
              ('resnet110a', 'block3.unit12.conv1', 'block3.unit12.bn1', None, (773,), (770,), 3),
              ('resnet110b', 'block3.unit12.conv1', 'block3.unit12.bn1', None, (774,), (771, 772), 3),
@@ -2483,6 +2584,7 @@ class SharedMothernet1(SharedNet):
          'reads': (773, 774),
          'makes': (775, 776, 777),
          'carries': (770, 771, 772, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((775,), (776, 777)),
          'parts': (
              ('resnet110a', 'block3.unit12.conv2', 'block3.unit12.bn2', None, (775,), (773,), 3),
              ('resnet110b', 'block3.unit12.conv2', 'block3.unit12.bn2', None, (776, 777), (774,), 3),
@@ -2504,6 +2606,7 @@ class SharedMothernet1(SharedNet):
          'reads': (778, 779, 780),
          'makes': (781, 782),
          'carries': (778, 779, 780, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((781,), (782,)),
          'parts': (
              ('resnet110a', 'block3.unit13.conv1', 'block3.unit13.bn1', None, (781,), (778,), 3),
              ('resnet110b', 'block3.unit13.conv1', 'block3.unit13.bn1', None, (782,), (779, 780), 3),
@@ -2514,6 +2617,7 @@ class SharedMothernet1(SharedNet):
          'reads': (781, 782),
          'makes': (783, 784, 785),
          'carries': (778, 779, 780, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((783,), (784, 785)),
          'parts': (
              ('resnet110a', 'block3.unit13.conv2', 'block3.unit13.bn2', None, (783,), (781,), 3),
              ('resnet110b', 'block3.unit13.conv2', 'block3.unit13.bn2', None, (784, 785), (782,), 3),
@@ -2535,6 +2639,7 @@ class SharedMothernet1(SharedNet):
          'reads': (786, 787, 788),
          'makes': (789, 790),
          'carries': (786, 787, 788, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((789,), (790,)),
          'parts': (
              ('resnet110a', 'block3.unit14.conv1', 'block3.unit14.bn1', None, (789,), (786,), 3),
              ('resnet110b', 'block3.unit14.conv1', 'block3.unit14.bn1', None, (790,), (787, 788), 3),
@@ -2545,6 +2650,7 @@ class SharedMothernet1(SharedNet):
          'reads': (789, 790),
          'makes': (791, 792, 793),
          'carries': (786, 787, 788, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((791,), (792, 793)),
          'parts': (
              ('resnet110a', 'block3.unit14.conv2', 'block3.unit14.bn2', None, (791,), (789,), 3),
              ('resnet110b', 'block3.unit14.conv2', 'block3.unit14.bn2', None, (792, 793), (790,), 3),
@@ -2566,6 +2672,7 @@ class SharedMothernet1(SharedNet):
          'reads': (794, 795, 796),
          'makes': (797, 798),
          'carries': (794, 795, 796, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((797,), (798,)),
          'parts': (
              ('resnet110a', 'block3.unit15.conv1', 'block3.unit15.bn1', None, (797,), (794,), 3),
              ('resnet110b', 'block3.unit15.conv1', 'block3.unit15.bn1', None, (798,), (795, 796), 3),
@@ -2576,6 +2683,7 @@ class SharedMothernet1(SharedNet):
          'reads': (797, 798),
          'makes': (799, 800, 801),
          'carries': (794, 795, 796, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((799,), (800, 801)),
          'parts': (
              ('resnet110a', 'block3.unit15.conv2', 'block3.unit15.bn2', None, (799,), (797,), 3),
              ('resnet110b', 'block3.unit15.conv2', 'block3.unit15.bn2', None, (800, 801), (798,), 3),
@@ -2597,6 +2705,7 @@ class SharedMothernet1(SharedNet):
          'reads': (802, 803, 804),
          'makes': (805, 806),
          'carries': (802, 803, 804, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((805,), (806,)),
          'parts': (
              ('resnet110a', 'block3.unit16.conv1', 'block3.unit16.bn1', None, (805,), (802,), 3),
              ('resnet110b', 'block3.unit16.conv1', 'block3.unit16.bn1', None, (806,), (803, 804), 3),
@@ -2607,6 +2716,7 @@ class SharedMothernet1(SharedNet):
          'reads': (805, 806),
          'makes': (807, 808, 809),
          'carries': (802, 803, 804, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((807,), (808, 809)),
          'parts': (
              ('resnet110a', 'block3.unit16.conv2', 'block3.unit16.bn2', None, (807,), (805,), 3),
              ('resnet110b', 'block3.unit16.conv2', 'block3.unit16.bn2', None, (808, 809), (806,), 3),
@@ -2628,6 +2738,7 @@ class SharedMothernet1(SharedNet):
          'reads': (810, 811, 812),
          'makes': (813, 814),
          'carries': (810, 811, 812, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((813,), (814,)),
          'parts': (
              ('resnet110a', 'block3.unit17.conv1', 'block3.unit17.bn1', None, (813,), (810,), 3),
              ('resnet110b', 'block3.unit17.conv1', 'block3.unit17.bn1', None, (814,), (811, 812), 3),
@@ -2638,6 +2749,7 @@ class SharedMothernet1(SharedNet):
          'reads': (813, 814),
          'makes': (815, 816, 817),
          'carries': (810, 811, 812, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((815,), (816, 817)),
          'parts': (
              ('resnet110a', 'block3.unit17.conv2', 'block3.unit17.bn2', None, (815,), (813,), 3),
              ('resnet110b', 'block3.unit17.conv2', 'block3.unit17.bn2', None, (816, 817), (814,), 3),
@@ -2659,6 +2771,7 @@ class SharedMothernet1(SharedNet):
          'reads': (818, 819, 820),
          'makes': (821, 822),
          'carries': (818, 819, 820, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((821,), (822,)),
          'parts': (
              ('resnet110a', 'block3.unit18.conv1', 'block3.unit18.bn1', None, (821,), (818,), 3),
              ('resnet110b', 'block3.unit18.conv1', 'block3.unit18.bn1', None, (822,), (819, 820), 3),
@@ -2669,6 +2782,7 @@ class SharedMothernet1(SharedNet):
          'reads': (821, 822),
          'makes': (823, 824, 825),
          'carries': (818, 819, 820, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
+         'blocks': ((823,), (824, 825)),
          'parts': (
              ('resnet110a', 'block3.unit18.conv2', 'block3.unit18.bn2', None, (823,), (821,), 3),
              ('resnet110b', 'block3.unit18.conv2', 'block3.unit18.bn2', None, (824, 825), (822,), 3),
@@ -2692,6 +2806,7 @@ class SharedMothernet1(SharedNet):
          'reads': (826, 827, 828, 751, 752, 753, 716, 717, 718, 665, 666, 667, 607, 608),
          'makes': (829, 830, 831, 832, 833, 834, 835, 836, 837, 838),
          'carries': (),
+         'blocks': ((829, 830), (831,), (832,), (833,), (834,), (835,), (836,), (837,), (838,)),
          'parts': (
              ('resnet20a', 'head.out', None, None, (829,), (607,), None),
              ('resnet20b', 'head.out', None, None, (830,), (607, 608), None),

@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -232,6 +235,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1,),
          'carries': (),
+         'blocks': ((1,),),
          'parts': (
              ('vgg13', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
              ('vgg16', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
@@ -245,6 +249,7 @@ class SharedMothernet1(SharedNet):
          'reads': (1,),
          'makes': (2,),
          'carries': (),
+         'blocks': ((2,),),
          'parts': (
              ('vgg13', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
              ('vgg16', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
@@ -259,6 +264,7 @@ class SharedMothernet1(SharedNet):
          'reads': (2,),
          'makes': (3,),
          'carries': (),
+         'blocks': ((3,),),
          'parts': (
              ('vgg13', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
              ('vgg16', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
@@ -272,6 +278,7 @@ class SharedMothernet1(SharedNet):
          'reads': (3,),
          'makes': (4,),
          'carries': (),
+         'blocks': ((4,),),
          'parts': (
              ('vgg13', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
              ('vgg16', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
@@ -286,6 +293,7 @@ class SharedMothernet1(SharedNet):
          'reads': (4,),
          'makes': (5,),
          'carries': (),
+         'blocks': ((5,),),
          'parts': (
              ('vgg13', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
              ('vgg16', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
@@ -299,6 +307,7 @@ class SharedMothernet1(SharedNet):
          'reads': (5,),
          'makes': (6,),
          'carries': (),
+         'blocks': ((6,),),
          'parts': (
              ('vgg13', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
              ('vgg16', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
@@ -312,6 +321,7 @@ class SharedMothernet1(SharedNet):
          'reads': (6,),
          'makes': (7, 9, 10, 8),
          'carries': (6,),
+         'blocks': ((7, 9, 10), (8,)),
          'parts': (
              ('vgg16', 'block3.layer3.conv', 'block3.layer3.bn', None, (7,), (6,), 3),
              ('vgg16a', 'block3.layer3.conv', 'block3.layer3.bn', None, (8,), (6,), 1),
@@ -324,6 +334,7 @@ class SharedMothernet1(SharedNet):
          'reads': (10,),
          'makes': (11,),
          'carries': (7, 9, 8, 6),
+         'blocks': ((11,),),
          'parts': (
              ('vgg19', 'block3.layer4.conv', 'block3.layer4.bn', None, (11,), (10,), 3),
          )},
@@ -334,6 +345,7 @@ class SharedMothernet1(SharedNet):
          'reads': (11, 7, 9, 8, 6),
          'makes': (12,),
          'carries': (),
+         'blocks': ((12,),),
          'parts': (
              ('vgg13', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (6,), 3),
              ('vgg16', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (7,), 3),
@@ -347,6 +359,7 @@ class SharedMothernet1(SharedNet):
          'reads': (12,),
          'makes': (13,),
          'carries': (),
+         'blocks': ((13,),),
          'parts': (
              ('vgg13', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
              ('vgg16', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
@@ -360,6 +373,7 @@ class SharedMothernet1(SharedNet):
          'reads': (13,),
          'makes': (14, 16, 17, 15),
          'carries': (13,),
+         'blocks': ((14, 16, 17), (15,)),
          'parts': (
              ('vgg16', 'block4.layer3.conv', 'block4.layer3.bn', None, (14,), (13,), 3),
              ('vgg16a', 'block4.layer3.conv', 'block4.layer3.bn', None, (15,), (13,), 1),
@@ -372,6 +386,7 @@ class SharedMothernet1(SharedNet):
          'reads': (17,),
          'makes': (18,),
          'carries': (14, 16, 15, 13),
+         'blocks': ((18,),),
          'parts': (
              ('vgg19', 'block4.layer4.conv', 'block4.layer4.bn', None, (18,), (17,), 3),
          )},
@@ -382,6 +397,7 @@ class SharedMothernet1(SharedNet):
          'reads': (18, 14, 16, 15, 13),
          'makes': (19,),
          'carries': (),
+         'blocks': ((19,),),
          'parts': (
              ('vgg13', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (13,), 3),
              ('vgg16', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (14,), 3),
@@ -395,6 +411,7 @@ class SharedMothernet1(SharedNet):
          'reads': (19,),
          'makes': (20,),
          'carries': (),
+         'blocks': ((20,),),
          'parts': (
              ('vgg13', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
              ('vgg16', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
@@ -408,6 +425,7 @@ class SharedMothernet1(SharedNet):
          'reads': (20,),
          'makes': (21, 23, 24, 22),
          'carries': (20,),
+         'blocks': ((21, 23, 24), (22,)),
          'parts': (
              ('vgg16', 'block5.layer3.conv', 'block5.layer3.bn', None, (21,), (20,), 3),
              ('vgg16a', 'block5.layer3.conv', 'block5.layer3.bn', None, (22,), (20,), 1),
@@ -420,6 +438,7 @@ class SharedMothernet1(SharedNet):
          'reads': (24,),
          'makes': (25,),
          'carries': (21, 23, 22, 20),
+         'blocks': ((25,),),
          'parts': (
              ('vgg19', 'block5.layer4.conv', 'block5.layer4.bn', None, (25,), (24,), 3),
          )},
@@ -431,6 +450,7 @@ class SharedMothernet1(SharedNet):
          'reads': (25, 21, 23, 22, 20),
          'makes': (26,),
          'carries': (),
+         'blocks': ((26,),),
          'parts': (
              ('vgg13', 'head.fc1', None, None, (26,), (20,), None),
              ('vgg16', 'head.fc1', None, None, (26,), (21,), None),
@@ -444,6 +464,7 @@ class SharedMothernet1(SharedNet):
          'reads': (26,),
          'makes': (27, 28, 29, 30, 31),
          'carries': (),
+         'blocks': ((27, 28, 29, 30, 31),),
          'parts': (
              ('vgg13', 'head.out', None, None, (27,), (26,), None),
              ('vgg16', 'head.out', None, None, (28,), (26,), None),

@@ -23,10 +23,9 @@ def _channels(groups: dict, ids: tuple) -> dict:
     return ranges
 
 
-def _zero_masked(step: nn.Module, incompatible_keys: object) -> None:
-    if step.weight is not None:
-        with torch.no_grad():
-            step.weight.mul_(step.mask)
+def _zero_masked(block: nn.Module, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        block.weight.mul_(block.mask)
 
 
 def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch.Tensor | None:
@@ -41,64 +40,78 @@ def _indices(groups: dict, live: tuple, ids: tuple, whole: bool = True) -> torch
     return torch.tensor(index, dtype=torch.long)
 
 
+class SharedBlock(nn.Module):
+    """One weight block of a layer step: the rows of some made groups, over only the groups they read.
+
+    The weight is masked to the members' structure: a member's own units see only the shared
+    units and that member's own units, through that member's kernel centred in the block's.
+    """
+
+    def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
+        super().__init__()
+        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
+        self.rank = rank if step["kernel"] is not None else 0
+        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        row_at, col_at = _channels(groups, rows), _channels(groups, cols)
+        n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
+        shape = (n_out, n_in) + (self.kernel,) * self.rank
+        mask = torch.zeros(shape)
+        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
+            lo = (self.kernel - (part_kernel or 1)) // 2
+            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
+            for r in part_rows:
+                for c in part_cols:
+                    if r in row_at:
+                        mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        weight = torch.empty(shape)
+        nn.init.kaiming_normal_(weight)
+        self.weight = nn.Parameter(weight * mask)
+        # a loaded weight keeps the structure: masked entries are zero
+        self.register_load_state_dict_post_hook(_zero_masked)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if self.index is not None:
+            h = h.index_select(1, self.index)
+        # training keeps masked entries at zero (no gradient); in eval they already are zero
+        w = self.weight * self.mask if self.training else self.weight
+        if self.rank == 2:
+            return F.conv2d(h, w, bias, stride, self.kernel // 2)
+        if self.rank == 1:
+            return F.conv1d(h, w, bias, stride, self.kernel // 2)
+        return F.linear(h, w, bias)
+
+
 class SharedStep(nn.Module):
     """One layer position of a Shared-MotherNet.
 
     Gathers the live channel groups it reads; applies ReLU, or BatchNorm then ReLU, to them when
-    the members do that before their layer (`pre`); applies one convolution ('same' padding) or
-    linear map whose weight is masked to the members' structure (a member's own units see only
-    the shared units and that member's own units, through that member's kernel centred in the
-    step's), then BatchNorm and ReLU where the members have them; and appends the groups it
-    carries for members that have no layer at this position. A 'norm' step has no weight.
+    the members do that before their layer (`pre`); computes each weight block (a convolution
+    with 'same' padding, or a linear map) and concatenates their rows; then BatchNorm and ReLU
+    where the members have them; and appends the groups it carries for members that have no
+    layer at this position. A 'norm' step has no weights.
     """
 
     def __init__(self, rank: int, step: dict, groups: dict, live: tuple) -> None:
         super().__init__()
         self.register_buffer("gather", _indices(groups, live, step["reads"]), persistent=False)
         self.register_buffer("carry", _indices(groups, live, step["carries"], whole=False), persistent=False)
-        cols, rows = _channels(groups, step["reads"]), _channels(groups, step["makes"])
-        n_in, n_out = sum(groups[g][1] for g in step["reads"]), sum(groups[g][1] for g in step["makes"])
+        n_in = sum(groups[g][1] for g in step["reads"])
+        n_out = sum(groups[g][1] for g in step["makes"])
         bn = nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d
         self.pre = bn(n_in) if step["pre"] == "bn_relu" else None
         self.pre_relu = step["pre"] is not None
-        kernel, self.kernel, self.stride = step["kernel"], step["kernel"], step["stride"]
-        self.rank = rank if kernel is not None else 0
-        self.weight, self.bias, self.runs = None, None, []
-        if step["op"] != "norm":
-            shape = (n_out, n_in) + (kernel,) * self.rank
-            mask = torch.zeros(shape)
-            for _, _, _, _, part_rows, part_cols, part_kernel in step["parts"]:
-                taps = ()
-                if kernel is not None:
-                    lo = (kernel - part_kernel) // 2
-                    taps = (slice(lo, lo + part_kernel),) * self.rank
-                for r in part_rows:
-                    for c in part_cols:
-                        mask[(slice(*rows[r]), slice(*cols[c]), *taps)] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
-            # runs of rows whose members share one kernel: one convolution per run, with that kernel
-            row_kernel = {g: 0 for g in step["makes"]}
-            for _, _, _, _, part_rows, _, part_kernel in step["parts"]:
-                for r in part_rows:
-                    row_kernel[r] = max(row_kernel[r], part_kernel or 0)
-            for g in step["makes"]:
-                if self.runs and self.runs[-1][2] == row_kernel[g]:
-                    self.runs[-1][1] = rows[g][1]
-                else:
-                    self.runs.append([rows[g][0], rows[g][1], row_kernel[g]])
-            weight = torch.empty(shape)
-            nn.init.kaiming_normal_(weight)
-            self.weight = nn.Parameter(weight * mask)
-            self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
-            # a loaded weight keeps the structure: masked entries are zero
-            self.register_load_state_dict_post_hook(_zero_masked)
+        self.stride = step["stride"]
+        self.blocks = nn.ModuleList(SharedBlock(rank, step, groups, tuple(rows)) for rows in step["blocks"])
+        self.spans, at = [], 0
+        for block in self.blocks:
+            self.spans.append((at, at + block.weight.shape[0]))
+            at += block.weight.shape[0]
+        self.bias = nn.Parameter(torch.zeros(n_out)) if step["bias"] else None
         self.bn = bn(n_out) if step["bn"] else None
         self.relu = bool(step["relu"])
-
-    def _conv(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-              padding: int) -> torch.Tensor:
-        conv = F.conv2d if self.rank == 2 else F.conv1d
-        return conv(h, w, bias, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.gather is None else x.index_select(1, self.gather)
@@ -106,21 +119,10 @@ class SharedStep(nn.Module):
             y = self.pre(y)
         if self.pre_relu:
             y = F.relu(y)
-        if self.weight is not None:
-            # training keeps masked entries at zero (no gradient); in eval they already are zero
-            w = self.weight * self.mask if self.training else self.weight
-            if self.rank == 0:
-                y = F.linear(y, w, self.bias)
-            elif len(self.runs) == 1:
-                y = self._conv(y, w, self.bias, self.kernel // 2)
-            else:
-                parts = []
-                for lo, hi, k in self.runs:
-                    c = (self.kernel - k) // 2
-                    taps = (slice(c, c + k),) * self.rank
-                    bias = None if self.bias is None else self.bias[lo:hi]
-                    parts.append(self._conv(y, w[(slice(lo, hi), slice(None), *taps)], bias, k // 2))
-                y = torch.cat(parts, 1)
+        if len(self.blocks):
+            outs = [block(y, None if self.bias is None else self.bias[lo:hi], self.stride)
+                    for block, (lo, hi) in zip(self.blocks, self.spans, strict=True)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bn is not None:
             y = self.bn(y)
         if self.relu:
@@ -162,8 +164,9 @@ class SharedNet(nn.Module):
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
     set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel); an add step's
-    `sums` are, per made group, its (group, coefficient) terms. forward returns
+    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
+    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
+    its (group, coefficient) terms. forward returns
     [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
     """
 
@@ -247,6 +250,7 @@ class SharedMothernet1(SharedNet):
          'reads': (0,),
          'makes': (1,),
          'carries': (),
+         'blocks': ((1,),),
          'parts': (
              ('wrn28_10', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('wrn28_10_w1', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
@@ -255,12 +259,13 @@ class SharedMothernet1(SharedNet):
              ('wrn28_10_k1', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
              ('wrn28_10_k2', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
          )},
-        # block1.unit1.conv1: shared 160 | wrn28_10_w1 +32 | shared 160 | wrn28_10_w1 +32
+        # block1.unit1.conv1: shared 160 | shared 160 | wrn28_10_w1 +32 | wrn28_10_w1 +32
         {'op': 'conv', 'name': 'block1.unit1.conv1', 'kernel': 5, 'stride': 1, 'pre': None, 'bn': True,
          'relu': False, 'bias': False,
          'reads': (1,),
-         'makes': (2, 4, 3, 5),
+         'makes': (2, 3, 4, 5),
          'carries': (),
+         'blocks': ((2,), (3,), (4,), (5,)),
          'parts': (
              ('wrn28_10', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (2,), (1,), 3),
              ('wrn28_10', 'block1.unit1.shortcut.conv', 'block1.unit1.shortcut.bn', None, (3,), (1,), 1),
@@ -286,6 +291,7 @@ class SharedMothernet1(SharedNet):
          'reads': (2, 4),
          'makes': (6, 7),
          'carries': (3, 5),
+         'blocks': ((6,), (7,)),
          'parts': (
              ('wrn28_10', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6,), (2,), 3),
              ('wrn28_10_w1', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6, 7), (2, 4), 3),
@@ -310,6 +316,7 @@ class SharedMothernet1(SharedNet):
          'reads': (8, 9),
          'makes': (10, 11),
          'carries': (8, 9),
+         'blocks': ((10,), (11,)),
          'parts': (
              ('wrn28_10', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10,), (8,), 3),
              ('wrn28_10_w1', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10, 11), (8, 9), 3),
@@ -324,6 +331,7 @@ class SharedMothernet1(SharedNet):
          'reads': (10, 11),
          'makes': (12, 13),
          'carries': (8, 9),
+         'blocks': ((12,), (13,)),
          'parts': (
              ('wrn28_10', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12,), (10,), 3),
              ('wrn28_10_w1', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12, 13), (10, 11), 3),
@@ -348,6 +356,7 @@ class SharedMothernet1(SharedNet):
          'reads': (14, 15),
          'makes': (16, 17),
          'carries': (14, 15),
+         'blocks': ((16,), (17,)),
          'parts': (
              ('wrn28_10', 'block1.unit3.conv1', 'block1.unit3.bn1', None, (16,), (14,), 3),
              ('wrn28_10_w1', 'block1.unit3.conv1', 'block1.unit3.bn1', None, (16, 17), (14, 15), 3),
@@ -362,6 +371,7 @@ class SharedMothernet1(SharedNet):
          'reads': (16, 17),
          'makes': (18, 19),
          'carries': (14, 15),
+         'blocks': ((18,), (19,)),
          'parts': (
              ('wrn28_10', 'block1.unit3.conv2', 'block1.unit3.bn2', None, (18,), (16,), 3),
              ('wrn28_10_w1', 'block1.unit3.conv2', 'block1.unit3.bn2', None, (18, 19), (16, 17), 3),
@@ -386,6 +396,7 @@ class SharedMothernet1(SharedNet):
          'reads': (20, 21),
          'makes': (22, 23),
          'carries': (20, 21),
+         'blocks': ((22,), (23,)),
          'parts': (
              ('wrn28_10', 'block1.unit4.conv1', 'block1.unit4.bn1', None, (22,), (20,), 3),
              ('wrn28_10_w1', 'block1.unit4.conv1', 'block1.unit4.bn1', None, (22, 23), (20, 21), 3),
@@ -400,6 +411,7 @@ class SharedMothernet1(SharedNet):
          'reads': (22, 23),
          'makes': (24, 25),
          'carries': (20, 21),
+         'blocks': ((24,), (25,)),
          'parts': (
              ('wrn28_10', 'block1.unit4.conv2', 'block1.unit4.bn2', None, (24,), (22,), 3),
              ('wrn28_10_w1', 'block1.unit4.conv2', 'block1.unit4.bn2', None, (24, 25), (22, 23), 3),
@@ -418,12 +430,13 @@ class SharedMothernet1(SharedNet):
              (26, ((20, 1.0), (24, 1.0))),
              (27, ((21, 1.0), (25, 1.0))),
          )},
-        # block2.unit1.conv1: shared 320 | wrn28_10_w2 +64 | shared 320 | wrn28_10_w2 +64
+        # block2.unit1.conv1: shared 320 | shared 320 | wrn28_10_w2 +64 | wrn28_10_w2 +64
         {'op': 'conv', 'name': 'block2.unit1.conv1', 'kernel': 5, 'stride': 2, 'pre': None, 'bn': True,
          'relu': False, 'bias': False,
          'reads': (26, 27),
-         'makes': (28, 30, 29, 31),
+         'makes': (28, 29, 30, 31),
          'carries': (),
+         'blocks': ((28,), (29,), (30,), (31,)),
          'parts': (
              ('wrn28_10', 'block2.unit1.conv1', 'block2.unit1.bn1', None, (28,), (26,), 3),
              ('wrn28_10', 'block2.unit1.shortcut.conv', 'block2.unit1.shortcut.bn', None, (29,), (26,), 1),
@@ -449,6 +462,7 @@ class SharedMothernet1(SharedNet):
          'reads': (28, 30),
          'makes': (32, 33),
          'carries': (29, 31),
+         'blocks': ((32,), (33,)),
          'parts': (
              ('wrn28_10', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (32,), (28,), 3),
              ('wrn28_10_w1', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (32,), (28,), 3),
@@ -473,6 +487,7 @@ class SharedMothernet1(SharedNet):
          'reads': (34, 35),
          'makes': (36, 37),
          'carries': (34, 35),
+         'blocks': ((36,), (37,)),
          'parts': (
              ('wrn28_10', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (36,), (34,), 3),
              ('wrn28_10_w1', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (36,), (34,), 3),
@@ -487,6 +502,7 @@ class SharedMothernet1(SharedNet):
          'reads': (36, 37),
          'makes': (38, 39),
          'carries': (34, 35),
+         'blocks': ((38,), (39,)),
          'parts': (
              ('wrn28_10', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (38,), (36,), 3),
              ('wrn28_10_w1', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (38,), (36,), 3),
@@ -511,6 +527,7 @@ class SharedMothernet1(SharedNet):
          'reads': (40, 41),
          'makes': (42, 43),
          'carries': (40, 41),
+         'blocks': ((42,), (43,)),
          'parts': (
              ('wrn28_10', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (42,), (40,), 3),
              ('wrn28_10_w1', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (42,), (40,), 3),
@@ -525,6 +542,7 @@ class SharedMothernet1(SharedNet):
          'reads': (42, 43),
          'makes': (44, 45),
          'carries': (40, 41),
+         'blocks': ((44,), (45,)),
          'parts': (
              ('wrn28_10', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (44,), (42,), 3),
              ('wrn28_10_w1', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (44,), (42,), 3),
@@ -549,6 +567,7 @@ class SharedMothernet1(SharedNet):
          'reads': (46, 47),
          'makes': (48, 49),
          'carries': (46, 47),
+         'blocks': ((48,), (49,)),
          'parts': (
              ('wrn28_10', 'block2.unit4.conv1', 'block2.unit4.bn1', None, (48,), (46,), 3),
              ('wrn28_10_w1', 'block2.unit4.conv1', 'block2.unit4.bn1', None, (48,), (46,), 3),
@@ -563,6 +582,7 @@ class SharedMothernet1(SharedNet):
          'reads': (48, 49),
          'makes': (50, 51),
          'carries': (46, 47),
+         'blocks': ((50,), (51,)),
          'parts': (
              ('wrn28_10', 'block2.unit4.conv2', 'block2.unit4.bn2', None, (50,), (48,), 3),
              ('wrn28_10_w1', 'block2.unit4.conv2', 'block2.unit4.bn2', None, (50,), (48,), 3),
@@ -581,12 +601,13 @@ class SharedMothernet1(SharedNet):
              (52, ((46, 1.0), (50, 1.0))),
              (53, ((47, 1.0), (51, 1.0))),
          )},
-        # block3.unit1.conv1: shared 640 | wrn28_10_w3 +64 | shared 640 | wrn28_10_w3 +64
+        # block3.unit1.conv1: shared 640 | shared 640 | wrn28_10_w3 +64 | wrn28_10_w3 +64
         {'op': 'conv', 'name': 'block3.unit1.conv1', 'kernel': 3, 'stride': 2, 'pre': None, 'bn': True,
          'relu': False, 'bias': False,
          'reads': (52, 53),
-         'makes': (54, 56, 55, 57),
+         'makes': (54, 55, 56, 57),
          'carries': (),
+         'blocks': ((54,), (55,), (56,), (57,)),
          'parts': (
              ('wrn28_10', 'block3.unit1.conv1', 'block3.unit1.bn1', None, (54,), (52,), 3),
              ('wrn28_10', 'block3.unit1.shortcut.conv', 'block3.unit1.shortcut.bn', None, (55,), (52,), 1),
@@ -612,6 +633,7 @@ class SharedMothernet1(SharedNet):
          'reads': (54, 56),
          'makes': (58, 59),
          'carries': (55, 57),
+         'blocks': ((58, 59),),
          'parts': (
              ('wrn28_10', 'block3.unit1.conv2', 'block3.unit1.bn2', None, (58,), (54,), 3),
              ('wrn28_10_w1', 'block3.unit1.conv2', 'block3.unit1.bn2', None, (58,), (54,), 3),
@@ -636,6 +658,7 @@ class SharedMothernet1(SharedNet):
          'reads': (60, 61),
          'makes': (62, 63),
          'carries': (60, 61),
+         'blocks': ((62, 63),),
          'parts': (
              ('wrn28_10', 'block3.unit2.conv1', 'block3.unit2.bn1', None, (62,), (60,), 3),
              ('wrn28_10_w1', 'block3.unit2.conv1', 'block3.unit2.bn1', None, (62,), (60,), 3),
@@ -650,6 +673,7 @@ class SharedMothernet1(SharedNet):
          'reads': (62, 63),
          'makes': (64, 65),
          'carries': (60, 61),
+         'blocks': ((64, 65),),
          'parts': (
              ('wrn28_10', 'block3.unit2.conv2', 'block3.unit2.bn2', None, (64,), (62,), 3),
              ('wrn28_10_w1', 'block3.unit2.conv2', 'block3.unit2.bn2', None, (64,), (62,), 3),
@@ -674,6 +698,7 @@ class SharedMothernet1(SharedNet):
          'reads': (66, 67),
          'makes': (68, 69),
          'carries': (66, 67),
+         'blocks': ((68, 69),),
          'parts': (
              ('wrn28_10', 'block3.unit3.conv1', 'block3.unit3.bn1', None, (68,), (66,), 3),
              ('wrn28_10_w1', 'block3.unit3.conv1', 'block3.unit3.bn1', None, (68,), (66,), 3),
@@ -688,6 +713,7 @@ class SharedMothernet1(SharedNet):
          'reads': (68, 69),
          'makes': (70, 71),
          'carries': (66, 67),
+         'blocks': ((70, 71),),
          'parts': (
              ('wrn28_10', 'block3.unit3.conv2', 'block3.unit3.bn2', None, (70,), (68,), 3),
              ('wrn28_10_w1', 'block3.unit3.conv2', 'block3.unit3.bn2', None, (70,), (68,), 3),
@@ -712,6 +738,7 @@ class SharedMothernet1(SharedNet):
          'reads': (72, 73),
          'makes': (74, 75),
          'carries': (72, 73),
+         'blocks': ((74, 75),),
          'parts': (
              ('wrn28_10', 'block3.unit4.conv1', 'block3.unit4.bn1', None, (74,), (72,), 3),
              ('wrn28_10_w1', 'block3.unit4.conv1', 'block3.unit4.bn1', None, (74,), (72,), 3),
@@ -726,6 +753,7 @@ class SharedMothernet1(SharedNet):
          'reads': (74, 75),
          'makes': (76, 77),
          'carries': (72, 73),
+         'blocks': ((76, 77),),
          'parts': (
              ('wrn28_10', 'block3.unit4.conv2', 'block3.unit4.bn2', None, (76,), (74,), 3),
              ('wrn28_10_w1', 'block3.unit4.conv2', 'block3.unit4.bn2', None, (76,), (74,), 3),
@@ -752,6 +780,7 @@ class SharedMothernet1(SharedNet):
          'reads': (78, 79),
          'makes': (80, 81, 82, 83, 84, 85),
          'carries': (),
+         'blocks': ((80, 81, 82, 83, 84, 85),),
          'parts': (
              ('wrn28_10', 'head.out', None, None, (80,), (78,), None),
              ('wrn28_10_w1', 'head.out', None, None, (81,), (78,), None),

@@ -104,6 +104,14 @@ class Step:
     carries: tuple[int, ...] = ()
     parts: tuple[Part, ...] = ()
     sums: tuple[tuple[int, tuple[tuple[int, float], ...]], ...] = ()
+    #: the made groups split into weight blocks: each is one convolution (or linear map) over
+    #: just the groups its rows read, with its own kernel
+    blocks: tuple[tuple[int, ...], ...] = ()
+
+
+#: adjacent weight blocks with one kernel merge into one convolution while that costs at most
+#: this factor more multiply-adds than the two apart (fewer, larger calls are faster)
+MERGE_FACTOR = 1.3
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ class _PartSpec:
 class _Builder:
     members: list[str]
     input_channels: int
+    rank: int = 0
     groups: list[Group] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     rep: dict[tuple[str, str], list[int]] = field(default_factory=dict)
@@ -224,7 +233,9 @@ class _Builder:
                 kernel_of[g] = max(kernel_of.get(g, 0), s.kernel or 0)
                 ids.append(g)
             rows.append(tuple(ids))
-        made = sorted(kernel_of, key=lambda g: (-kernel_of[g], self.groups[g].owner is not None, g))
+        member_index = {m: i for i, m in enumerate(self.members)}
+        made = sorted(kernel_of, key=lambda g: (self.groups[g].owner is not None, -kernel_of[g],
+                                                member_index.get(self.groups[g].owner or "", -1), g))
         if op == "norm":
             # BatchNorm + ReLU alone: the output channels are the read channels, in their order
             mirror = {r: g for s, ids in zip(specs, rows, strict=True)
@@ -238,8 +249,35 @@ class _Builder:
         if stride != 1 and carries:
             raise AssertionError(f"{name}: a strided step cannot carry groups at the old resolution")
         kernels = [s.kernel for s in specs if s.kernel is not None]
+        blocks = self._blocks(made, kernel_of, parts, reads) if op != "norm" else ()
         self.steps.append(Step(op, name, max(kernels) if kernels else None, stride, pre, bn, relu, bias,
-                               reads, tuple(made), carries, parts))
+                               reads, tuple(made), carries, parts, blocks=blocks))
+
+    def _blocks(self, made: Sequence[int], kernel_of: Mapping[int, int], parts: Sequence[Part],
+                reads: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+        """Runs of made groups with one owner and kernel, merged while that costs little (MERGE_FACTOR)."""
+        def cost(rows: Sequence[int]) -> int:
+            cols = {c for p in parts if set(p.rows) & set(rows) for c in p.cols}
+            k = max(kernel_of[g] for g in rows) or 1
+            return (sum(self.groups[g].size for g in rows) * sum(self.groups[c].size for c in cols)
+                    * k ** self.rank)
+
+        runs: list[list[int]] = []
+        for g in made:
+            if runs and (self.groups[runs[-1][0]].owner, kernel_of[runs[-1][0]]) == (
+                    self.groups[g].owner, kernel_of[g]):
+                runs[-1].append(g)
+            else:
+                runs.append([g])
+        blocks: list[list[int]] = []
+        for run in runs:
+            last = blocks[-1] if blocks else None
+            if (last is not None and kernel_of[last[0]] == kernel_of[run[0]]
+                    and cost(last + run) <= MERGE_FACTOR * (cost(last) + cost(run))):
+                last.extend(run)
+            else:
+                blocks.append(list(run))
+        return tuple(tuple(b) for b in blocks)
 
     def add(self, name: str, members: Sequence[str]) -> None:
         """Residual sums: each member's `main` plus its `short` (group by group), then ReLU, into `x`."""
@@ -308,7 +346,7 @@ def plan_sharing(mother: Net, members: Sequence[Net], tables: Mapping[str, Hatch
             _check_placement(n, t, keys)
         rank = len(input_shape) - 1
         channels = math.prod(input_shape) if mother.family == "mlp" else input_shape[0]
-        b = _Builder(list(names), channels)
+        b = _Builder(list(names), channels, rank if mother.family != "mlp" else 0)
         if mother.family == "mlp":
             b.whole("flatten")
         else:
@@ -439,20 +477,31 @@ def _head(b: _Builder, mother: Net, members: Sequence[Net], classes: int) -> Non
             bias=True)
 
 
-def param_count(plan: SharePlan) -> int:
-    """Trainable parameters of the shared model: unmasked weights, biases and BatchNorm affines."""
+def param_count(plan: SharePlan, stored: bool = False) -> int:
+    """Trainable parameters of the shared model: weights, biases and BatchNorm affines.
+
+    By default the weights count only their unmasked entries (what trains); with `stored`,
+    every entry of every weight block (what the module holds in memory).
+    """
     total = 0
     for s in plan.layer_steps():
         out = sum(plan.group(g).size for g in s.makes)
-        taps: dict[tuple[int, int], int] = {}
-        for p in s.parts:
-            if p.key is None:
-                continue
-            for r in p.rows:
-                for c in p.cols:
-                    # shared rows gather every member's kernel: the union is the largest one
-                    taps[(r, c)] = max(taps.get((r, c), 1), (p.kernel or 1) ** plan.rank if s.kernel else 1)
-        total += sum(plan.group(r).size * plan.group(c).size * t for (r, c), t in taps.items())
+        for block in s.blocks:
+            rows = set(block)
+            taps: dict[tuple[int, int], int] = {}
+            for p in s.parts:
+                for r in rows & set(p.rows):
+                    for c in p.cols:
+                        # shared rows gather every member's kernel: the union is the largest one
+                        t = (p.kernel or 1) ** plan.rank if s.kernel else 1
+                        taps[(r, c)] = max(taps.get((r, c), 1), t)
+            if stored:
+                cols = {c for (_, c) in taps}
+                k = max((p.kernel or 1) for p in s.parts if rows & set(p.rows)) if s.kernel else 1
+                k = k**plan.rank if s.kernel else 1
+                total += sum(plan.group(r).size for r in rows) * sum(plan.group(c).size for c in cols) * k
+            else:
+                total += sum(plan.group(r).size * plan.group(c).size * t for (r, c), t in taps.items())
         total += out * (2 if s.bn else 0) + (out if s.bias else 0)
         if s.pre == "bn_relu":
             total += 2 * sum(plan.group(g).size for g in s.reads)

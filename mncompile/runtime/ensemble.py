@@ -35,6 +35,8 @@ class TrainedEnsemble:
 
     `members` are the member names in ensemble order; `separate` maps names to modules
     (input -> logits); each module of `shared` has `MEMBERS` and returns [batch, K, classes].
+    A Shared-MotherNet head that is not in `members` (a member left out of the ensemble because
+    it diverged) is computed but not averaged.
     """
 
     def __init__(self, members: Sequence[str], separate: Mapping[str, nn.Module],
@@ -43,9 +45,12 @@ class TrainedEnsemble:
         self.separate = dict(separate)
         self.shared = list(shared)
         self.method = method
-        covered = list(self.separate) + [m for s in self.shared for m in s.MEMBERS]
-        if sorted(covered) != sorted(self.members):
-            raise ValueError(f"the modules cover {sorted(covered)}, not the members {sorted(self.members)}")
+        if not self.members:
+            raise ValueError("an ensemble needs at least one member")
+        covered = set(self.separate) | {m for s in self.shared for m in s.MEMBERS}
+        missing = [m for m in self.members if m not in covered]
+        if missing or len(set(self.members)) != len(self.members):
+            raise ValueError(f"the modules cover {sorted(covered)}, not the members {self.members}")
         for module in self.modules():
             module.eval()
 
@@ -119,29 +124,38 @@ def shared_of(module: nn.Module) -> nn.Module | None:
 
 
 def save_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str],
-                  members: Mapping[str, nn.Module], models: Any, method: str) -> str | None:
+                  members: Mapping[str, nn.Module], models: Any, method: str,
+                  excluded: Sequence[str] = ()) -> str | None:
     """Write the trained members to `path` (atomically); None, or why they cannot be saved.
 
     A member is saved as its models.py class name and state_dict, or as its Shared-MotherNet's
-    state_dict; members of other kinds (a TreeNet's trunk and branch) make the ensemble unsaveable.
+    state_dict; members of other kinds (a TreeNet's trunk and branch) make the ensemble
+    unsaveable. `excluded` members (left out of the evaluated ensemble: not finite) are left
+    out of the saved ensemble too, so that it predicts what results.json measured.
     """
     import torch
 
     from mncompile.runtime.checkpoint import atomic_write
 
-    arch = {cls: name for name, cls in getattr(models, "MODELS", {}).items()}
+    # by module and class name: a models.py loaded again has new class objects of the same names
+    arch = {(cls.__module__, cls.__qualname__): name for name, cls in getattr(models, "MODELS", {}).items()}
     separate: dict[str, Any] = {}
     shared: dict[str, Any] = {}
-    for name, module in members.items():
+    kept = [m for m in members if m not in set(excluded)]
+    if not kept:
+        return "no member is left to save"
+    for name in kept:
+        module = members[name]
         inner = shared_of(module)
         if inner is not None:
             shared[inner.MOTHER] = {"members": list(inner.MEMBERS), "state": _cpu(inner.state_dict())}
-        elif type(module) in arch:
-            separate[name] = {"arch": arch[type(module)], "state": _cpu(module.state_dict())}
+        elif (type(module).__module__, type(module).__qualname__) in arch:
+            key = arch[(type(module).__module__, type(module).__qualname__)]
+            separate[name] = {"arch": key, "state": _cpu(module.state_dict())}
         else:
             return f"member '{name}' is a {type(module).__name__}, not a net of models.py or shared.py"
     payload = {"format": FORMAT, "version": VERSION, "method": method,
-               "folder": str(Path(folder).resolve()), "members": list(members),
+               "folder": str(Path(folder).resolve()), "members": kept, "excluded": list(excluded),
                "separate": separate, "shared": shared}
     atomic_write(path, lambda f: torch.save(payload, f))
     return None
@@ -149,6 +163,19 @@ def save_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str],
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _well_formed(payload: dict[str, Any]) -> bool:
+    def names(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def entries(v: object, *keys: str) -> bool:
+        return isinstance(v, dict) and all(isinstance(e, dict) and all(k in e for k in keys)
+                                           for e in v.values())
+
+    return (isinstance(payload.get("folder"), str) and names(payload.get("members"))
+            and bool(payload.get("members")) and entries(payload.get("separate"), "arch", "state")
+            and entries(payload.get("shared"), "members", "state"))
 
 
 def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] | None = None,
@@ -179,8 +206,11 @@ def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] |
     if payload.get("version") != VERSION:
         raise MNError(f"'{path}' has ensemble file version {payload.get('version')}, this mncompile reads "
                       f"{VERSION}", hint="train again with this mncompile")
+    if not _well_formed(payload):
+        raise MNError(f"'{path}' is damaged: its contents are not those of an ensemble file",
+                      hint="train again to write it")
+    source = Path(folder) if folder is not None else Path(payload["folder"])
     try:
-        source = Path(folder) if folder is not None else Path(payload["folder"])
         models, _, _ = load_folder(source)
         separate: dict[str, nn.Module] = {}
         for name, entry in payload["separate"].items():
@@ -201,7 +231,7 @@ def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] |
     except MNError as err:
         raise MNError(f"cannot load '{path}': {err.message}",
                       hint=err.hint or "pass folder= the generated folder it was trained from") from None
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as err:
         raise MNError(f"'{path}' does not match the generated folder '{source}' ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''})",
                       hint="pass folder= the generated folder it was trained from, or train again") from None

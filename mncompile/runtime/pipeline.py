@@ -600,7 +600,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
     write_history(out, outcome.phases)
     from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
 
-    unsaved = save_ensemble(out / FILE_NAME, folder, outcome.members, models, args.method)
+    unsaved = save_ensemble(out / FILE_NAME, folder, outcome.members, models, args.method, excluded)
     print(format_table(doc))
     print(extra_lines(doc))
     if unsaved is None:

@@ -123,25 +123,47 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
         # a shared row (or column) is the mean over the members that have it
         writers = {g: sum(g in p["rows"] for p in parts if p["key"] or p["bn"]) or 1 for g in rows}
         readers = {g: sum(g in p["cols"] for p in parts if p["pre"]) or 1 for g in cols}
-        ones = dict.fromkeys(cols, 1)
         target = {name: torch.zeros_like(t, dtype=torch.float32)
                   for name, t in own.items() if name.startswith(f"steps.{i}.")}
         tracked = torch.zeros((), dtype=torch.long)
         kernel = step["kernel"]
+        blocks = []
+        for brows in step["blocks"]:
+            brows = tuple(brows)
+            writing = [p for p in parts if set(p["rows"]) & set(brows)]
+            bcols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writing))
+            bkernel = max(p["kernel"] for p in writing) if kernel is not None else None
+            blocks.append((brows, _ranges(shared.GROUPS, brows), _ranges(shared.GROUPS, bcols), bkernel))
         for p in parts:
             m = p["member"]
             if p["key"]:
+                what = f"'{m}' tensor {p['key']}.weight"
                 w = tensor(m, f"{p['key']}.weight")
-                if kernel is not None:
-                    if w.shape[2] != p["kernel"]:
-                        raise MNError(f"'{m}' tensor {p['key']}.weight has kernel {w.shape[2]}, shared.py "
-                                      f"expects {p['kernel']}", hint="compile the spec again")
-                    pad = (kernel - p["kernel"]) // 2
-                    w = F.pad(w, (pad, pad) * (w.dim() - 2))
-                placed = torch.zeros((w.shape[0], *target[f"steps.{i}.weight"].shape[1:]))
-                _place(placed, w, tuple(p["cols"]), cols, ones, f"'{m}' tensor {p['key']}.weight", dim=1)
-                _place(target[f"steps.{i}.weight"], placed, tuple(p["rows"]), rows, writers,
-                       f"'{m}' tensor {p['key']}.weight")
+                if kernel is not None and w.shape[2] != p["kernel"]:
+                    raise MNError(f"{what} has kernel {w.shape[2]}, shared.py expects {p['kernel']}",
+                                  hint="compile the spec again")
+                r_at = _ranges(shared.GROUPS, tuple(p["rows"]))
+                c_at = _ranges(shared.GROUPS, tuple(p["cols"]))
+                for offsets, dim in ((r_at, 0), (c_at, 1)):
+                    expected = max((hi for _, hi in offsets.values()), default=0)
+                    if w.shape[dim] != expected:
+                        side = "output" if dim == 0 else "input"
+                        raise MNError(f"{what} has {w.shape[dim]} {side} channels where shared.py expects "
+                                      f"{expected}", hint="the members do not come from this compile of the "
+                                      "spec: compile it again")
+                for j, (_, b_row, b_col, bkernel) in enumerate(blocks):
+                    here = [r for r in p["rows"] if r in b_row]
+                    if not here:
+                        continue
+                    wk = w
+                    if kernel is not None:
+                        pad = (bkernel - p["kernel"]) // 2
+                        wk = F.pad(w, (pad, pad) * (w.dim() - 2))
+                    dest = target[f"steps.{i}.blocks.{j}.weight"]
+                    for r in here:
+                        for c in p["cols"]:
+                            dest[slice(*b_row[r]), slice(*b_col[c])] += (
+                                wk[slice(*r_at[r]), slice(*c_at[c])] / writers[r])
                 if step["bias"]:
                     _place(target[f"steps.{i}.bias"], tensor(m, f"{p['key']}.bias"), tuple(p["rows"]), rows,
                            writers, f"'{m}' tensor {p['key']}.bias")
@@ -157,8 +179,9 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
                     tracked = torch.maximum(tracked, nbt.detach().cpu().long())
         for name, t in target.items():
             out[name] = tracked.clone() if name.endswith("num_batches_tracked") else t.to(own[name].dtype)
-        if f"steps.{i}.weight" in out:
-            out[f"steps.{i}.weight"] = out[f"steps.{i}.weight"] * shared.steps[i].mask.cpu()
+        for j, block in enumerate(shared.steps[i].blocks):
+            key = f"steps.{i}.blocks.{j}.weight"
+            out[key] = out[key] * block.mask.cpu()
     return out
 
 
@@ -219,12 +242,18 @@ def shared_member(shared: nn.Module, member: str) -> nn.Module:
 
 
 def effective_params(shared: nn.Module) -> int:
-    """Trainable parameters of a Shared-MotherNet: unmasked weights, biases, BatchNorm affines."""
+    """Trainable parameters of a Shared-MotherNet: unmasked weights, biases, BatchNorm affines.
+
+    `sum(p.numel() for p in shared.parameters())` is what it stores: its weight blocks hold a
+    few masked (zero) entries where members' kernels differ or blocks were merged.
+    """
     total = 0
     for step in shared.steps:
-        if hasattr(step, "mask"):
-            total += int(step.mask.count_nonzero())
-        total += sum(p.numel() for n, p in step.named_parameters() if n != "weight")
+        for name, p in step.named_parameters():
+            if name.startswith("blocks.") and name.endswith(".weight"):
+                total += int(step.get_submodule(name.rsplit(".", 1)[0]).mask.count_nonzero())
+            else:
+                total += p.numel()
     return total
 
 
