@@ -36,16 +36,17 @@ def test_bench_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     printed = capsys.readouterr().out
     assert rc == 0
     methods = ["bagging", "distill", "fge", "full-data", "snapshot", "treenet"]
-    # default clusters: one per architecture class (1) and m (3); 2 seeds each; MotherNets and
-    # Shared-MotherNets at each g
-    assert "20 runs" in printed and "[bench 20/20] treenet seed 1" in printed and "ETA" in printed
+    # default clusters: one per architecture class (1) and m (3); 2 seeds each; MotherNets at
+    # each g, Shared-MotherNets where a cluster is shared (g = 1: at g = 3 every net is alone)
+    assert "18 runs" in printed and "[bench 18/18] treenet seed 1" in printed and "ETA" in printed
+    assert "shared-mothernets skipped at g = 3" in printed
     for name in ("frontier.csv", "frontier.md", "frontier.png", "breakdown.png", "diversity.csv"):
         assert (out / name).is_file(), name
     for png in ("frontier.png", "breakdown.png"):
         assert (out / png).read_bytes().startswith(PNG)
     rows = list(csv.DictReader((out / "frontier.csv").open()))
     labels = [(r["method"], r["g"]) for r in rows]
-    shared = [("shared-mothernets", "1"), ("shared-mothernets", "3")]
+    shared = [("shared-mothernets", "1")]
     assert labels == ([("mothernets", "1"), ("mothernets", "3")] + [(m, "") for m in methods[:4]]
                       + shared + [(m, "") for m in methods[4:]])
     assert all(r["seeds"] == "2" for r in rows)
@@ -66,9 +67,8 @@ def test_bench_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     a = json.loads((out / "runs" / "mothernets-g3" / "seed0" / "results.json").read_text())
     b = json.loads((out / "runs" / "full-data" / "seed0" / "results.json").read_text())
     assert a["members"] == b["members"]
-    # and so does shared-mothernets at g = m: nothing to share
-    c = json.loads((out / "runs" / "shared-mothernets-g3" / "seed0" / "results.json").read_text())
-    assert c["members"] == b["members"] and c["info"]["shared"]["clusters"] == {}
+    c = json.loads((out / "runs" / "shared-mothernets-g1" / "seed0" / "results.json").read_text())
+    assert c["info"]["shared"]["clusters"]["mothernet1"]["shared"]
     div = list(csv.DictReader((out / "diversity.csv").open()))
     assert len(div) == len(rows) and all(float(d["member_variance"]) >= 0 for d in div)
     md = (out / "frontier.md").read_text()

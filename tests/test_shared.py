@@ -265,3 +265,37 @@ def test_every_example_is_shared_and_stores_fewer_parameters_than_its_members(ex
         assert not isinstance(sp, Refusal), sp.reason
         separate = sum(infer_net(e.net(m), e.input, e.classes).params for m in sp.members)
         assert param_count(sp) <= param_count(sp, stored=True) < separate
+
+
+def test_a_stale_shared_py_stops_the_run_before_anything_trains(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mncompile.emit import write_folder
+    from mncompile.runtime.pipeline import main as pipeline_main
+
+    e = loads("""ensemble s { input 1x16 classes 3
+        net a plain { block { 3:4 } dense 8 } net b plain { block { 3:6 } dense 8 } }""")
+    other = loads("""ensemble s { input 1x16 classes 3
+        net a plain { block { 3:4 } dense 8 } net b plain { block { 3:8 } dense 8 } }""")
+    folder = tmp_path / "gen"
+    write_folder(folder, compile_ensemble(e).files)
+    (folder / "shared.py").write_text(compile_ensemble(other).files["shared.py"])
+    out = tmp_path / "out"
+    rc = pipeline_main(folder, {"ensemble": "s", "train": {}},
+                       [*TINY, "--method", "shared-mothernets", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'b' tensor block1.layer1.conv.weight has 6 output channels" in err, err
+    assert not list(out.glob("ckpt/**/*.pt")) and not (out / "results.json").exists()
+
+
+def test_nothing_to_share_trains_like_mothernets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "n.mnet"
+    spec.write_text("""ensemble n { input 1x16 classes 3
+        net a plain { block { 3:4 } dense 8 } net b plain { block { 3:6 } dense 8 } }""")
+    common = [str(spec), "-o", str(tmp_path / "gen"), "--clusters", "2", *TINY]
+    assert cli_main(["run", *common, "--out", str(tmp_path / "s"), "--method", "shared-mothernets"]) == 0
+    assert cli_main(["run", *common, "--out", str(tmp_path / "m"), "--force"]) == 0
+    s = json.loads((tmp_path / "s" / "results.json").read_text())
+    m = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert s["info"]["shared"]["clusters"] == {} and [p["name"] for p in s["phases"]] == ["mothernets"]
+    assert s["members"] == m["members"]

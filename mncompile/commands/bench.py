@@ -90,12 +90,15 @@ def _fmt_time(seconds: float) -> str:
 G_METHODS = ("mothernets", "shared-mothernets")
 
 
-def _plan_runs(methods: Sequence[str], clusters: Sequence[int],
-               seeds: Sequence[int]) -> list[tuple[str, int | None, int]]:
+def _plan_runs(methods: Sequence[str], clusters: Sequence[int], seeds: Sequence[int],
+               shareable: Sequence[int] | None = None) -> list[tuple[str, int | None, int]]:
+    """(method, g, seed) runs; shared-mothernets only at the g in `shareable` (default: every g)."""
     runs: list[tuple[str, int | None, int]] = []
     for seed in seeds:
         for method in methods:
-            if method in G_METHODS:
+            if method == "shared-mothernets" and shareable is not None:
+                runs += [(method, g, seed) for g in clusters if g in shareable]
+            elif method in G_METHODS:
                 runs += [(method, g, seed) for g in clusters]
             else:
                 runs.append((method, None, seed))
@@ -191,6 +194,7 @@ def _engine_argv(args: argparse.Namespace, methods: Sequence[str]) -> tuple[list
 def run(args: argparse.Namespace) -> int:
     from mncompile.emit import compile_ensemble, write_folder
     from mncompile.passes.cluster import arch_classes
+    from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.baselines import method_options
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.results import load_results
@@ -214,12 +218,19 @@ def run(args: argparse.Namespace) -> int:
 
     folders: dict[int, Path] = {}
     needed = clusters if any(m in G_METHODS for m in methods) else clusters[:1]
+    shareable: list[int] = []
     for g in needed:
         folders[g] = out / "code" / f"g{g}"
         compiled = compile_ensemble(e, clusters=g, source_name=Path(args.spec).name)
         write_folder(folders[g], compiled.files, protect=[Path(args.spec)])
+        if any(not isinstance(sp, Refusal) for sp in compiled.shares.values()):
+            shareable.append(g)
+    if "shared-mothernets" in methods and len(shareable) < len(clusters):
+        skipped = ", ".join(str(g) for g in clusters if g not in shareable)
+        print(f"bench: shared-mothernets skipped at g = {skipped} (no cluster there is shared: it would "
+              "train exactly what mothernets does)", flush=True)
 
-    plan = _plan_runs(methods, clusters, seeds)
+    plan = _plan_runs(methods, clusters, seeds, shareable)
     common = ["--data", data, "--epochs-scale", str(args.epochs_scale), "--device", args.device,
               "--data-seed", str(args.data_seed)]
     for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),

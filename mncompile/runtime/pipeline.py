@@ -32,6 +32,7 @@ so that the `mncompile` command can build its option parser without it.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import json
@@ -255,10 +256,11 @@ def train_first_phase(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, 
 
 
 def hatch_members(ctx: RunContext, first: Mapping[str, nn.Module], mother_of: Mapping[str, str], *,
-                  noise: bool = True) -> tuple[dict[str, nn.Module], dict[str, Any], float]:
+                  plain: dict[str, nn.Module] | None = None,
+                  ) -> tuple[dict[str, nn.Module], dict[str, Any], float]:
     """Hatch every member of a cluster from its trained MotherNet, check it, then add the run's noise.
 
-    With `noise=False` the members are left exactly as hatched (the run's noise is not added).
+    `plain`, when given, also receives every member exactly as hatched, before the noise.
     Returns the hatched members (spec order), the numerical check of each, and the seconds spent.
     """
     from mncompile.runtime.hatching import hatch, verify_hatch
@@ -283,7 +285,9 @@ def hatch_members(ctx: RunContext, first: Mapping[str, nn.Module], mother_of: Ma
             checks[m]["warning"] = (f"hatching '{m}' from '{mother_of[m]}' should be exact, but the "
                                     f"outputs differ by {diff:.3g} (output scale {scale:.3g})")
             print(f"warning: {checks[m]['warning']}", file=sys.stderr, flush=True)
-        if noise and ctx.noise > 0:
+        if plain is not None:
+            plain[m] = copy.deepcopy(model) if ctx.noise > 0 else model
+        if ctx.noise > 0:
             # hatched again with the noise: the check above must see the noiseless member
             start = time.perf_counter()
             model.load_state_dict(hatch(mother, table, noise=ctx.noise, noise_mode=ctx.noise_mode,

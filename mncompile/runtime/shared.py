@@ -276,6 +276,24 @@ def param_counts(shared: nn.Module, members: Mapping[str, nn.Module], mother: nn
             "chi": 1 - k * mother_params / total, "reduction": 1 - own / total}
 
 
+def check_shared_module(module: ModuleType, ctx: RunContext) -> None:
+    """Before anything trains: shared.py must fit the plan and the members' tensors (MNError if not)."""
+    for mother, cluster in ctx.clusters:
+        if len(cluster) < 2:
+            continue
+        cls = module.SHARED.get(mother)
+        if cls is None:
+            if mother not in getattr(module, "NOT_SHARED", {}):
+                raise MNError(f"shared.py has nothing for cluster '{mother}' of plan.json",
+                              hint="the folder is out of date: compile the spec again")
+            continue
+        if list(cls.MEMBERS) != list(cluster):
+            raise MNError(f"shared.py's '{mother}' is for members {list(cls.MEMBERS)}, plan.json has "
+                          f"{cluster}", hint="the folder is out of date: compile the spec again")
+        # the shapes only: freshly built members fit the shared model's blocks, or say which does not
+        consolidate(cls(), {m: ctx.build(m).state_dict() for m in cluster})
+
+
 @register_method("shared-mothernets",
                  help="MotherNets, then each cluster consolidated into one Shared-MotherNet trained jointly")
 def train_shared_mothernets(ctx: RunContext) -> Outcome:
@@ -288,15 +306,16 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
 
     # a plan whose clusters all have one net has nothing to share (and no shared.py)
     module = load_shared_module(ctx.folder) if any(len(c) > 1 for _, c in ctx.clusters) else None
+    if module is not None:
+        check_shared_module(module, ctx)
     first, mother_of, phases = train_first_phase(ctx)
     members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
-    plain, checks, hatch_seconds = hatch_members(ctx, first, mother_of, noise=False)
+    plain: dict[str, nn.Module] = {}
+    noisy, checks, hatch_seconds = hatch_members(ctx, first, mother_of, plain=plain)
     batch = ctx.dataset.x_train[: min(256, len(ctx.dataset.x_train))].to(ctx.device)
-    noisy = hatch_members(ctx, first, mother_of)[0] if ctx.noise > 0 else plain
     shared_models: dict[str, nn.Module] = {}
     report: dict[str, Any] = {}
     separate: dict[str, nn.Module] = {}
-    start = time.perf_counter()
     for mother_name, cluster in ctx.clusters:
         if len(cluster) < 2:
             continue
@@ -308,10 +327,10 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
             report[mother_name] = {"shared": False, "reason": why}
             separate.update({m: noisy[m] for m in cluster})
             continue
-        if list(cls.MEMBERS) != list(cluster):
-            raise MNError(f"shared.py's '{mother_name}' is for members {list(cls.MEMBERS)}, plan.json has "
-                          f"{cluster}", hint="the folder is out of date: compile the spec again")
+        # the phase counts hatching and consolidation, not the numerical checks (as mothernets does)
+        start = time.perf_counter()
         shared = build_shared(cls, plain, ctx.device)
+        hatch_seconds += time.perf_counter() - start
         scale = verify_scale(first[mother_name], batch)
         diff = verify_shared(shared, plain, batch)
         diff_train = verify_shared(shared, plain, batch, train=True)
@@ -323,11 +342,12 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
             entry["warning"] = (f"the Shared-MotherNet of '{mother_name}' should reproduce its hatched "
                                 f"members, but the outputs differ by {diff:.3g} (output scale {scale:.3g})")
             print(f"warning: {entry['warning']}", file=sys.stderr, flush=True)
-        if noisy is not plain:
+        if ctx.noise > 0:
+            start = time.perf_counter()
             shared = build_shared(cls, noisy, ctx.device)
+            hatch_seconds += time.perf_counter() - start
         shared_models[mother_name] = shared
         report[mother_name] = entry
-    hatch_seconds += time.perf_counter() - start
     if plain:
         phases.append(PhaseRecord("hatching", hatch_seconds, {}))
 
