@@ -271,7 +271,8 @@ def param_counts(shared: nn.Module, members: Mapping[str, nn.Module], mother: nn
     total = sum(count(members[m]) for m in shared.MEMBERS)
     mother_params = count(mother)
     own = effective_params(shared)
-    return {"members": k, "members_params": total, "shared_params": own, "saved": total - own,
+    return {"members": k, "members_params": total, "shared_params": own,
+            "stored_params": sum(p.numel() for p in shared.parameters()), "saved": total - own,
             "mother_params": mother_params, "paper_saving": (k - 1) * mother_params,
             "chi": 1 - k * mother_params / total, "reduction": 1 - own / total}
 
