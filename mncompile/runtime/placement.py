@@ -26,11 +26,15 @@ idle devices to be divided "equally", which an integer split can only do up to o
 idle device does no work at all, while under any data-parallel scaling where more devices are
 not slower (the model below with alpha < 1) the extra device shortens that network's training.
 Queue order decides who gets it, so a caller that wants the extra devices on its largest
-networks queues them first (the simulator's callers in `bench/schedule_sim.py` do).
+networks queues them first: the simulator's callers in `bench/schedule_sim.py` do, and the Ray
+engine queues each batch of networks that become ready together largest first (by forward MACs).
 
-Devices are handed out in contiguous runs of `free` *in the order given* (nothing is sorted):
-list the devices of one machine next to each other and a network's devices share a machine
-whenever its share fits on one.
+Devices are handed out in contiguous runs of `free` *in the order given* (nothing is sorted).
+The ids are labels and say nothing about where a device is: the Ray engine's are slot numbers
+0..N-1 of its own bookkeeping, and Ray, not the id, decides which machine and which GPU or CPU a
+task or trainer worker gets (a trainer packs its workers onto as few machines as Ray can). A
+caller whose ids do name physical devices can list each machine's devices next to each other,
+so that a share that fits on one machine gets devices of one machine.
 
 The simulator's scaling model: a network that needs `t` seconds on one device needs
 
