@@ -9,7 +9,8 @@ its accuracies to a few points with it. The ensemble accuracy is compared within
 points: on 256 test examples, about 5 examples.
 
 The Ray tests share one Ray instance (about 3 s to start); each data-parallel trainer costs
-about 20 s of Ray Train start-up on a 2-core machine, so two tests use one.
+about 20 s of Ray Train start-up on a 2-core machine, so two tests use one. Every test has 300 s
+(pytest-timeout, the dev extra): a Ray run that hangs fails its test instead of the whole suite.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.util
 import json
 import math
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,14 @@ from typing import Any
 import pytest
 
 from mncompile.cli import main as cli_main
+from mncompile.diagnostics import MNError
 from mncompile.runtime.pipeline import main as pipeline_main
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='needs the ray extra: pip install "mncompile[ray]"')
+# a Ray run that hangs (a placement that never comes, say) fails its test, not the whole suite;
+# without pytest-timeout (the dev extra) the mark is only unknown
+pytestmark = pytest.mark.timeout(300)
 
 MLP3 = """ensemble m3 { input 40 classes 10
   net a mlp { dense 32 }
@@ -122,6 +128,131 @@ def test_gpus_per_model_option() -> None:
         p.parse_args(["--gpus-per-model", "0"])
 
 
+class _FakeRay:
+    """Just enough of `ray` for the driver's Scheduler: every task ends at once with `reply`."""
+
+    class exceptions:  # as ray.exceptions
+        class RayError(Exception):
+            pass
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.calls: list[str] = []
+
+    def put(self, value: Any) -> object:
+        return object()
+
+    def remote(self, **options: Any) -> Any:
+        def wrap(fn: Any) -> Any:
+            def remote(*args: Any) -> tuple[str, int]:
+                self.calls.append(fn.__name__)
+                return (fn.__name__, len(self.calls))
+
+            return types.SimpleNamespace(remote=remote)
+
+        return wrap
+
+    def wait(self, refs: list[Any], num_returns: int) -> tuple[list[Any], list[Any]]:
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref: Any) -> Any:
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+def _scheduler(tmp_path: Path, reply: Any, slots: int = 2) -> Any:
+    import torch
+
+    from mncompile.runtime.ray_engine import Cluster, Scheduler, _Job
+    from mncompile.runtime.train import TrainSettings
+
+    (tmp_path / "models.py").write_text("MODELS = {}\n")
+    plan = {"members": [{"name": "a", "macs": 10}, {"name": "b", "macs": 30}, {"name": "c", "macs": 10}],
+            "clusters": [{"mother": {"name": "mothernet1", "macs": 5}, "members": ["a", "b", "c"]}]}
+    ctx = types.SimpleNamespace(folder=tmp_path, plan=plan, dataset=types.SimpleNamespace(to=lambda d: None),
+                                out=tmp_path / "out", method="full-data", seed=0, device=torch.device("cpu"),
+                                progress=types.SimpleNamespace(quiet=True, stream=sys.stdout))
+    s = Scheduler(ctx, Cluster(slots, False), None, _FakeRay(reply))  # type: ignore[arg-type]
+    s.submit([_Job(n, "members", TrainSettings(batch=32), torch.nn.Linear(2, 2)) for n in ("a", "b", "c")])
+    return s
+
+
+def test_ready_networks_are_queued_largest_first(tmp_path: Path) -> None:
+    s = _scheduler(tmp_path, {"error": "x"})
+    assert [j.name for j in s.queue] == ["b", "a", "c"]  # by MACs, ties in plan order
+
+
+def test_an_unreadable_data_parallel_checkpoint_leaves_the_member_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A member whose trainer ended but whose checkpoint the driver cannot read: reported, left out."""
+    bad = tmp_path / "b.pt"
+    bad.write_bytes(b"not a checkpoint")
+    s = _scheduler(tmp_path, {"checkpoint": str(bad)}, slots=4)
+    job, result = s.next_done()  # 3 ready, 4 free: b (the largest) on 2 workers, data-parallel
+    assert s.ray.calls == ["fit_task", "train_task", "train_task"]
+    assert (job.name, result) == ("b", None) and list(s.failed) == ["b"]
+    assert "corrupt or truncated" in s.failed["b"]
+    assert s.failed_result(job).status == "training"
+    err = capsys.readouterr().err
+    assert "b failed on Ray (it trained, but the driver cannot read its checkpoint)" in err
+    assert s.placements[0].status == "failed"
+
+
+@pytest.mark.parametrize(("reply", "printed"), [
+    ({"error": "damaged", "retried": " (a user error: not retried)"},
+     "b failed on Ray (a user error: not retried): damaged"),
+    (_FakeRay.exceptions.RayError("boom"), "b failed on Ray after 2 retries: RayError: boom"),
+])
+def test_a_failure_says_what_was_retried(tmp_path: Path, capsys: pytest.CaptureFixture[str], reply: Any,
+                                         printed: str) -> None:
+    s = _scheduler(tmp_path, reply)
+    job, result = s.next_done()  # 3 ready, 2 free: one device each
+    assert (job.name, result) == ("b", None)
+    assert printed in capsys.readouterr().err
+
+
+@needs_ray
+def test_a_refused_connection_is_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60 raises AuthenticationError (a RayError) for RAY_AUTH_MODE=token without the token."""
+    import ray
+
+    from mncompile.runtime.ray_engine import connect
+
+    def refuse(**kwargs: Any) -> None:
+        raise ray.exceptions.AuthenticationError("no token")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(MNError, match=r"cannot connect to the Ray cluster at '10\.0\.0\.5:6379': .*no token"):
+        connect("10.0.0.5:6379")
+    def time_out(**kwargs: Any) -> None:
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(ray, "init", time_out)
+    with pytest.raises(MNError, match="cannot connect to the Ray cluster at 'auto': timed out"):
+        connect("auto")
+
+
+@needs_ray
+def test_train_v1_on_the_workers_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from mncompile.runtime import ray_engine
+
+    class Workers(_FakeRay):
+        exceptions = ray.exceptions
+
+        def get(self, ref: Any, timeout: float | None = None) -> Any:
+            return (False, "2.50.1", None)
+
+    monkeypatch.delenv("RAY_TRAIN_V2_ENABLED", raising=False)
+    with pytest.raises(MNError, match=r"Ray Train v1 is active on the Ray workers \(Ray 2\.50\.1, "
+                       r"RAY_TRAIN_V2_ENABLED=unset\)") as err:
+        ray_engine.require_train_v2(Workers(None))
+    assert "Ray >= 2.51" in str(err.value.hint) and "--gpus-per-model 1" in str(err.value.hint)
+
+
 # ------------------------------------------------------------------------ on a local Ray cluster
 
 
@@ -171,10 +302,24 @@ def test_ray_engine_gives_the_local_results(tmp_path: Path, ray_cluster: Any, on
     assert info["engine"] == "ray" and info["ray"]["slots"] == 2 and info["ray"]["device"] == "cpu"
     workers = {p["name"]: p["workers"] for p in info["ray"]["placements"]}
     assert workers == {"mothernet1": 2, "a": 1, "b": 1, "c": 1}
+    # hatched together, queued largest first (MACs: b 3312, c 2000, a 1600): a waits for a slot
+    assert [p["name"] for p in info["ray"]["placements"]] == ["mothernet1", "b", "c", "a"]
     starts = {p["name"]: p["start"] for p in info["ray"]["placements"]}
     ends = {p["name"]: p["end"] for p in info["ray"]["placements"]}
-    assert starts["c"] >= min(ends["a"], ends["b"])  # two slots: c waits for a free one
+    assert starts["a"] >= min(ends["b"], ends["c"])
     assert ray["total_seconds"] == pytest.approx(sum(p["seconds"] for p in ray["phases"]))
+
+
+@needs_ray
+def test_train_v1_is_refused_before_anything_is_written(tmp_path: Path, ray_cluster: Any,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "0")
+    spec = _spec(tmp_path, MLP3)
+    assert _run(tmp_path, spec, "out", "--engine", "ray") == 2
+    err = capsys.readouterr().err
+    assert "Ray Train v1 is active in this process" in err and "RAY_TRAIN_V2_ENABLED=0" in err
+    assert not (tmp_path / "out").exists()
 
 
 @needs_ray
@@ -266,11 +411,18 @@ def test_resume_across_engines(tmp_path: Path, ray_cluster: Any, one_torch_threa
     spec = _spec(tmp_path, MLP3)
     assert _run(tmp_path, spec, "out") == 0
     local, local_history = _results(tmp_path / "out"), _history(tmp_path / "out")
-    (tmp_path / "out" / "ckpt" / "mothernets" / "members" / "b.pt").unlink()
+    ckpt = tmp_path / "out" / "ckpt" / "mothernets"
+    (ckpt / "members" / "b.pt").unlink()
+    finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino)
+                for p in (ckpt / "mothernets" / "mothernet1.pt", ckpt / "members" / "a.pt",
+                          ckpt / "members" / "c.pt")}
     assert _run(tmp_path, spec, "out", "--engine", "ray", "--gpus-per-model", "1", "--resume") == 0
     resumed = _results(tmp_path / "out")
     placed = [p["name"] for p in resumed["info"]["ray"]["placements"]]
-    assert placed == ["mothernet1", "a", "b", "c"]  # all placed; only b had epochs left
+    assert placed == ["mothernet1", "b", "c", "a"]  # all placed, largest first; only b had epochs left
+    # a checkpoint is written after every epoch trained: the finished networks trained none
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in finished} == finished
+    assert (ckpt / "members" / "b.pt").is_file()
     assert resumed["ensemble"]["accuracy"] == local["ensemble"]["accuracy"]
     for m, member in local["members"].items():
         assert resumed["members"][m]["accuracy"] == member["accuracy"]

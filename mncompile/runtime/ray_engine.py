@@ -17,17 +17,40 @@ machines as soon as it is ready:
 
 "Devices" are GPUs when the cluster has GPUs (and `--device` is not `cpu`), otherwise CPU
 worker slots: `CPU // CPUS_PER_WORKER` of the cluster, one CPU per worker, read once when the
-run starts. The ids the policy hands out are the driver's bookkeeping; Ray picks the physical
-GPU or CPU for each task and trainer worker.
+run starts. Every worker asks for `CPUS_PER_WORKER` CPUs besides its GPU, so a GPU cluster has
+`min(GPU, CPU // CPUS_PER_WORKER)` slots. The ids the policy hands out are slot numbers
+0..slots-1, the driver's bookkeeping only: they name no machine and no GPU, and Ray picks the
+physical GPU or CPU for each task and trainer worker.
+
+Ready networks are queued in batches: those that become ready together (the first phase's
+networks; one MotherNet's hatched members; every member with `--method full-data`) join the
+queue after the ones already waiting, largest first (forward MACs from plan.json, ties in plan
+order), so that the remainder of an uneven split goes to the largest, as `bench/schedule_sim.py`
+assumes.
+
+Data-parallel networks need Ray Train v2 (the default since Ray 2.51): Ray Train v1's trainer
+reserves one CPU for itself besides its workers, so a network given every slot of a CPU cluster
+would wait for ever. `check` refuses v1 (in the driver or on the workers) before anything
+trains, unless no network can be data-parallel (one slot, or `--gpus-per-model 1`).
 
 Every network writes its checkpoint after each epoch to `OUT/ckpt/<method>/<phase>/<name>.pt`,
 the same file, format and meta data as the local engine, so `--resume` works across engines and
-a failed task restarts from its last epoch: a Ray task is retried (`max_retries`) and a trainer
-restarts its workers (`FailureConfig(max_failures)`), and both continue from that file. A
-member that still fails is reported (stderr, `info.failed_members`, status `training` in
-results.json) and the ensemble is evaluated without it; a MotherNet that fails is fatal, as a
-diverged one is in the local engine. The workers and the driver must see `--out` at the same
+a failed task restarts from its last epoch: a Ray task is retried (`max_retries`), a trainer
+restarts its workers (`FailureConfig(max_failures)`) and the task that runs it is retried when
+its process or machine is lost, and all continue from that file. A trainer whose workers cannot
+be placed gives up after `MAX_RETRIES` further startup timeouts (`controller_failure_limit`;
+Ray Train waits 60 s each, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S). A member that still fails,
+or whose checkpoint the driver cannot read, is reported (stderr, `info.failed_members`, status
+`training` in results.json) and the ensemble is evaluated without it; a MotherNet that fails is
+fatal, as a diverged one is in the local engine. The workers and the driver must see `--out` at the same
 path: one machine, or a shared filesystem (NFS, say) on every machine of a cluster.
+
+The driver keeps its copies of the networks on the CPU while the cluster trains (a GPU of the
+driver's machine may be one Ray hands to a task): it hatches on the CPU, and moves the members
+to `--device` only to evaluate them, once training is over. Hatching copies and scales weights
+element by element (and draws its noise on the CPU), so the hatched weights are the same; with
+`--noise` the noise's scale (each tensor's standard deviation) is computed on the CPU, which may
+differ from a GPU's in the last bit.
 
 Data-parallel training splits each mini-batch of the shared stream (the same permutation and
 augmentation as the local engine, drawn on every worker) into d contiguous slices, one per
@@ -66,6 +89,10 @@ RAY_METHODS = ("mothernets", "full-data")
 CPUS_PER_WORKER = 1
 #: how often a failed Ray task is retried, and a failed trainer restarted, before giving up
 MAX_RETRIES = 2
+#: the first Ray release whose Ray Train is v2 by default (RAY_TRAIN_V2_ENABLED defaults to 1)
+TRAIN_V2_DEFAULT_SINCE = (2, 51)
+#: how long the check of the workers' Ray Train may wait for a worker, seconds
+PROBE_TIMEOUT_S = 120
 
 
 # ------------------------------------------------------------------------------ ray itself
@@ -95,7 +122,10 @@ def check(args: Any) -> None:
     if getattr(args, "sequential", False):
         raise MNError("--sequential is an option of the local engine",
                       hint="drop --sequential: with --engine ray every network trains on its own")
-    connect(getattr(args, "address", None), quiet=bool(getattr(args, "quiet", False)))
+    ray = connect(getattr(args, "address", None), quiet=bool(getattr(args, "quiet", False)))
+    cluster = cluster_devices(ray.cluster_resources(), getattr(args, "device", "auto"))
+    if may_train_data_parallel(cluster.slots, getattr(args, "gpus_per_model", None)):
+        require_train_v2(ray)
 
 
 def connect(address: str | None, *, quiet: bool = False) -> types.ModuleType:
@@ -115,8 +145,11 @@ def connect(address: str | None, *, quiet: bool = False) -> types.ModuleType:
                      logging_level=logging.WARNING)
         else:
             ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise MNError(f"cannot connect to the Ray cluster at '{address}': {err}",
+    except (ray.exceptions.RayError, OSError, TimeoutError, RuntimeError, ValueError) as err:
+        # RayError: AuthenticationError (RAY_AUTH_MODE=token without the cluster's token), ...
+        # OSError: ConnectionError and other socket errors
+        where = f"the Ray cluster at '{address}'" if address else "a Ray instance on this machine"
+        raise MNError(f"cannot connect to {where}: {err}",
                       hint="start it with `ray start --head` (see docs/ray.md), or leave out --address "
                       "to start Ray on this machine; a cluster with token authentication needs "
                       "RAY_AUTH_MODE=token and its token in ~/.ray/auth_token") from None
@@ -138,21 +171,91 @@ class Cluster:
 def cluster_devices(resources: Mapping[str, float], device: str = "auto") -> Cluster:
     """The devices of a cluster with `resources` (`ray.cluster_resources()`) for `--device`.
 
-    >>> cluster_devices({"CPU": 16.0, "GPU": 4.0})
-    Cluster(slots=4, use_gpu=True)
+    Every worker asks for `CPUS_PER_WORKER` CPUs besides its GPU: a GPU slot needs both.
+
+    >>> cluster_devices({"CPU": 16.0, "GPU": 4.0}), cluster_devices({"CPU": 2.0, "GPU": 4.0})
+    (Cluster(slots=4, use_gpu=True), Cluster(slots=2, use_gpu=True))
     >>> cluster_devices({"CPU": 16.0, "GPU": 4.0}, "cpu"), cluster_devices({"CPU": 2.0})
     (Cluster(slots=16, use_gpu=False), Cluster(slots=2, use_gpu=False))
     """
     gpus = int(resources.get("GPU", 0))
+    cpu_slots = int(resources.get("CPU", 0)) // CPUS_PER_WORKER
     if device == "cuda" and gpus < 1:
         raise MNError("--device cuda was asked for, but the Ray cluster has no GPU",
                       hint="use --device cpu, or add GPU machines to the cluster")
     if gpus >= 1 and device != "cpu":
-        return Cluster(gpus, True)
-    slots = int(resources.get("CPU", 0)) // CPUS_PER_WORKER
-    if slots < 1:
+        if cpu_slots < 1:
+            raise MNError(f"the Ray cluster has {gpus} GPUs but no CPU for the workers that use them "
+                          f"(each asks for {CPUS_PER_WORKER})", hint="check `ray status`")
+        return Cluster(min(gpus, cpu_slots), True)
+    if cpu_slots < 1:
         raise MNError("the Ray cluster has no CPU to train on", hint="check `ray status`")
-    return Cluster(slots, False)
+    return Cluster(cpu_slots, False)
+
+
+def may_train_data_parallel(slots: int, gpus_per_model: int | None) -> bool:
+    """Whether a run on `slots` devices can start a Ray Train trainer (a network on > 1 device).
+
+    >>> may_train_data_parallel(2, None), may_train_data_parallel(1, None), may_train_data_parallel(8, 1)
+    (True, False, False)
+    """
+    return slots > 1 and (gpus_per_model is None or gpus_per_model > 1)
+
+
+def train_version() -> tuple[bool, str, str | None]:
+    """In this process: whether Ray Train is v2, Ray's version, and RAY_TRAIN_V2_ENABLED."""
+    import os
+
+    import ray
+
+    flag = os.environ.get("RAY_TRAIN_V2_ENABLED")
+    try:
+        from ray.train.v2._internal.constants import is_v2_enabled
+    except ImportError:
+        # before Ray 2.43 there is only v1; a Ray without the flag after 2.51 has only v2
+        return _version(ray.__version__) >= TRAIN_V2_DEFAULT_SINCE, ray.__version__, flag
+    return bool(is_v2_enabled()), ray.__version__, flag
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """A version's first three numbers.
+
+    >>> _version("2.51.0"), _version("2.9.3rc1"), _version("3.0.0.dev0")
+    ((2, 51, 0), (2, 9, 3), (3, 0, 0))
+    """
+    import re
+
+    return tuple(int(re.match(r"\d*", part).group() or 0)  # type: ignore[union-attr]
+                 for part in text.split(".")[:3])
+
+
+def _train_v1_error(where: str, version: str, flag: str | None) -> MNError:
+    since = ".".join(map(str, TRAIN_V2_DEFAULT_SINCE))
+    return MNError(f"Ray Train v1 is active {where} (Ray {version}, RAY_TRAIN_V2_ENABLED="
+                   f"{flag if flag is not None else 'unset'}): its trainer asks for one CPU more than "
+                   "its workers, so a data-parallel network could wait for ever",
+                   hint=f'use Ray >= {since} (pip install -U "mncompile[ray]"), whose default is Ray '
+                   "Train v2, and unset RAY_TRAIN_V2_ENABLED (or set it to 1) for the driver and for "
+                   "every `ray start`; or train every network on one device: --gpus-per-model 1")
+
+
+def require_train_v2(ray: Any) -> None:
+    """Refuse Ray Train v1, in this process or on the cluster's workers (which run the trainers)."""
+    v2, version, flag = train_version()
+    if not v2:
+        raise _train_v1_error("in this process", version, flag)
+    probe = ray.remote(num_cpus=0, max_retries=0)(train_version).remote()
+    try:
+        v2, version, flag = ray.get(probe, timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(probe, force=True)
+        raise MNError(f"the Ray cluster ran no task within {PROBE_TIMEOUT_S} s",
+                      hint="check `ray status`; every machine needs mncompile installed") from None
+    except ray.exceptions.RayError as err:
+        raise MNError(f"a Ray worker cannot run mncompile: {_describe(err)}",
+                      hint='every machine of the cluster needs pip install "mncompile[ray]"') from None
+    if not v2:
+        raise _train_v1_error("on the Ray workers", version, flag)
 
 
 # ------------------------------------------------------------------------------ on the workers
@@ -205,7 +308,8 @@ def train_task(job: Mapping[str, Any], init: Mapping[str, torch.Tensor], data: A
                              resume=True, progress=Progress(quiet=job["quiet"], bars=False),
                              phase=job["phase"])
     except MNError as err:
-        return {"error": err.message + (f" ({err.hint})" if err.hint else "")}
+        return {"error": err.message + (f" ({err.hint})" if err.hint else ""),
+                "retried": " (a user error: not retried)"}
     return {"result": result, "state": _cpu_state(model)}
 
 
@@ -314,30 +418,64 @@ def fit_task(job: Mapping[str, Any], init_ref: list[Any], data_ref: list[Any], w
              storage: str) -> dict[str, Any]:
     """A Ray task (no resources of its own) that runs one network's `TorchTrainer` to the end.
 
-    `init_ref` and `data_ref` each hold one object reference, which the workers fetch.
+    `init_ref` and `data_ref` each hold one object reference, which the workers fetch. Ray Train
+    v1 (this worker's environment may differ from the driver's) is a user error, returned.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    v2, version, flag = train_version()
+    if not v2:
+        err = _train_v1_error("on a Ray worker", version, flag)
+        return {"error": f"{err.message} ({err.hint})", "retried": " (a user error: not retried)"}
+    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer  # ray.train.torch's, with Train v2
 
     try:
-        from ray.train.v2.api.config import LoggingConfig
+        from ray.train.v2.api.config import LoggingConfig  # type: ignore[attr-defined]
 
         logging: dict[str, Any] = {"logging_config": LoggingConfig(log_level="WARNING")}
-    except ImportError:  # Ray Train v1
+    except ImportError:  # Ray 2.51 has no LoggingConfig yet
         logging = {}
     resources = {"CPU": CPUS_PER_WORKER, **({"GPU": 1} if use_gpu else {})}
+    # worker failures: restarts from the checkpoint; startup timeouts (workers that cannot be
+    # placed): a few more tries, then an error, not a wait for ever (Ray's default: no limit)
+    failure = FailureConfig(max_failures=MAX_RETRIES, controller_failure_limit=MAX_RETRIES)
     trainer = TorchTrainer(
         data_parallel_loop,
         train_loop_config={"job": dict(job), "init": init_ref[0], "data": data_ref[0]},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=f"{job['phase']}-{job['name']}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=MAX_RETRIES), **logging),
+                             failure_config=failure, **logging),
     )
     trainer.fit()
     return {"checkpoint": str(Path(job["ckpt_dir"]) / f"{job['name']}.pt")}
 
 
 # ------------------------------------------------------------------------------ on the driver
+
+
+def plan_macs(plan: Mapping[str, Any]) -> dict[str, int]:
+    """Forward MACs per example of every member and MotherNet of a plan.json (0 where it has none).
+
+    >>> plan_macs({"members": [{"name": "a", "macs": 40}],
+    ...            "clusters": [{"mother": {"name": "mothernet1", "macs": 90}}]})
+    {'a': 40, 'mothernet1': 90}
+    """
+    macs = {str(m["name"]): int(m.get("macs") or 0) for m in plan.get("members", [])}
+    for c in plan.get("clusters", []):
+        mother = c.get("mother") or {}
+        if "name" in mother:
+            macs.setdefault(str(mother["name"]), int(mother.get("macs") or 0))
+    return macs
+
+
+def largest_first(jobs: Sequence[Any], macs: Mapping[str, int]) -> list[Any]:
+    """`jobs` (anything with a `name`) by forward MACs, largest first; ties keep their order.
+
+    >>> J = types.SimpleNamespace
+    >>> [j.name for j in largest_first([J(name="a"), J(name="b"), J(name="c"), J(name="d")],
+    ...                                {"a": 10, "b": 30, "c": 10, "d": 20})]
+    ['b', 'd', 'a', 'c']
+    """
+    return sorted(jobs, key=lambda j: -macs.get(j.name, 0))
 
 
 @dataclass
@@ -390,6 +528,7 @@ class Scheduler:
         self.running: dict[Any, _Running] = {}
         self.t0 = time.perf_counter()
         self.source = (self.ctx.folder / "models.py").read_text(encoding="utf-8")
+        self.macs = plan_macs(self.ctx.plan)
         self.data_ref = self.ray.put(self.ctx.dataset.to("cpu"))
         root = self.ctx.out.resolve() / "ckpt" / self.ctx.method
         self.storage = str(root / "ray")
@@ -397,7 +536,8 @@ class Scheduler:
         ray = self.ray
         self._task = ray.remote(num_cpus=CPUS_PER_WORKER, num_gpus=1 if self.cluster.use_gpu else 0,
                                 max_retries=MAX_RETRIES, retry_exceptions=True)(train_task)
-        self._fit = ray.remote(num_cpus=0, max_retries=0)(fit_task)
+        # retried when its process or machine is lost; a trainer's own failures are its FailureConfig's
+        self._fit = ray.remote(num_cpus=0, max_retries=MAX_RETRIES)(fit_task)
 
     def say(self, text: str) -> None:
         if not self.ctx.progress.quiet:
@@ -407,7 +547,8 @@ class Scheduler:
         return time.perf_counter() - self.t0
 
     def submit(self, jobs: Sequence[_Job]) -> None:
-        self.queue.extend(jobs)
+        """Queue networks that became ready together: after those waiting, largest first."""
+        self.queue.extend(largest_first(jobs, self.macs))
 
     def _start(self) -> None:
         from mncompile.runtime.placement import place
@@ -454,17 +595,23 @@ class Scheduler:
         try:
             reply = self.ray.get(ref)
         except self.ray.exceptions.RayError as err:
-            reply = {"error": _describe(err)}
-        if "error" in reply:
-            rec.status = "failed"
-            self._failed(run.job, reply["error"])
-            return run.job, None
-        if "checkpoint" in reply:
-            result = self._load(run.job, Path(reply["checkpoint"]))
-        else:
+            retried = (f" after {MAX_RETRIES} retries" if rec.workers == 1 else
+                       f" (data-parallel: its trainer restarts up to {MAX_RETRIES} times)")
+            reply = {"error": _describe(err), "retried": retried}
+        result: ModelResult | None = None
+        if "checkpoint" in reply:  # data-parallel: the weights come back in the checkpoint
+            try:
+                result = self._load(run.job, Path(reply["checkpoint"]))
+            except MNError as err:  # a member is left out, a MotherNet stops the run: as any failure
+                reply = {"error": err.message + (f" ({err.hint})" if err.hint else ""),
+                         "retried": " (it trained, but the driver cannot read its checkpoint)"}
+        elif "error" not in reply:
             result = reply["result"]
             run.job.model.load_state_dict(reply["state"])
-        run.job.model.to(self.ctx.device)
+        if result is None:
+            rec.status = "failed"
+            self._failed(run.job, reply["error"], reply.get("retried", ""))
+            return run.job, None
         rec.status = result.status
         self.say(f"{run.job.phase}: {run.job.name} {result.status} after {result.epochs} epochs "
                  f"({rec.end - rec.start:.1f}s on {len(run.devices)} {self.cluster.kind}"
@@ -476,13 +623,17 @@ class Scheduler:
         from mncompile.runtime.train import EpochRecord, ModelResult
 
         meta = load_checkpoint(path, job.model)
-        history = [EpochRecord(**r) for r in meta["history"]]
-        return ModelResult(job.name, str(meta["status"]), meta["message"], history)
+        try:
+            history = [EpochRecord(**r) for r in meta["history"]]
+            return ModelResult(job.name, str(meta["status"]), meta["message"], history)
+        except (KeyError, TypeError) as err:
+            raise MNError(f"checkpoint {path} has damaged meta data ({err})") from None
 
-    def _failed(self, job: _Job, error: str) -> None:
+    def _failed(self, job: _Job, error: str, retried: str) -> None:
+        """Report a failed network; `retried` (' after 2 retries', say) says what Ray tried."""
         self.failed[job.name] = error
-        print(f"warning: {job.phase}: {job.name} failed on Ray after {MAX_RETRIES} retries: {error}",
-              file=sys.stderr, flush=True)
+        print(f"warning: {job.phase}: {job.name} failed on Ray{retried}: {error}", file=sys.stderr,
+              flush=True)
 
     def failed_result(self, job: _Job) -> ModelResult:
         """A failed network's record: its checkpointed epochs, status 'training', the error."""
@@ -552,10 +703,17 @@ def _scheduler(ctx: RunContext) -> Scheduler:
 
 def train_mothernets(ctx: RunContext) -> Outcome:
     """`--method mothernets` on Ray: MotherNets first; each one's members as soon as it finishes."""
+    import copy
+
+    import torch
+
     from mncompile.runtime.pipeline import Outcome, hatch_members
     from mncompile.runtime.results import PhaseRecord
 
     s = _scheduler(ctx)
+    # the driver's nets stay on the CPU while the cluster trains (see the module notes)
+    on_cpu = copy.copy(ctx)
+    on_cpu.device = torch.device("cpu")
     first: dict[str, nn.Module] = {}
     mother_of: dict[str, str] = {}
     for mother_name, cluster in ctx.clusters:
@@ -591,7 +749,7 @@ def train_mothernets(ctx: RunContext) -> Outcome:
             mine = {m: mn for m, mn in mother_of.items() if mn == job.name}
             if not mine:
                 continue
-            new, new_checks, seconds = hatch_members(ctx, {job.name: job.model}, mine)
+            new, new_checks, seconds = hatch_members(on_cpu, {job.name: job.model}, mine)
             if first_done is None:
                 hatch_before += seconds
             else:
@@ -638,6 +796,8 @@ def _outcome(ctx: RunContext, s: Scheduler, phases: list[Any], members: dict[str
     if not kept:
         raise MNError("every member failed on Ray: there is no ensemble to evaluate",
                       hint="see the errors above")
+    for model in kept.values():  # training is over: evaluated on --device, as the local engine does
+        model.to(ctx.device)
     info = {**info, "engine": "ray", "ray": s.info()}
     if s.failed:
         info["failed_members"] = {m: e for m, e in s.failed.items() if m in members}
