@@ -238,6 +238,18 @@ def train_first_phase(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, 
     """
     from mncompile.runtime.results import PhaseRecord
 
+    first, mother_of = first_phase_nets(ctx)
+    first_results = ctx.train(first, ctx.mother_settings, "mothernets")
+    phases = [PhaseRecord("mothernets", ctx.phase_seconds(first_results), first_results)]
+    for name, r in first_results.items():
+        if not r.ok:
+            raise MNError(f"MotherNet '{name}' diverged: {r.message}",
+                          hint="lower --lr, or check the data; nothing can hatch from it")
+    return first, mother_of, phases
+
+
+def first_phase_nets(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Fresh MotherNets (and lone members: clusters of one net), and each hatched member's MotherNet."""
     first: dict[str, nn.Module] = {}
     mother_of: dict[str, str] = {}
     for mother_name, cluster in ctx.clusters:
@@ -246,13 +258,7 @@ def train_first_phase(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, 
         else:
             first[mother_name] = ctx.build(mother_name)
             mother_of.update({m: mother_name for m in cluster})
-    first_results = ctx.train(first, ctx.mother_settings, "mothernets")
-    phases = [PhaseRecord("mothernets", ctx.phase_seconds(first_results), first_results)]
-    for name, r in first_results.items():
-        if not r.ok:
-            raise MNError(f"MotherNet '{name}' diverged: {r.message}",
-                          hint="lower --lr, or check the data; nothing can hatch from it")
-    return first, mother_of, phases
+    return first, mother_of
 
 
 def hatch_members(ctx: RunContext, first: Mapping[str, nn.Module], mother_of: Mapping[str, str], *,

@@ -707,21 +707,14 @@ def train_mothernets(ctx: RunContext) -> Outcome:
 
     import torch
 
-    from mncompile.runtime.pipeline import Outcome, hatch_members
+    from mncompile.runtime.pipeline import Outcome, first_phase_nets, hatch_members
     from mncompile.runtime.results import PhaseRecord
 
     s = _scheduler(ctx)
     # the driver's nets stay on the CPU while the cluster trains (see the module notes)
     on_cpu = copy.copy(ctx)
     on_cpu.device = torch.device("cpu")
-    first: dict[str, nn.Module] = {}
-    mother_of: dict[str, str] = {}
-    for mother_name, cluster in ctx.clusters:
-        if len(cluster) == 1:
-            first[cluster[0]] = ctx.build(cluster[0])
-        else:
-            first[mother_name] = ctx.build(mother_name)
-            mother_of.update({m: mother_name for m in cluster})
+    first, mother_of = first_phase_nets(ctx)
     s.submit([_Job(n, "mothernets", ctx.mother_settings, model) for n, model in first.items()])
     first_results: dict[str, ModelResult] = {}
     member_results: dict[str, ModelResult] = {}
