@@ -51,6 +51,8 @@ class SharedBlock(nn.Module):
         super().__init__()
         writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
         cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        # the groups of its rows and columns: what mncompile.runtime.consolidate fills
+        self.rows, self.cols = rows, cols
         self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
         self.rank = rank if step["kernel"] is not None else 0
         self.kernel = max(p[6] for p in writers) if self.rank else 1

@@ -122,7 +122,8 @@ def sharing(out: Output) -> str:
             lines.append(f"  {mother}: separate members ({sp.reason})")
             continue
         separate = sum(infer_net(e.net(m), e.input, e.classes).params for m in sp.members)
-        lines.append(f"  {mother}: shared, {human(param_count(sp))} parameters instead of {human(separate)}")
+        lines.append(f"  {mother}: shared, {human(param_count(sp))} trainable parameters "
+                     f"({human(param_count(sp, stored=True))} stored) instead of {human(separate)}")
     shared = sum(not isinstance(sp, Refusal) for sp in out.shares.values())
     head = f"shared-mothernets: {shared} of {len(out.shares)} clusters shared (shared.py):"
     return "\n".join([head, *lines])

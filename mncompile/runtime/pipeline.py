@@ -471,6 +471,15 @@ def resolve_config(train: Mapping[str, Any], args: argparse.Namespace) -> dict[s
 # ---------------------------------------------------------------------------------- the run
 
 
+def load_generated_module(path: Path, kind: str, key: Path) -> ModuleType:
+    """Execute a generated file as a fresh module named after `kind` and `key` (not in sys.modules)."""
+    spec = importlib.util.spec_from_file_location(f"mncompile_{kind}_{zlib.crc32(str(key).encode())}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, HatchTable]]:
     """models.py (as a fresh module), plan.json and the hatch tables of a generated folder, checked."""
     from mncompile.runtime.hatching import load_table
@@ -488,11 +497,7 @@ def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, Hat
     except (ValueError, KeyError, TypeError) as err:
         raise MNError(f"'{plan_path}' is not a plan this mncompile can read ({err})",
                       hint="compile the spec again") from None
-    spec = importlib.util.spec_from_file_location(f"mncompile_models_{zlib.crc32(str(folder).encode())}",
-                                                  models_path)
-    assert spec is not None and spec.loader is not None
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)
+    models = load_generated_module(models_path, "models", folder)
     known = getattr(models, "MODELS", {})
     needed = members + [mother for mother, ms in clusters if len(ms) > 1]
     missing = [n for n in needed if n not in known]

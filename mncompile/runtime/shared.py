@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import sys
 import time
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +35,7 @@ from mncompile.runtime.pipeline import (
     Outcome,
     RunContext,
     hatch_members,
+    load_generated_module,
     register_method,
     train_first_phase,
     verify_scale,
@@ -53,10 +52,7 @@ def load_shared_module(folder: str | Path) -> ModuleType:
     if not path.is_file():
         raise MNError(f"'{path}' does not exist",
                       hint="compile the spec again with this mncompile: it writes shared.py")
-    spec = importlib.util.spec_from_file_location(f"mncompile_shared_{zlib.crc32(str(path).encode())}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_generated_module(path, "shared", path)
     if not isinstance(getattr(module, "SHARED", None), dict):
         raise MNError(f"'{path}' has no SHARED table", hint="compile the spec again")
     return module
@@ -76,16 +72,15 @@ PART_FIELDS = ("member", "key", "bn", "pre", "rows", "cols", "kernel")
 
 
 def _place(dest: torch.Tensor, t: torch.Tensor, groups: tuple[int, ...],
-           ranges: Mapping[int, tuple[int, int]], scale: Mapping[int, int], what: str, dim: int = 0) -> None:
+           ranges: Mapping[int, tuple[int, int]], scale: Mapping[int, int], what: str) -> None:
     """Add `t`'s channels (the member's order: `groups` laid end to end) into `dest` / each group's count."""
     at = 0
     for g in groups:
         lo, hi = ranges[g]
-        piece = t.narrow(dim, at, hi - lo) / scale[g]
-        dest.narrow(dim, lo, hi - lo).add_(piece)
+        dest[lo:hi] += t[at:at + hi - lo] / scale[g]
         at += hi - lo
-    if at != t.shape[dim]:
-        raise MNError(f"{what} has {t.shape[dim]} channels where shared.py expects {at}",
+    if at != t.shape[0]:
+        raise MNError(f"{what} has {t.shape[0]} channels where shared.py expects {at}",
                       hint="the members do not come from this compile of the spec: compile it again")
 
 
@@ -127,13 +122,9 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
                   for name, t in own.items() if name.startswith(f"steps.{i}.")}
         tracked = torch.zeros((), dtype=torch.long)
         kernel = step["kernel"]
-        blocks = []
-        for brows in step["blocks"]:
-            brows = tuple(brows)
-            writing = [p for p in parts if set(p["rows"]) & set(brows)]
-            bcols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writing))
-            bkernel = max(p["kernel"] for p in writing) if kernel is not None else None
-            blocks.append((brows, _ranges(shared.GROUPS, brows), _ranges(shared.GROUPS, bcols), bkernel))
+        # each weight block: its rows' and columns' groups and its kernel, as the module built it
+        blocks = [(_ranges(shared.GROUPS, b.rows), _ranges(shared.GROUPS, b.cols), b.kernel)
+                  for b in shared.steps[i].blocks]
         for p in parts:
             m = p["member"]
             if p["key"]:
@@ -151,7 +142,7 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
                         raise MNError(f"{what} has {w.shape[dim]} {side} channels where shared.py expects "
                                       f"{expected}", hint="the members do not come from this compile of the "
                                       "spec: compile it again")
-                for j, (_, b_row, b_col, bkernel) in enumerate(blocks):
+                for j, (b_row, b_col, bkernel) in enumerate(blocks):
                     here = [r for r in p["rows"] if r in b_row]
                     if not here:
                         continue
@@ -369,9 +360,6 @@ def train_shared_mothernets(ctx: RunContext) -> Outcome:
         jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=loss, correct=correct,
                     extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
         results = fit(ctx, jobs, "shared")
-        for name, r in results.items():
-            if not r.ok:
-                ctx.progress.note(f"{name}: {r.status}: {r.message}")
         phases.append(PhaseRecord("shared", group_seconds(results), dict(results)))
         for model in shared_models.values():
             members.update({m: shared_member(model, m) for m in model.MEMBERS})
