@@ -14,7 +14,11 @@ The CLI prints that and exits with status 2.
 
 from __future__ import annotations
 
-from mncompile.ir import Span
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # for annotations only: the runtime and mncompile.formats import this module without the IR
+    from mncompile.ir import Span
 
 
 class MNError(Exception):
