@@ -13,7 +13,6 @@ only loop over it. Every identifier that comes from the spec is handed out by on
 
 from __future__ import annotations
 
-import json
 import linecache
 import math
 import os
@@ -359,11 +358,11 @@ def render_models(ctx: EmitContext) -> dict[str, str]:
 
 def render_hatch(ctx: EmitContext) -> dict[str, str]:
     """hatch/<member>.json: one table per member of every cluster of two or more nets."""
-    from mncompile.passes.hatch_plan import table_to_json
+    from mncompile.formats.hatch_table import table_dumps
 
     files = ctx.hatch_files
-    return {files[m]: json.dumps(table_to_json(t), sort_keys=True, separators=(",", ":")) + "\n"
-            for m, t in ctx.tables.items()}
+    # one line per entry, map and MotherNet tensor: a recompile's diff shows what changed
+    return {files[m]: table_dumps(t) for m, t in ctx.tables.items()}
 
 
 def render_train(ctx: EmitContext) -> dict[str, str]:

@@ -78,3 +78,18 @@ def test_table_dumps_writes_one_line_per_entry_map_and_tensor() -> None:
     for e in table_to_json(t)["entries"]:
         assert f"  {json.dumps(e, sort_keys=True)}," in lines or f"  {json.dumps(e, sort_keys=True)}" in lines
     assert sum(line.startswith('  "') for line in lines) == len(t.maps) + len(t.mother_tensors)
+
+
+def test_emitted_hatch_files_are_diffable_table_dumps() -> None:
+    from mncompile.api import load
+    from mncompile.emit import compile_ensemble
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "mlp.mnet"
+    out = compile_ensemble(load(spec), source_name=spec.name)
+    paths = sorted(p for p in out.files if p.startswith("hatch/"))
+    assert paths and len(paths) == len(out.tables)
+    for member, t in out.tables.items():
+        text = out.files[f"hatch/{member}.json"]
+        assert text == table_dumps(t) and load_table(json.loads(text)) == t
+        # one line per entry, map and MotherNet tensor, plus the table's other fields
+        assert len(text.splitlines()) >= len(t.entries) + len(t.maps) + len(t.mother_tensors)
