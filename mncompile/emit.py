@@ -455,13 +455,17 @@ def _wrap_items(items: Sequence[str], width: int = LINE_LENGTH - 8) -> list[str]
 def _step_lines(sp: SharePlan, step: Any) -> list[str]:
     """One STEPS entry as lines of a dict literal, with a comment saying who owns the units it makes.
 
-    Spec names are identifiers (the grammar's NAME), so `repr` is their literal.
+    The keys are those of `mncompile.formats.share_plan`. Spec names are identifiers (the
+    grammar's NAME), so `repr` is their literal.
     """
     import pprint
+
+    from mncompile.formats.share_plan import ADD_STEP_FIELDS, LAYER_STEP_FIELDS, PART_FIELDS
 
     if step.op not in ("conv", "linear", "norm", "add"):
         return [f"{{'op': {step.op!r}}},"]
     width = LINE_LENGTH - 12
+    fields = ADD_STEP_FIELDS if step.op == "add" else LAYER_STEP_FIELDS
 
     def field(key: str, value: object, indent: str = " ") -> list[str]:
         text = pprint.pformat(value, width=width - len(key) - 4, compact=True)
@@ -469,26 +473,26 @@ def _step_lines(sp: SharePlan, step: Any) -> list[str]:
         pad = " " * (len(key) + 4)
         return [f"{indent}{key!r}: {lines[0]}"] + [indent + pad + line for line in lines[1:]]
 
-    head = [f"{k!r}: {v!r}," for k, v in (("op", step.op), ("name", step.name), ("kernel", step.kernel),
-                                          ("stride", step.stride), ("pre", step.pre), ("bn", step.bn),
-                                          ("relu", step.relu), ("bias", step.bias))]
+    # the flags on one or two lines, then one field per line: the group tuples can be long
+    head = [f"{k!r}: {getattr(step, k)!r}," for k in fields[:8]]
     lines = ["{" + line if i == 0 else " " + line for i, line in enumerate(_wrap_items(head, width))]
-    for key in ("reads", "makes", "carries"):
+    for key in fields[8:11]:
         body = field(key, getattr(step, key))
         lines += body[:-1] + [body[-1] + ","]
     if step.op == "add":
+        assert fields[11:] == ("sums",)
         lines.append(" 'sums': (")
         lines += [f"     {line}" for o, terms in step.sums
                   for line in pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[:-1]
                   + [pprint.pformat((o, terms), width=width - 5, compact=True).splitlines()[-1] + ","]]
     else:
+        assert fields[11:] == ("blocks", "parts")
         body = field("blocks", step.blocks)
         lines += body[:-1] + [body[-1] + ","]
         lines.append(" 'parts': (")
         for p in step.parts:
-            text = pprint.pformat((p.member, p.key, p.bn, p.pre, p.rows, p.cols, p.kernel), width=width - 5,
-                                  compact=True).splitlines()
-            lines += [f"     {line}" for line in text[:-1]] + [f"     {text[-1]},"]
+            lines += [f"     {line}" for line in _part_lines({f: getattr(p, f) for f in PART_FIELDS},
+                                                             width - 5)]
     lines.append(" )},")
     owners = []
     for g in step.makes:
@@ -496,6 +500,41 @@ def _step_lines(sp: SharePlan, step: Any) -> list[str]:
         owners.append(f"shared {grp.size}" if grp.owner is None else f"{comment_text(grp.owner)} +{grp.size}")
     comment = _wrap_items([f"# {step.name}:", *(o + " |" for o in owners[:-1]), *owners[-1:]], width)
     return comment[:1] + ["# " + c for c in comment[1:]] + lines
+
+
+def _part_lines(part: Mapping[str, object], width: int) -> list[str]:
+    """One step part as a dict literal followed by a comma, in lines of at most `width`.
+
+    Short fields share a line; a group tuple too long for the rest of its line starts a new one
+    and wraps with a hanging indent.
+
+    >>> for line in _part_lines({"member": "a", "key": "fc", "rows": (1,), "cols": tuple(range(14))}, 40):
+    ...     print(line)
+    {'member': 'a', 'key': 'fc',
+     'rows': (1,),
+     'cols': (0, 1, 2, 3, 4, 5, 6, 7, 8,
+              9, 10, 11, 12, 13)},
+    """
+    import pprint
+
+    items = list(part.items())
+    lines: list[str] = []
+    for i, (key, value) in enumerate(items):
+        end = "," if i < len(items) - 1 else "},"
+        # every line starts with "{" (the first) or " " (the others): one column before the item
+        one = f"{key!r}: {value!r}{end}"
+        if lines and len(lines[-1]) + 1 + len(one) <= width:
+            lines[-1] += " " + one
+            continue
+        if len(one) + 1 <= width:
+            lines.append(("{" if not lines else " ") + one)
+            continue
+        prefix = f"{key!r}: "
+        text = pprint.pformat(value, width=width - 1 - len(prefix) - len(end), compact=True).splitlines()
+        lines.append(("{" if not lines else " ") + prefix + text[0])
+        lines += [" " + " " * len(prefix) + t for t in text[1:]]
+        lines[-1] += end
+    return lines
 
 
 def _literal(value: object) -> str:

@@ -12,6 +12,7 @@ import pytest
 from mncompile.diagnostics import MNError
 from mncompile.formats import hatch_table
 from mncompile.formats.hatch_table import HatchTable, load_table, table_dumps, table_to_json
+from mncompile.formats.share_plan import ADD_STEP_FIELDS, LAYER_STEP_FIELDS, OPS, PART_FIELDS, read_part
 from mncompile.passes import hatch_plan
 
 
@@ -22,7 +23,8 @@ def _loaded_after(statement: str) -> set[str]:
     return set(proc.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["mncompile.formats", "mncompile.formats.hatch_table"])
+@pytest.mark.parametrize("module", ["mncompile.formats", "mncompile.formats.hatch_table",
+                                    "mncompile.formats.share_plan"])
 def test_formats_import_neither_torch_nor_the_compiler(module: str) -> None:
     loaded = _loaded_after(f"import {module}")
     assert module in loaded
@@ -93,3 +95,54 @@ def test_emitted_hatch_files_are_diffable_table_dumps() -> None:
         assert text == table_dumps(t) and load_table(json.loads(text)) == t
         # one line per entry, map and MotherNet tensor, plus the table's other fields
         assert len(text.splitlines()) >= len(t.entries) + len(t.maps) + len(t.mother_tensors)
+
+
+def _steps(shared_py: str) -> dict[str, tuple[dict, ...]]:
+    """Each Shared-MotherNet class's STEPS literal, read without running the file (no torch)."""
+    import ast
+
+    out = {}
+    for node in ast.parse(shared_py).body:
+        if isinstance(node, ast.ClassDef) and node.name != "SharedNet":
+            for item in node.body:
+                names = [t.id for t in getattr(item, "targets", ()) if isinstance(t, ast.Name)]
+                if isinstance(item, ast.Assign) and names == ["STEPS"]:
+                    out[node.name] = ast.literal_eval(item.value)
+    return out
+
+
+@pytest.mark.parametrize("example", ["mlp", "digits", "r10"])
+def test_generated_steps_have_exactly_the_formats_fields(example: str) -> None:
+    from mncompile.golden import GENERATED
+
+    classes = _steps((GENERATED / example / "shared.py").read_text())
+    assert classes
+    ops, parts = set(), 0
+    for steps in classes.values():
+        for step in steps:
+            ops.add(step["op"])
+            assert step["op"] in OPS
+            if step["op"] in ("conv", "linear", "norm"):
+                assert tuple(step) == LAYER_STEP_FIELDS
+                for part in step["parts"]:
+                    assert tuple(part) == PART_FIELDS and read_part(part) == part
+                    assert set(part["rows"]) <= set(step["makes"]) and set(part["cols"]) <= set(step["reads"])
+                    parts += 1
+            elif step["op"] == "add":
+                assert tuple(step) == ADD_STEP_FIELDS
+            else:
+                assert tuple(step) == ("op",)
+    assert parts and "linear" in ops
+    assert {"conv", "gap"} <= ops if example != "mlp" else ops == {"flatten", "linear"}
+    assert ("add" in ops) == (example in ("digits", "r10"))
+
+
+def test_read_part_refuses_positional_and_renamed_parts() -> None:
+    from mncompile.diagnostics import MNError
+
+    part = dict(zip(PART_FIELDS, ("a", "fc", None, None, (1,), (0,), None), strict=True))
+    assert read_part(part) == part and read_part(part) is not part
+    with pytest.raises(MNError, match="is a tuple where this mncompile reads a dict"):
+        read_part(tuple(part.values()))  # type: ignore[arg-type]
+    with pytest.raises(MNError, match=r"has the fields \[.*'width'\]"):
+        read_part({**{k: v for k, v in part.items() if k != "kernel"}, "width": 3})

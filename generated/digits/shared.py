@@ -49,22 +49,23 @@ class SharedBlock(nn.Module):
 
     def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
         super().__init__()
-        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
-        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        writers = [p for p in step["parts"] if set(p["rows"]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writers))
         # the groups of its rows and columns: what mncompile.runtime.consolidate fills
         self.rows, self.cols = rows, cols
         self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
         self.rank = rank if step["kernel"] is not None else 0
-        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        self.kernel = max(p["kernel"] for p in writers) if self.rank else 1
         row_at, col_at = _channels(groups, rows), _channels(groups, cols)
         n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
         shape = (n_out, n_in) + (self.kernel,) * self.rank
         mask = torch.zeros(shape)
-        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
-            lo = (self.kernel - (part_kernel or 1)) // 2
-            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
-            for r in part_rows:
-                for c in part_cols:
+        for p in writers:
+            k = p["kernel"] or 1
+            lo = (self.kernel - k) // 2
+            taps = (slice(lo, lo + k),) * self.rank
+            for r in p["rows"]:
+                for c in p["cols"]:
                     if r in row_at:
                         mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
@@ -165,11 +166,12 @@ class SharedNet(nn.Module):
 
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
-    set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
-    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
-    its (group, coefficient) terms. forward returns
-    [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
+    set, a dict: its `member`, weight `key`, BatchNorm after (`bn`) and before (`pre`), `rows`
+    (the groups of its output channels, in its order), `cols` (the groups of its input
+    channels) and `kernel`; its `blocks` split the groups it makes into weight blocks. An add
+    step's `sums` are, per made group, its (group, coefficient) terms (the layout is
+    mncompile.formats.share_plan's). forward returns [batch, K, classes]: member k's logits at
+    [:, k], in MEMBERS order.
     """
 
     MOTHER = ""
@@ -234,8 +236,10 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((1, 2),),
          'parts': (
-             ('plain_a', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
-             ('plain_b', 'block1.layer1.conv', 'block1.layer1.bn', None, (1, 2), (0,), 3),
+             {'member': 'plain_a', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
+             {'member': 'plain_b', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1, 2), 'cols': (0,), 'kernel': 3},
          )},
         # block1.layer2: plain_b +24
         {'op': 'conv', 'name': 'block1.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -245,7 +249,8 @@ class SharedMothernet1(SharedNet):
          'carries': (1,),
          'blocks': ((3,),),
          'parts': (
-             ('plain_b', 'block1.layer2.conv', 'block1.layer2.bn', None, (3,), (1, 2), 3),
+             {'member': 'plain_b', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (3,), 'cols': (1, 2), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block2.layer1: shared 32
@@ -256,8 +261,10 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((4,),),
          'parts': (
-             ('plain_a', 'block2.layer1.conv', 'block2.layer1.bn', None, (4,), (1,), 3),
-             ('plain_b', 'block2.layer1.conv', 'block2.layer1.bn', None, (4,), (3,), 3),
+             {'member': 'plain_a', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (4,), 'cols': (1,), 'kernel': 3},
+             {'member': 'plain_b', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
          )},
         {'op': 'pool'},
         {'op': 'gap'},
@@ -269,8 +276,10 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((5,),),
          'parts': (
-             ('plain_a', 'head.fc1', None, None, (5,), (4,), None),
-             ('plain_b', 'head.fc1', None, None, (5,), (4,), None),
+             {'member': 'plain_a', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (5,), 'cols': (4,),
+              'kernel': None},
+             {'member': 'plain_b', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (5,), 'cols': (4,),
+              'kernel': None},
          )},
         # head.out: plain_a +10 | plain_b +10
         {'op': 'linear', 'name': 'head.out', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -280,8 +289,10 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((6, 7),),
          'parts': (
-             ('plain_a', 'head.out', None, None, (6,), (5,), None),
-             ('plain_b', 'head.out', None, None, (7,), (5,), None),
+             {'member': 'plain_a', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (6,), 'cols': (5,),
+              'kernel': None},
+             {'member': 'plain_b', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (7,), 'cols': (5,),
+              'kernel': None},
          )},
     )
 
@@ -315,8 +326,10 @@ class SharedMothernet2(SharedNet):
          'carries': (),
          'blocks': ((1,),),
          'parts': (
-             ('res_a', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
-             ('res_b', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
+             {'member': 'res_a', 'key': 'stem.conv', 'bn': 'stem.bn', 'pre': None, 'rows': (1,),
+              'cols': (0,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'stem.conv', 'bn': 'stem.bn', 'pre': None, 'rows': (1,),
+              'cols': (0,), 'kernel': 3},
          )},
         # block1.unit1.conv1: shared 16 | res_b +8 | res_b +16 | res_b +8
         {'op': 'conv', 'name': 'block1.unit1.conv1', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -326,9 +339,12 @@ class SharedMothernet2(SharedNet):
          'carries': (1,),
          'blocks': ((2, 3), (4, 5)),
          'parts': (
-             ('res_a', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (2,), (1,), 3),
-             ('res_b', 'block1.unit1.conv1', 'block1.unit1.bn1', None, (2, 3), (1,), 3),
-             ('res_b', 'block1.unit1.shortcut.conv', 'block1.unit1.shortcut.bn', None, (4, 5), (1,), 1),
+             {'member': 'res_a', 'key': 'block1.unit1.conv1', 'bn': 'block1.unit1.bn1', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block1.unit1.conv1', 'bn': 'block1.unit1.bn1', 'pre': None,
+              'rows': (2, 3), 'cols': (1,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block1.unit1.shortcut.conv', 'bn': 'block1.unit1.shortcut.bn',
+              'pre': None, 'rows': (4, 5), 'cols': (1,), 'kernel': 1},
          )},
         # block1.unit1.conv2: shared 16 | res_b +8
         {'op': 'conv', 'name': 'block1.unit1.conv2', 'kernel': 3, 'stride': 1, 'pre': 'relu', 'bn': True,
@@ -338,8 +354,10 @@ class SharedMothernet2(SharedNet):
          'carries': (4, 5, 1),
          'blocks': ((6, 7),),
          'parts': (
-             ('res_a', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6,), (2,), 3),
-             ('res_b', 'block1.unit1.conv2', 'block1.unit1.bn2', None, (6, 7), (2, 3), 3),
+             {'member': 'res_a', 'key': 'block1.unit1.conv2', 'bn': 'block1.unit1.bn2', 'pre': None,
+              'rows': (6,), 'cols': (2,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block1.unit1.conv2', 'bn': 'block1.unit1.bn2', 'pre': None,
+              'rows': (6, 7), 'cols': (2, 3), 'kernel': 3},
          )},
         # block1.unit1: shared 16 | res_b +8
         {'op': 'add', 'name': 'block1.unit1', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -359,8 +377,10 @@ class SharedMothernet2(SharedNet):
          'carries': (8, 9),
          'blocks': ((10, 11),),
          'parts': (
-             ('res_a', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10,), (8,), 3),
-             ('res_b', 'block1.unit2.conv1', 'block1.unit2.bn1', None, (10, 11), (8, 9), 3),
+             {'member': 'res_a', 'key': 'block1.unit2.conv1', 'bn': 'block1.unit2.bn1', 'pre': None,
+              'rows': (10,), 'cols': (8,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block1.unit2.conv1', 'bn': 'block1.unit2.bn1', 'pre': None,
+              'rows': (10, 11), 'cols': (8, 9), 'kernel': 3},
          )},
         # block1.unit2.conv2: shared 16 | res_b +8
         {'op': 'conv', 'name': 'block1.unit2.conv2', 'kernel': 3, 'stride': 1, 'pre': 'relu', 'bn': True,
@@ -370,8 +390,10 @@ class SharedMothernet2(SharedNet):
          'carries': (8, 9),
          'blocks': ((12, 13),),
          'parts': (
-             ('res_a', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12,), (10,), 3),
-             ('res_b', 'block1.unit2.conv2', 'block1.unit2.bn2', None, (12, 13), (10, 11), 3),
+             {'member': 'res_a', 'key': 'block1.unit2.conv2', 'bn': 'block1.unit2.bn2', 'pre': None,
+              'rows': (12,), 'cols': (10,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block1.unit2.conv2', 'bn': 'block1.unit2.bn2', 'pre': None,
+              'rows': (12, 13), 'cols': (10, 11), 'kernel': 3},
          )},
         # block1.unit2: shared 16 | res_b +8
         {'op': 'add', 'name': 'block1.unit2', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -391,10 +413,14 @@ class SharedMothernet2(SharedNet):
          'carries': (),
          'blocks': ((16,), (17,)),
          'parts': (
-             ('res_a', 'block2.unit1.conv1', 'block2.unit1.bn1', None, (16,), (14,), 3),
-             ('res_a', 'block2.unit1.shortcut.conv', 'block2.unit1.shortcut.bn', None, (17,), (14,), 1),
-             ('res_b', 'block2.unit1.conv1', 'block2.unit1.bn1', None, (16,), (14, 15), 5),
-             ('res_b', 'block2.unit1.shortcut.conv', 'block2.unit1.shortcut.bn', None, (17,), (14, 15), 1),
+             {'member': 'res_a', 'key': 'block2.unit1.conv1', 'bn': 'block2.unit1.bn1', 'pre': None,
+              'rows': (16,), 'cols': (14,), 'kernel': 3},
+             {'member': 'res_a', 'key': 'block2.unit1.shortcut.conv', 'bn': 'block2.unit1.shortcut.bn',
+              'pre': None, 'rows': (17,), 'cols': (14,), 'kernel': 1},
+             {'member': 'res_b', 'key': 'block2.unit1.conv1', 'bn': 'block2.unit1.bn1', 'pre': None,
+              'rows': (16,), 'cols': (14, 15), 'kernel': 5},
+             {'member': 'res_b', 'key': 'block2.unit1.shortcut.conv', 'bn': 'block2.unit1.shortcut.bn',
+              'pre': None, 'rows': (17,), 'cols': (14, 15), 'kernel': 1},
          )},
         # block2.unit1.conv2: shared 32
         {'op': 'conv', 'name': 'block2.unit1.conv2', 'kernel': 5, 'stride': 1, 'pre': 'relu', 'bn': True,
@@ -404,8 +430,10 @@ class SharedMothernet2(SharedNet):
          'carries': (17,),
          'blocks': ((18,),),
          'parts': (
-             ('res_a', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (18,), (16,), 3),
-             ('res_b', 'block2.unit1.conv2', 'block2.unit1.bn2', None, (18,), (16,), 5),
+             {'member': 'res_a', 'key': 'block2.unit1.conv2', 'bn': 'block2.unit1.bn2', 'pre': None,
+              'rows': (18,), 'cols': (16,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block2.unit1.conv2', 'bn': 'block2.unit1.bn2', 'pre': None,
+              'rows': (18,), 'cols': (16,), 'kernel': 5},
          )},
         # block2.unit1: shared 32
         {'op': 'add', 'name': 'block2.unit1', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -424,8 +452,10 @@ class SharedMothernet2(SharedNet):
          'carries': (19,),
          'blocks': ((20,),),
          'parts': (
-             ('res_a', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (20,), (19,), 3),
-             ('res_b', 'block2.unit2.conv1', 'block2.unit2.bn1', None, (20,), (19,), 3),
+             {'member': 'res_a', 'key': 'block2.unit2.conv1', 'bn': 'block2.unit2.bn1', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block2.unit2.conv1', 'bn': 'block2.unit2.bn1', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
          )},
         # block2.unit2.conv2: shared 32
         {'op': 'conv', 'name': 'block2.unit2.conv2', 'kernel': 3, 'stride': 1, 'pre': 'relu', 'bn': True,
@@ -435,8 +465,10 @@ class SharedMothernet2(SharedNet):
          'carries': (19,),
          'blocks': ((21,),),
          'parts': (
-             ('res_a', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (21,), (20,), 3),
-             ('res_b', 'block2.unit2.conv2', 'block2.unit2.bn2', None, (21,), (20,), 3),
+             {'member': 'res_a', 'key': 'block2.unit2.conv2', 'bn': 'block2.unit2.bn2', 'pre': None,
+              'rows': (21,), 'cols': (20,), 'kernel': 3},
+             {'member': 'res_b', 'key': 'block2.unit2.conv2', 'bn': 'block2.unit2.bn2', 'pre': None,
+              'rows': (21,), 'cols': (20,), 'kernel': 3},
          )},
         # block2.unit2: shared 32
         {'op': 'add', 'name': 'block2.unit2', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -455,7 +487,8 @@ class SharedMothernet2(SharedNet):
          'carries': (22,),
          'blocks': ((23,),),
          'parts': (
-             ('res_b', 'block2.unit3.conv1', 'block2.unit3.bn1', None, (23,), (22,), 3),
+             {'member': 'res_b', 'key': 'block2.unit3.conv1', 'bn': 'block2.unit3.bn1', 'pre': None,
+              'rows': (23,), 'cols': (22,), 'kernel': 3},
          )},
         # block2.unit3.conv2: res_b +32
         {'op': 'conv', 'name': 'block2.unit3.conv2', 'kernel': 3, 'stride': 1, 'pre': 'relu', 'bn': True,
@@ -465,7 +498,8 @@ class SharedMothernet2(SharedNet):
          'carries': (22,),
          'blocks': ((24,),),
          'parts': (
-             ('res_b', 'block2.unit3.conv2', 'block2.unit3.bn2', None, (24,), (23,), 3),
+             {'member': 'res_b', 'key': 'block2.unit3.conv2', 'bn': 'block2.unit3.bn2', 'pre': None,
+              'rows': (24,), 'cols': (23,), 'kernel': 3},
          )},
         # block2.unit3: res_b +32
         {'op': 'add', 'name': 'block2.unit3', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -485,8 +519,10 @@ class SharedMothernet2(SharedNet):
          'carries': (),
          'blocks': ((26,), (27,)),
          'parts': (
-             ('res_a', 'head.out', None, None, (26,), (22,), None),
-             ('res_b', 'head.out', None, None, (27,), (25,), None),
+             {'member': 'res_a', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (26,), 'cols': (22,),
+              'kernel': None},
+             {'member': 'res_b', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (27,), 'cols': (25,),
+              'kernel': None},
          )},
     )
 
@@ -521,8 +557,10 @@ class SharedMothernet3(SharedNet):
          'carries': (),
          'blocks': ((1,),),
          'parts': (
-             ('dense_a', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
-             ('dense_b', 'stem.conv', 'stem.bn', None, (1,), (0,), 3),
+             {'member': 'dense_a', 'key': 'stem.conv', 'bn': 'stem.bn', 'pre': None, 'rows': (1,),
+              'cols': (0,), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'stem.conv', 'bn': 'stem.bn', 'pre': None, 'rows': (1,),
+              'cols': (0,), 'kernel': 3},
          )},
         # block1.layer1: shared 8 | dense_b +4
         {'op': 'conv', 'name': 'block1.layer1', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -532,8 +570,10 @@ class SharedMothernet3(SharedNet):
          'carries': (1,),
          'blocks': ((2, 3),),
          'parts': (
-             ('dense_a', 'block1.layer1.conv', None, 'block1.layer1.bn', (2,), (1,), 3),
-             ('dense_b', 'block1.layer1.conv', None, 'block1.layer1.bn', (2, 3), (1,), 3),
+             {'member': 'dense_a', 'key': 'block1.layer1.conv', 'bn': None, 'pre': 'block1.layer1.bn',
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block1.layer1.conv', 'bn': None, 'pre': 'block1.layer1.bn',
+              'rows': (2, 3), 'cols': (1,), 'kernel': 3},
          )},
         # block1.layer2: shared 8 | dense_b +4
         {'op': 'conv', 'name': 'block1.layer2', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -543,8 +583,10 @@ class SharedMothernet3(SharedNet):
          'carries': (2, 3, 1),
          'blocks': ((4, 5),),
          'parts': (
-             ('dense_a', 'block1.layer2.conv', None, 'block1.layer2.bn', (4,), (1, 2), 3),
-             ('dense_b', 'block1.layer2.conv', None, 'block1.layer2.bn', (4, 5), (1, 2, 3), 3),
+             {'member': 'dense_a', 'key': 'block1.layer2.conv', 'bn': None, 'pre': 'block1.layer2.bn',
+              'rows': (4,), 'cols': (1, 2), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block1.layer2.conv', 'bn': None, 'pre': 'block1.layer2.bn',
+              'rows': (4, 5), 'cols': (1, 2, 3), 'kernel': 3},
          )},
         # block1.layer3: shared 8 | dense_b +4
         {'op': 'conv', 'name': 'block1.layer3', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -554,8 +596,10 @@ class SharedMothernet3(SharedNet):
          'carries': (4, 5, 2, 3, 1),
          'blocks': ((6, 7),),
          'parts': (
-             ('dense_a', 'block1.layer3.conv', None, 'block1.layer3.bn', (6,), (1, 2, 4), 3),
-             ('dense_b', 'block1.layer3.conv', None, 'block1.layer3.bn', (6, 7), (1, 2, 3, 4, 5), 3),
+             {'member': 'dense_a', 'key': 'block1.layer3.conv', 'bn': None, 'pre': 'block1.layer3.bn',
+              'rows': (6,), 'cols': (1, 2, 4), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block1.layer3.conv', 'bn': None, 'pre': 'block1.layer3.bn',
+              'rows': (6, 7), 'cols': (1, 2, 3, 4, 5), 'kernel': 3},
          )},
         # block1.layer4: dense_b +12
         {'op': 'conv', 'name': 'block1.layer4', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -565,7 +609,8 @@ class SharedMothernet3(SharedNet):
          'carries': (6, 7, 4, 5, 2, 3, 1),
          'blocks': ((8,),),
          'parts': (
-             ('dense_b', 'block1.layer4.conv', None, 'block1.layer4.bn', (8,), (1, 2, 3, 4, 5, 6, 7), 3),
+             {'member': 'dense_b', 'key': 'block1.layer4.conv', 'bn': None, 'pre': 'block1.layer4.bn',
+              'rows': (8,), 'cols': (1, 2, 3, 4, 5, 6, 7), 'kernel': 3},
          )},
         # transition1: shared 16 | shared 8 | shared 8 | shared 8 | dense_b +4 | dense_b +4 | dense_b +4 |
         # dense_b +12
@@ -576,9 +621,10 @@ class SharedMothernet3(SharedNet):
          'carries': (),
          'blocks': ((9, 10, 11, 12, 13, 14, 15, 16),),
          'parts': (
-             ('dense_a', 'transition1.conv', None, 'transition1.bn', (9, 10, 11, 12), (1, 2, 4, 6), 1),
-             ('dense_b', 'transition1.conv', None, 'transition1.bn', (9, 10, 13, 11, 14, 12, 15, 16),
-              (1, 2, 3, 4, 5, 6, 7, 8), 1),
+             {'member': 'dense_a', 'key': 'transition1.conv', 'bn': None, 'pre': 'transition1.bn',
+              'rows': (9, 10, 11, 12), 'cols': (1, 2, 4, 6), 'kernel': 1},
+             {'member': 'dense_b', 'key': 'transition1.conv', 'bn': None, 'pre': 'transition1.bn',
+              'rows': (9, 10, 13, 11, 14, 12, 15, 16), 'cols': (1, 2, 3, 4, 5, 6, 7, 8), 'kernel': 1},
          )},
         {'op': 'avgpool'},
         # block2.layer1: shared 8
@@ -589,9 +635,10 @@ class SharedMothernet3(SharedNet):
          'carries': (9, 10, 11, 12, 13, 14, 15, 16),
          'blocks': ((17,),),
          'parts': (
-             ('dense_a', 'block2.layer1.conv', None, 'block2.layer1.bn', (17,), (9, 10, 11, 12), 3),
-             ('dense_b', 'block2.layer1.conv', None, 'block2.layer1.bn', (17,),
-              (9, 10, 13, 11, 14, 12, 15, 16), 3),
+             {'member': 'dense_a', 'key': 'block2.layer1.conv', 'bn': None, 'pre': 'block2.layer1.bn',
+              'rows': (17,), 'cols': (9, 10, 11, 12), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block2.layer1.conv', 'bn': None, 'pre': 'block2.layer1.bn',
+              'rows': (17,), 'cols': (9, 10, 13, 11, 14, 12, 15, 16), 'kernel': 3},
          )},
         # block2.layer2: shared 8
         {'op': 'conv', 'name': 'block2.layer2', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -601,9 +648,10 @@ class SharedMothernet3(SharedNet):
          'carries': (17, 9, 10, 11, 12, 13, 14, 15, 16),
          'blocks': ((18,),),
          'parts': (
-             ('dense_a', 'block2.layer2.conv', None, 'block2.layer2.bn', (18,), (9, 10, 11, 12, 17), 3),
-             ('dense_b', 'block2.layer2.conv', None, 'block2.layer2.bn', (18,),
-              (9, 10, 13, 11, 14, 12, 15, 16, 17), 3),
+             {'member': 'dense_a', 'key': 'block2.layer2.conv', 'bn': None, 'pre': 'block2.layer2.bn',
+              'rows': (18,), 'cols': (9, 10, 11, 12, 17), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block2.layer2.conv', 'bn': None, 'pre': 'block2.layer2.bn',
+              'rows': (18,), 'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17), 'kernel': 3},
          )},
         # block2.layer3: shared 8
         {'op': 'conv', 'name': 'block2.layer3', 'kernel': 3, 'stride': 1, 'pre': 'bn_relu', 'bn': False,
@@ -613,10 +661,10 @@ class SharedMothernet3(SharedNet):
          'carries': (18, 17, 9, 10, 11, 12, 13, 14, 15, 16),
          'blocks': ((19,),),
          'parts': (
-             ('dense_a', 'block2.layer3.conv', None, 'block2.layer3.bn', (19,), (9, 10, 11, 12, 17, 18),
-              3),
-             ('dense_b', 'block2.layer3.conv', None, 'block2.layer3.bn', (19,),
-              (9, 10, 13, 11, 14, 12, 15, 16, 17, 18), 3),
+             {'member': 'dense_a', 'key': 'block2.layer3.conv', 'bn': None, 'pre': 'block2.layer3.bn',
+              'rows': (19,), 'cols': (9, 10, 11, 12, 17, 18), 'kernel': 3},
+             {'member': 'dense_b', 'key': 'block2.layer3.conv', 'bn': None, 'pre': 'block2.layer3.bn',
+              'rows': (19,), 'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17, 18), 'kernel': 3},
          )},
         # head.bn: shared 8 | shared 8 | shared 8 | shared 16 | shared 8 | shared 8 | shared 8 |
         # dense_b +4 | dense_b +4 | dense_b +4 | dense_b +12
@@ -627,10 +675,11 @@ class SharedMothernet3(SharedNet):
          'carries': (),
          'blocks': (),
          'parts': (
-             ('dense_a', None, None, 'head.bn', (20, 21, 22, 23, 24, 25, 26), (9, 10, 11, 12, 17, 18, 19),
-              None),
-             ('dense_b', None, None, 'head.bn', (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),
-              (9, 10, 13, 11, 14, 12, 15, 16, 17, 18, 19), None),
+             {'member': 'dense_a', 'key': None, 'bn': None, 'pre': 'head.bn',
+              'rows': (20, 21, 22, 23, 24, 25, 26), 'cols': (9, 10, 11, 12, 17, 18, 19), 'kernel': None},
+             {'member': 'dense_b', 'key': None, 'bn': None, 'pre': 'head.bn',
+              'rows': (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),
+              'cols': (9, 10, 13, 11, 14, 12, 15, 16, 17, 18, 19), 'kernel': None},
          )},
         {'op': 'gap'},
         # head.out: dense_a +10 | dense_b +10
@@ -641,9 +690,10 @@ class SharedMothernet3(SharedNet):
          'carries': (),
          'blocks': ((31, 32),),
          'parts': (
-             ('dense_a', 'head.out', None, None, (31,), (20, 21, 22, 23, 24, 25, 26), None),
-             ('dense_b', 'head.out', None, None, (32,), (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26),
-              None),
+             {'member': 'dense_a', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (31,),
+              'cols': (20, 21, 22, 23, 24, 25, 26), 'kernel': None},
+             {'member': 'dense_b', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (32,),
+              'cols': (20, 21, 27, 22, 28, 23, 29, 30, 24, 25, 26), 'kernel': None},
          )},
     )
 

@@ -49,22 +49,23 @@ class SharedBlock(nn.Module):
 
     def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
         super().__init__()
-        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
-        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        writers = [p for p in step["parts"] if set(p["rows"]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writers))
         # the groups of its rows and columns: what mncompile.runtime.consolidate fills
         self.rows, self.cols = rows, cols
         self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
         self.rank = rank if step["kernel"] is not None else 0
-        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        self.kernel = max(p["kernel"] for p in writers) if self.rank else 1
         row_at, col_at = _channels(groups, rows), _channels(groups, cols)
         n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
         shape = (n_out, n_in) + (self.kernel,) * self.rank
         mask = torch.zeros(shape)
-        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
-            lo = (self.kernel - (part_kernel or 1)) // 2
-            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
-            for r in part_rows:
-                for c in part_cols:
+        for p in writers:
+            k = p["kernel"] or 1
+            lo = (self.kernel - k) // 2
+            taps = (slice(lo, lo + k),) * self.rank
+            for r in p["rows"]:
+                for c in p["cols"]:
                     if r in row_at:
                         mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
@@ -165,11 +166,12 @@ class SharedNet(nn.Module):
 
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
-    set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
-    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
-    its (group, coefficient) terms. forward returns
-    [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
+    set, a dict: its `member`, weight `key`, BatchNorm after (`bn`) and before (`pre`), `rows`
+    (the groups of its output channels, in its order), `cols` (the groups of its input
+    channels) and `kernel`; its `blocks` split the groups it makes into weight blocks. An add
+    step's `sums` are, per made group, its (group, coefficient) terms (the layout is
+    mncompile.formats.share_plan's). forward returns [batch, K, classes]: member k's logits at
+    [:, k], in MEMBERS order.
     """
 
     MOTHER = ""
@@ -237,11 +239,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((1, 2, 3, 4, 5),),
          'parts': (
-             ('m256', 'head.fc1', None, None, (1, 2), (0,), None),
-             ('m256w', 'head.fc1', None, None, (1, 3), (0,), None),
-             ('m384', 'head.fc1', None, None, (1, 4), (0,), None),
-             ('m192d3', 'head.fc1', None, None, (1,), (0,), None),
-             ('m320', 'head.fc1', None, None, (1, 5), (0,), None),
+             {'member': 'm256', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (1, 2), 'cols': (0,),
+              'kernel': None},
+             {'member': 'm256w', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (1, 3), 'cols': (0,),
+              'kernel': None},
+             {'member': 'm384', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (1, 4), 'cols': (0,),
+              'kernel': None},
+             {'member': 'm192d3', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (1,), 'cols': (0,),
+              'kernel': None},
+             {'member': 'm320', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (1, 5), 'cols': (0,),
+              'kernel': None},
          )},
         # head.fc2: shared 64 | m256 +64 | m256w +192 | m384 +64 | m192d3 +64 | m320 +128
         {'op': 'linear', 'name': 'head.fc2', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -251,11 +258,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((6,), (7, 8), (9,), (10, 11)),
          'parts': (
-             ('m256', 'head.fc2', None, None, (6, 7), (1, 2), None),
-             ('m256w', 'head.fc2', None, None, (6, 8), (1, 3), None),
-             ('m384', 'head.fc2', None, None, (6, 9), (1, 4), None),
-             ('m192d3', 'head.fc2', None, None, (6, 10), (1,), None),
-             ('m320', 'head.fc2', None, None, (6, 11), (1, 5), None),
+             {'member': 'm256', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (6, 7),
+              'cols': (1, 2), 'kernel': None},
+             {'member': 'm256w', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (6, 8),
+              'cols': (1, 3), 'kernel': None},
+             {'member': 'm384', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (6, 9),
+              'cols': (1, 4), 'kernel': None},
+             {'member': 'm192d3', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (6, 10),
+              'cols': (1,), 'kernel': None},
+             {'member': 'm320', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (6, 11),
+              'cols': (1, 5), 'kernel': None},
          )},
         # head.fc3: m192d3 +64
         {'op': 'linear', 'name': 'head.fc3', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -265,7 +277,8 @@ class SharedMothernet1(SharedNet):
          'carries': (6, 7, 8, 9, 11),
          'blocks': ((12,),),
          'parts': (
-             ('m192d3', 'head.fc3', None, None, (12,), (6, 10), None),
+             {'member': 'm192d3', 'key': 'head.fc3', 'bn': None, 'pre': None, 'rows': (12,),
+              'cols': (6, 10), 'kernel': None},
          )},
         # head.out: m256 +10 | m256w +10 | m384 +10 | m192d3 +10 | m320 +10
         {'op': 'linear', 'name': 'head.out', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -275,11 +288,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((13,), (14,), (15,), (16,), (17,)),
          'parts': (
-             ('m256', 'head.out', None, None, (13,), (6, 7), None),
-             ('m256w', 'head.out', None, None, (14,), (6, 8), None),
-             ('m384', 'head.out', None, None, (15,), (6, 9), None),
-             ('m192d3', 'head.out', None, None, (16,), (12,), None),
-             ('m320', 'head.out', None, None, (17,), (6, 11), None),
+             {'member': 'm256', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (13,), 'cols': (6, 7),
+              'kernel': None},
+             {'member': 'm256w', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (14,),
+              'cols': (6, 8), 'kernel': None},
+             {'member': 'm384', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (15,), 'cols': (6, 9),
+              'kernel': None},
+             {'member': 'm192d3', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (16,),
+              'cols': (12,), 'kernel': None},
+             {'member': 'm320', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (17,),
+              'cols': (6, 11), 'kernel': None},
          )},
     )
 

@@ -49,22 +49,23 @@ class SharedBlock(nn.Module):
 
     def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
         super().__init__()
-        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
-        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        writers = [p for p in step["parts"] if set(p["rows"]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writers))
         # the groups of its rows and columns: what mncompile.runtime.consolidate fills
         self.rows, self.cols = rows, cols
         self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
         self.rank = rank if step["kernel"] is not None else 0
-        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        self.kernel = max(p["kernel"] for p in writers) if self.rank else 1
         row_at, col_at = _channels(groups, rows), _channels(groups, cols)
         n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
         shape = (n_out, n_in) + (self.kernel,) * self.rank
         mask = torch.zeros(shape)
-        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
-            lo = (self.kernel - (part_kernel or 1)) // 2
-            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
-            for r in part_rows:
-                for c in part_cols:
+        for p in writers:
+            k = p["kernel"] or 1
+            lo = (self.kernel - k) // 2
+            taps = (slice(lo, lo + k),) * self.rank
+            for r in p["rows"]:
+                for c in p["cols"]:
                     if r in row_at:
                         mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
@@ -165,11 +166,12 @@ class SharedNet(nn.Module):
 
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
-    set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
-    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
-    its (group, coefficient) terms. forward returns
-    [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
+    set, a dict: its `member`, weight `key`, BatchNorm after (`bn`) and before (`pre`), `rows`
+    (the groups of its output channels, in its order), `cols` (the groups of its input
+    channels) and `kernel`; its `blocks` split the groups it makes into weight blocks. An add
+    step's `sums` are, per made group, its (group, coefficient) terms (the layout is
+    mncompile.formats.share_plan's). forward returns [batch, K, classes]: member k's logits at
+    [:, k], in MEMBERS order.
     """
 
     MOTHER = ""
@@ -237,11 +239,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((1, 3), (2, 4)),
          'parts': (
-             ('c24', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 5),
-             ('c32', 'block1.layer1.conv', 'block1.layer1.bn', None, (1, 2), (0,), 5),
-             ('c32k7', 'block1.layer1.conv', 'block1.layer1.bn', None, (1, 3), (0,), 7),
-             ('c24d2', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 5),
-             ('c32w', 'block1.layer1.conv', 'block1.layer1.bn', None, (1, 4), (0,), 5),
+             {'member': 'c24', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 5},
+             {'member': 'c32', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1, 2), 'cols': (0,), 'kernel': 5},
+             {'member': 'c32k7', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1, 3), 'cols': (0,), 'kernel': 7},
+             {'member': 'c24d2', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 5},
+             {'member': 'c32w', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1, 4), 'cols': (0,), 'kernel': 5},
          )},
         # block1.layer2: c24d2 +24
         {'op': 'conv', 'name': 'block1.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -251,7 +258,8 @@ class SharedMothernet1(SharedNet):
          'carries': (1, 3, 2, 4),
          'blocks': ((5,),),
          'parts': (
-             ('c24d2', 'block1.layer2.conv', 'block1.layer2.bn', None, (5,), (1,), 3),
+             {'member': 'c24d2', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (5,), 'cols': (1,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block2.layer1: shared 48 | c24d2 +16 | c32w +16
@@ -262,11 +270,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((6,), (7,), (8,)),
          'parts': (
-             ('c24', 'block2.layer1.conv', 'block2.layer1.bn', None, (6,), (1,), 3),
-             ('c32', 'block2.layer1.conv', 'block2.layer1.bn', None, (6,), (1, 2), 3),
-             ('c32k7', 'block2.layer1.conv', 'block2.layer1.bn', None, (6,), (1, 3), 5),
-             ('c24d2', 'block2.layer1.conv', 'block2.layer1.bn', None, (6, 7), (5,), 3),
-             ('c32w', 'block2.layer1.conv', 'block2.layer1.bn', None, (6, 8), (1, 4), 3),
+             {'member': 'c24', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (6,), 'cols': (1,), 'kernel': 3},
+             {'member': 'c32', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (6,), 'cols': (1, 2), 'kernel': 3},
+             {'member': 'c32k7', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (6,), 'cols': (1, 3), 'kernel': 5},
+             {'member': 'c24d2', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (6, 7), 'cols': (5,), 'kernel': 3},
+             {'member': 'c32w', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (6, 8), 'cols': (1, 4), 'kernel': 3},
          )},
         # block2.layer2: c32 +48
         {'op': 'conv', 'name': 'block2.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -276,7 +289,8 @@ class SharedMothernet1(SharedNet):
          'carries': (6, 7, 8),
          'blocks': ((9,),),
          'parts': (
-             ('c32', 'block2.layer2.conv', 'block2.layer2.bn', None, (9,), (6,), 3),
+             {'member': 'c32', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (9,), 'cols': (6,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block3.layer1: shared 48 | c32 +16 | c32k7 +16 | c24d2 +16 | c32w +48
@@ -287,11 +301,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((10, 11, 12, 13, 14),),
          'parts': (
-             ('c24', 'block3.layer1.conv', 'block3.layer1.bn', None, (10,), (6,), 3),
-             ('c32', 'block3.layer1.conv', 'block3.layer1.bn', None, (10, 11), (9,), 3),
-             ('c32k7', 'block3.layer1.conv', 'block3.layer1.bn', None, (10, 12), (6,), 3),
-             ('c24d2', 'block3.layer1.conv', 'block3.layer1.bn', None, (10, 13), (6, 7), 3),
-             ('c32w', 'block3.layer1.conv', 'block3.layer1.bn', None, (10, 14), (6, 8), 3),
+             {'member': 'c24', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (10,), 'cols': (6,), 'kernel': 3},
+             {'member': 'c32', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (10, 11), 'cols': (9,), 'kernel': 3},
+             {'member': 'c32k7', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (10, 12), 'cols': (6,), 'kernel': 3},
+             {'member': 'c24d2', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (10, 13), 'cols': (6, 7), 'kernel': 3},
+             {'member': 'c32w', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (10, 14), 'cols': (6, 8), 'kernel': 3},
          )},
         # block3.layer2: c32k7 +64
         {'op': 'conv', 'name': 'block3.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -301,7 +320,8 @@ class SharedMothernet1(SharedNet):
          'carries': (10, 11, 13, 14),
          'blocks': ((15,),),
          'parts': (
-             ('c32k7', 'block3.layer2.conv', 'block3.layer2.bn', None, (15,), (10, 12), 3),
+             {'member': 'c32k7', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (15,), 'cols': (10, 12), 'kernel': 3},
          )},
         {'op': 'pool'},
         {'op': 'gap'},
@@ -313,11 +333,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((16, 17, 18),),
          'parts': (
-             ('c24', 'head.fc1', None, None, (16,), (10,), None),
-             ('c32', 'head.fc1', None, None, (16,), (10, 11), None),
-             ('c32k7', 'head.fc1', None, None, (16, 17), (15,), None),
-             ('c24d2', 'head.fc1', None, None, (16,), (10, 13), None),
-             ('c32w', 'head.fc1', None, None, (16, 18), (10, 14), None),
+             {'member': 'c24', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (16,), 'cols': (10,),
+              'kernel': None},
+             {'member': 'c32', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (16,),
+              'cols': (10, 11), 'kernel': None},
+             {'member': 'c32k7', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (16, 17),
+              'cols': (15,), 'kernel': None},
+             {'member': 'c24d2', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (16,),
+              'cols': (10, 13), 'kernel': None},
+             {'member': 'c32w', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (16, 18),
+              'cols': (10, 14), 'kernel': None},
          )},
         # head.fc2: c24d2 +64
         {'op': 'linear', 'name': 'head.fc2', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -327,7 +352,8 @@ class SharedMothernet1(SharedNet):
          'carries': (16, 17, 18),
          'blocks': ((19,),),
          'parts': (
-             ('c24d2', 'head.fc2', None, None, (19,), (16,), None),
+             {'member': 'c24d2', 'key': 'head.fc2', 'bn': None, 'pre': None, 'rows': (19,), 'cols': (16,),
+              'kernel': None},
          )},
         # head.out: c24 +10 | c32 +10 | c32k7 +10 | c24d2 +10 | c32w +10
         {'op': 'linear', 'name': 'head.out', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -337,11 +363,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((20, 21, 22), (23,), (24,)),
          'parts': (
-             ('c24', 'head.out', None, None, (20,), (16,), None),
-             ('c32', 'head.out', None, None, (21,), (16,), None),
-             ('c32k7', 'head.out', None, None, (22,), (16, 17), None),
-             ('c24d2', 'head.out', None, None, (23,), (19,), None),
-             ('c32w', 'head.out', None, None, (24,), (16, 18), None),
+             {'member': 'c24', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (20,), 'cols': (16,),
+              'kernel': None},
+             {'member': 'c32', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (21,), 'cols': (16,),
+              'kernel': None},
+             {'member': 'c32k7', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (22,),
+              'cols': (16, 17), 'kernel': None},
+             {'member': 'c24d2', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (23,), 'cols': (19,),
+              'kernel': None},
+             {'member': 'c32w', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (24,),
+              'cols': (16, 18), 'kernel': None},
          )},
     )
 

@@ -49,22 +49,23 @@ class SharedBlock(nn.Module):
 
     def __init__(self, rank: int, step: dict, groups: dict, rows: tuple) -> None:
         super().__init__()
-        writers = [p for p in step["parts"] if set(p[4]) & set(rows)]
-        cols = tuple(g for g in step["reads"] if any(g in p[5] for p in writers))
+        writers = [p for p in step["parts"] if set(p["rows"]) & set(rows)]
+        cols = tuple(g for g in step["reads"] if any(g in p["cols"] for p in writers))
         # the groups of its rows and columns: what mncompile.runtime.consolidate fills
         self.rows, self.cols = rows, cols
         self.register_buffer("index", _indices(groups, step["reads"], cols), persistent=False)
         self.rank = rank if step["kernel"] is not None else 0
-        self.kernel = max(p[6] for p in writers) if self.rank else 1
+        self.kernel = max(p["kernel"] for p in writers) if self.rank else 1
         row_at, col_at = _channels(groups, rows), _channels(groups, cols)
         n_out, n_in = sum(groups[g][1] for g in rows), sum(groups[g][1] for g in cols)
         shape = (n_out, n_in) + (self.kernel,) * self.rank
         mask = torch.zeros(shape)
-        for _, _, _, _, part_rows, part_cols, part_kernel in writers:
-            lo = (self.kernel - (part_kernel or 1)) // 2
-            taps = (slice(lo, lo + (part_kernel or 1)),) * self.rank
-            for r in part_rows:
-                for c in part_cols:
+        for p in writers:
+            k = p["kernel"] or 1
+            lo = (self.kernel - k) // 2
+            taps = (slice(lo, lo + k),) * self.rank
+            for r in p["rows"]:
+                for c in p["cols"]:
                     if r in row_at:
                         mask[(slice(*row_at[r]), slice(*col_at[c]), *taps)] = 1.0
         self.register_buffer("mask", mask, persistent=False)
@@ -165,11 +166,12 @@ class SharedNet(nn.Module):
 
     Subclasses set MOTHER, MEMBERS, INPUT_SHAPE, NUM_CLASSES, GROUPS (id -> (owner or None for
     the MotherNet's units, channels)) and STEPS. A layer step's `parts` are, per member tensor
-    set, (member, weight key, BatchNorm after, BatchNorm before, rows: the groups of its output
-    channels in its order, cols: the groups of its input channels, kernel), and its `blocks`
-    split the groups it makes into weight blocks; an add step's `sums` are, per made group,
-    its (group, coefficient) terms. forward returns
-    [batch, K, classes]: member k's logits at [:, k], in MEMBERS order.
+    set, a dict: its `member`, weight `key`, BatchNorm after (`bn`) and before (`pre`), `rows`
+    (the groups of its output channels, in its order), `cols` (the groups of its input
+    channels) and `kernel`; its `blocks` split the groups it makes into weight blocks. An add
+    step's `sums` are, per made group, its (group, coefficient) terms (the layout is
+    mncompile.formats.share_plan's). forward returns [batch, K, classes]: member k's logits at
+    [:, k], in MEMBERS order.
     """
 
     MOTHER = ""
@@ -239,11 +241,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((1,),),
          'parts': (
-             ('vgg13', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
-             ('vgg16', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
-             ('vgg16a', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
-             ('vgg16b', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
-             ('vgg19', 'block1.layer1.conv', 'block1.layer1.bn', None, (1,), (0,), 3),
+             {'member': 'vgg13', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block1.layer1.conv', 'bn': 'block1.layer1.bn', 'pre': None,
+              'rows': (1,), 'cols': (0,), 'kernel': 3},
          )},
         # block1.layer2: shared 64
         {'op': 'conv', 'name': 'block1.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -253,11 +260,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((2,),),
          'parts': (
-             ('vgg13', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
-             ('vgg16', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
-             ('vgg16a', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
-             ('vgg16b', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
-             ('vgg19', 'block1.layer2.conv', 'block1.layer2.bn', None, (2,), (1,), 3),
+             {'member': 'vgg13', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block1.layer2.conv', 'bn': 'block1.layer2.bn', 'pre': None,
+              'rows': (2,), 'cols': (1,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block2.layer1: shared 128
@@ -268,11 +280,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((3,),),
          'parts': (
-             ('vgg13', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
-             ('vgg16', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
-             ('vgg16a', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
-             ('vgg16b', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
-             ('vgg19', 'block2.layer1.conv', 'block2.layer1.bn', None, (3,), (2,), 3),
+             {'member': 'vgg13', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (3,), 'cols': (2,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (3,), 'cols': (2,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (3,), 'cols': (2,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (3,), 'cols': (2,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block2.layer1.conv', 'bn': 'block2.layer1.bn', 'pre': None,
+              'rows': (3,), 'cols': (2,), 'kernel': 3},
          )},
         # block2.layer2: shared 128
         {'op': 'conv', 'name': 'block2.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -282,11 +299,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((4,),),
          'parts': (
-             ('vgg13', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
-             ('vgg16', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
-             ('vgg16a', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
-             ('vgg16b', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
-             ('vgg19', 'block2.layer2.conv', 'block2.layer2.bn', None, (4,), (3,), 3),
+             {'member': 'vgg13', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block2.layer2.conv', 'bn': 'block2.layer2.bn', 'pre': None,
+              'rows': (4,), 'cols': (3,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block3.layer1: shared 256
@@ -297,11 +319,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((5,),),
          'parts': (
-             ('vgg13', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
-             ('vgg16', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
-             ('vgg16a', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
-             ('vgg16b', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
-             ('vgg19', 'block3.layer1.conv', 'block3.layer1.bn', None, (5,), (4,), 3),
+             {'member': 'vgg13', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (5,), 'cols': (4,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (5,), 'cols': (4,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (5,), 'cols': (4,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (5,), 'cols': (4,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block3.layer1.conv', 'bn': 'block3.layer1.bn', 'pre': None,
+              'rows': (5,), 'cols': (4,), 'kernel': 3},
          )},
         # block3.layer2: shared 256
         {'op': 'conv', 'name': 'block3.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -311,11 +338,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((6,),),
          'parts': (
-             ('vgg13', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
-             ('vgg16', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
-             ('vgg16a', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
-             ('vgg16b', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
-             ('vgg19', 'block3.layer2.conv', 'block3.layer2.bn', None, (6,), (5,), 3),
+             {'member': 'vgg13', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (6,), 'cols': (5,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (6,), 'cols': (5,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (6,), 'cols': (5,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (6,), 'cols': (5,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block3.layer2.conv', 'bn': 'block3.layer2.bn', 'pre': None,
+              'rows': (6,), 'cols': (5,), 'kernel': 3},
          )},
         # block3.layer3: vgg16 +256 | vgg16b +256 | vgg19 +256 | vgg16a +256
         {'op': 'conv', 'name': 'block3.layer3', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -325,10 +357,14 @@ class SharedMothernet1(SharedNet):
          'carries': (6,),
          'blocks': ((7, 9, 10), (8,)),
          'parts': (
-             ('vgg16', 'block3.layer3.conv', 'block3.layer3.bn', None, (7,), (6,), 3),
-             ('vgg16a', 'block3.layer3.conv', 'block3.layer3.bn', None, (8,), (6,), 1),
-             ('vgg16b', 'block3.layer3.conv', 'block3.layer3.bn', None, (9,), (6,), 3),
-             ('vgg19', 'block3.layer3.conv', 'block3.layer3.bn', None, (10,), (6,), 3),
+             {'member': 'vgg16', 'key': 'block3.layer3.conv', 'bn': 'block3.layer3.bn', 'pre': None,
+              'rows': (7,), 'cols': (6,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block3.layer3.conv', 'bn': 'block3.layer3.bn', 'pre': None,
+              'rows': (8,), 'cols': (6,), 'kernel': 1},
+             {'member': 'vgg16b', 'key': 'block3.layer3.conv', 'bn': 'block3.layer3.bn', 'pre': None,
+              'rows': (9,), 'cols': (6,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block3.layer3.conv', 'bn': 'block3.layer3.bn', 'pre': None,
+              'rows': (10,), 'cols': (6,), 'kernel': 3},
          )},
         # block3.layer4: vgg19 +256
         {'op': 'conv', 'name': 'block3.layer4', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -338,7 +374,8 @@ class SharedMothernet1(SharedNet):
          'carries': (7, 9, 8, 6),
          'blocks': ((11,),),
          'parts': (
-             ('vgg19', 'block3.layer4.conv', 'block3.layer4.bn', None, (11,), (10,), 3),
+             {'member': 'vgg19', 'key': 'block3.layer4.conv', 'bn': 'block3.layer4.bn', 'pre': None,
+              'rows': (11,), 'cols': (10,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block4.layer1: shared 512
@@ -349,11 +386,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((12,),),
          'parts': (
-             ('vgg13', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (6,), 3),
-             ('vgg16', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (7,), 3),
-             ('vgg16a', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (8,), 3),
-             ('vgg16b', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (9,), 3),
-             ('vgg19', 'block4.layer1.conv', 'block4.layer1.bn', None, (12,), (11,), 3),
+             {'member': 'vgg13', 'key': 'block4.layer1.conv', 'bn': 'block4.layer1.bn', 'pre': None,
+              'rows': (12,), 'cols': (6,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block4.layer1.conv', 'bn': 'block4.layer1.bn', 'pre': None,
+              'rows': (12,), 'cols': (7,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block4.layer1.conv', 'bn': 'block4.layer1.bn', 'pre': None,
+              'rows': (12,), 'cols': (8,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block4.layer1.conv', 'bn': 'block4.layer1.bn', 'pre': None,
+              'rows': (12,), 'cols': (9,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block4.layer1.conv', 'bn': 'block4.layer1.bn', 'pre': None,
+              'rows': (12,), 'cols': (11,), 'kernel': 3},
          )},
         # block4.layer2: shared 512
         {'op': 'conv', 'name': 'block4.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -363,11 +405,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((13,),),
          'parts': (
-             ('vgg13', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
-             ('vgg16', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
-             ('vgg16a', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
-             ('vgg16b', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
-             ('vgg19', 'block4.layer2.conv', 'block4.layer2.bn', None, (13,), (12,), 3),
+             {'member': 'vgg13', 'key': 'block4.layer2.conv', 'bn': 'block4.layer2.bn', 'pre': None,
+              'rows': (13,), 'cols': (12,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block4.layer2.conv', 'bn': 'block4.layer2.bn', 'pre': None,
+              'rows': (13,), 'cols': (12,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block4.layer2.conv', 'bn': 'block4.layer2.bn', 'pre': None,
+              'rows': (13,), 'cols': (12,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block4.layer2.conv', 'bn': 'block4.layer2.bn', 'pre': None,
+              'rows': (13,), 'cols': (12,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block4.layer2.conv', 'bn': 'block4.layer2.bn', 'pre': None,
+              'rows': (13,), 'cols': (12,), 'kernel': 3},
          )},
         # block4.layer3: vgg16 +512 | vgg16b +768 | vgg19 +512 | vgg16a +512
         {'op': 'conv', 'name': 'block4.layer3', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -377,10 +424,14 @@ class SharedMothernet1(SharedNet):
          'carries': (13,),
          'blocks': ((14, 16, 17), (15,)),
          'parts': (
-             ('vgg16', 'block4.layer3.conv', 'block4.layer3.bn', None, (14,), (13,), 3),
-             ('vgg16a', 'block4.layer3.conv', 'block4.layer3.bn', None, (15,), (13,), 1),
-             ('vgg16b', 'block4.layer3.conv', 'block4.layer3.bn', None, (16,), (13,), 3),
-             ('vgg19', 'block4.layer3.conv', 'block4.layer3.bn', None, (17,), (13,), 3),
+             {'member': 'vgg16', 'key': 'block4.layer3.conv', 'bn': 'block4.layer3.bn', 'pre': None,
+              'rows': (14,), 'cols': (13,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block4.layer3.conv', 'bn': 'block4.layer3.bn', 'pre': None,
+              'rows': (15,), 'cols': (13,), 'kernel': 1},
+             {'member': 'vgg16b', 'key': 'block4.layer3.conv', 'bn': 'block4.layer3.bn', 'pre': None,
+              'rows': (16,), 'cols': (13,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block4.layer3.conv', 'bn': 'block4.layer3.bn', 'pre': None,
+              'rows': (17,), 'cols': (13,), 'kernel': 3},
          )},
         # block4.layer4: vgg19 +512
         {'op': 'conv', 'name': 'block4.layer4', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -390,7 +441,8 @@ class SharedMothernet1(SharedNet):
          'carries': (14, 16, 15, 13),
          'blocks': ((18,),),
          'parts': (
-             ('vgg19', 'block4.layer4.conv', 'block4.layer4.bn', None, (18,), (17,), 3),
+             {'member': 'vgg19', 'key': 'block4.layer4.conv', 'bn': 'block4.layer4.bn', 'pre': None,
+              'rows': (18,), 'cols': (17,), 'kernel': 3},
          )},
         {'op': 'pool'},
         # block5.layer1: shared 512
@@ -401,11 +453,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((19,),),
          'parts': (
-             ('vgg13', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (13,), 3),
-             ('vgg16', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (14,), 3),
-             ('vgg16a', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (15,), 3),
-             ('vgg16b', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (16,), 3),
-             ('vgg19', 'block5.layer1.conv', 'block5.layer1.bn', None, (19,), (18,), 3),
+             {'member': 'vgg13', 'key': 'block5.layer1.conv', 'bn': 'block5.layer1.bn', 'pre': None,
+              'rows': (19,), 'cols': (13,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block5.layer1.conv', 'bn': 'block5.layer1.bn', 'pre': None,
+              'rows': (19,), 'cols': (14,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block5.layer1.conv', 'bn': 'block5.layer1.bn', 'pre': None,
+              'rows': (19,), 'cols': (15,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block5.layer1.conv', 'bn': 'block5.layer1.bn', 'pre': None,
+              'rows': (19,), 'cols': (16,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block5.layer1.conv', 'bn': 'block5.layer1.bn', 'pre': None,
+              'rows': (19,), 'cols': (18,), 'kernel': 3},
          )},
         # block5.layer2: shared 512
         {'op': 'conv', 'name': 'block5.layer2', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -415,11 +472,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((20,),),
          'parts': (
-             ('vgg13', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
-             ('vgg16', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
-             ('vgg16a', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
-             ('vgg16b', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
-             ('vgg19', 'block5.layer2.conv', 'block5.layer2.bn', None, (20,), (19,), 3),
+             {'member': 'vgg13', 'key': 'block5.layer2.conv', 'bn': 'block5.layer2.bn', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
+             {'member': 'vgg16', 'key': 'block5.layer2.conv', 'bn': 'block5.layer2.bn', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block5.layer2.conv', 'bn': 'block5.layer2.bn', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
+             {'member': 'vgg16b', 'key': 'block5.layer2.conv', 'bn': 'block5.layer2.bn', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block5.layer2.conv', 'bn': 'block5.layer2.bn', 'pre': None,
+              'rows': (20,), 'cols': (19,), 'kernel': 3},
          )},
         # block5.layer3: vgg16 +512 | vgg16b +768 | vgg19 +512 | vgg16a +512
         {'op': 'conv', 'name': 'block5.layer3', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -429,10 +491,14 @@ class SharedMothernet1(SharedNet):
          'carries': (20,),
          'blocks': ((21, 23, 24), (22,)),
          'parts': (
-             ('vgg16', 'block5.layer3.conv', 'block5.layer3.bn', None, (21,), (20,), 3),
-             ('vgg16a', 'block5.layer3.conv', 'block5.layer3.bn', None, (22,), (20,), 1),
-             ('vgg16b', 'block5.layer3.conv', 'block5.layer3.bn', None, (23,), (20,), 3),
-             ('vgg19', 'block5.layer3.conv', 'block5.layer3.bn', None, (24,), (20,), 3),
+             {'member': 'vgg16', 'key': 'block5.layer3.conv', 'bn': 'block5.layer3.bn', 'pre': None,
+              'rows': (21,), 'cols': (20,), 'kernel': 3},
+             {'member': 'vgg16a', 'key': 'block5.layer3.conv', 'bn': 'block5.layer3.bn', 'pre': None,
+              'rows': (22,), 'cols': (20,), 'kernel': 1},
+             {'member': 'vgg16b', 'key': 'block5.layer3.conv', 'bn': 'block5.layer3.bn', 'pre': None,
+              'rows': (23,), 'cols': (20,), 'kernel': 3},
+             {'member': 'vgg19', 'key': 'block5.layer3.conv', 'bn': 'block5.layer3.bn', 'pre': None,
+              'rows': (24,), 'cols': (20,), 'kernel': 3},
          )},
         # block5.layer4: vgg19 +512
         {'op': 'conv', 'name': 'block5.layer4', 'kernel': 3, 'stride': 1, 'pre': None, 'bn': True,
@@ -442,7 +508,8 @@ class SharedMothernet1(SharedNet):
          'carries': (21, 23, 22, 20),
          'blocks': ((25,),),
          'parts': (
-             ('vgg19', 'block5.layer4.conv', 'block5.layer4.bn', None, (25,), (24,), 3),
+             {'member': 'vgg19', 'key': 'block5.layer4.conv', 'bn': 'block5.layer4.bn', 'pre': None,
+              'rows': (25,), 'cols': (24,), 'kernel': 3},
          )},
         {'op': 'pool'},
         {'op': 'gap'},
@@ -454,11 +521,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((26,),),
          'parts': (
-             ('vgg13', 'head.fc1', None, None, (26,), (20,), None),
-             ('vgg16', 'head.fc1', None, None, (26,), (21,), None),
-             ('vgg16a', 'head.fc1', None, None, (26,), (22,), None),
-             ('vgg16b', 'head.fc1', None, None, (26,), (23,), None),
-             ('vgg19', 'head.fc1', None, None, (26,), (25,), None),
+             {'member': 'vgg13', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (26,), 'cols': (20,),
+              'kernel': None},
+             {'member': 'vgg16', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (26,), 'cols': (21,),
+              'kernel': None},
+             {'member': 'vgg16a', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (26,),
+              'cols': (22,), 'kernel': None},
+             {'member': 'vgg16b', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (26,),
+              'cols': (23,), 'kernel': None},
+             {'member': 'vgg19', 'key': 'head.fc1', 'bn': None, 'pre': None, 'rows': (26,), 'cols': (25,),
+              'kernel': None},
          )},
         # head.out: vgg13 +10 | vgg16 +10 | vgg16a +10 | vgg16b +10 | vgg19 +10
         {'op': 'linear', 'name': 'head.out', 'kernel': None, 'stride': 1, 'pre': None, 'bn': False,
@@ -468,11 +540,16 @@ class SharedMothernet1(SharedNet):
          'carries': (),
          'blocks': ((27, 28, 29, 30, 31),),
          'parts': (
-             ('vgg13', 'head.out', None, None, (27,), (26,), None),
-             ('vgg16', 'head.out', None, None, (28,), (26,), None),
-             ('vgg16a', 'head.out', None, None, (29,), (26,), None),
-             ('vgg16b', 'head.out', None, None, (30,), (26,), None),
-             ('vgg19', 'head.out', None, None, (31,), (26,), None),
+             {'member': 'vgg13', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (27,), 'cols': (26,),
+              'kernel': None},
+             {'member': 'vgg16', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (28,), 'cols': (26,),
+              'kernel': None},
+             {'member': 'vgg16a', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (29,),
+              'cols': (26,), 'kernel': None},
+             {'member': 'vgg16b', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (30,),
+              'cols': (26,), 'kernel': None},
+             {'member': 'vgg19', 'key': 'head.out', 'bn': None, 'pre': None, 'rows': (31,), 'cols': (26,),
+              'kernel': None},
          )},
     )
 
