@@ -339,10 +339,10 @@ def plan_sharing(mother: Net, members: Sequence[Net], tables: Mapping[str, Hatch
                 raise _Refused(f"'{n.name}' has {len(n.blocks)} blocks, its MotherNet {len(mother.blocks)}: "
                                "an added block is not made of MotherNet units")
             keys = [f"head.fc{i}.weight" for i in range(1, len(mother.dense) + 1)]
-            for b, block in enumerate(mother.blocks, start=1):
+            for bi, block in enumerate(mother.blocks, start=1):
                 for i in range(1, len(block.layers) + 1):
-                    keys.append(f"block{b}.unit{i}.conv1.weight" if mother.family == "residual"
-                                else f"block{b}.layer{i}.conv.weight")
+                    keys.append(f"block{bi}.unit{i}.conv1.weight" if mother.family == "residual"
+                                else f"block{bi}.layer{i}.conv.weight")
             _check_placement(n, t, keys)
         rank = len(input_shape) - 1
         channels = math.prod(input_shape) if mother.family == "mlp" else input_shape[0]
@@ -423,17 +423,19 @@ def _residual(b: _Builder, mother: Net, members: Sequence[Net]) -> None:
                 if proj:
                     # a projection where the MotherNet has the identity is the member's own (it
                     # starts as the identity), split like the unit's output
-                    short = (_rows(aligned, "short", mw, layer.filters) if m_proj or not aligned
-                             else [(None, mw), (None, layer.filters - mw)])
+                    short: list[tuple[str | None, int]] = (
+                        _rows(aligned, "short", mw, layer.filters) if m_proj or not aligned
+                        else [(None, mw), (None, layer.filters - mw)])
                     first.append(_PartSpec(n.name, f"{prefix}.shortcut.conv", 1, short,
                                            bn=f"{prefix}.shortcut.bn", dst="short"))
                 else:
                     b.rep[(n.name, "short")] = list(b.rep[(n.name, "x")])
                 # an added unit (the MotherNet has none here) writes the whole stream: its output
                 # is split like its shortcut, so later shared sums find the MotherNet's positions
-                out = (_rows(True, "out", mw, layer.filters) if aligned
-                       else [(None, b.groups[g].size) for g in b.rep[(n.name, "short")]] if not proj
-                       else [(None, layer.filters)])
+                out: list[tuple[str | None, int]] = (
+                    _rows(True, "out", mw, layer.filters) if aligned
+                    else [(None, b.groups[g].size) for g in b.rep[(n.name, "short")]] if not proj
+                    else [(None, layer.filters)])
                 second.append(_PartSpec(n.name, f"{prefix}.conv2", layer.kernel, out, bn=f"{prefix}.bn2",
                                         src="inner", dst="main"))
             b.layer("conv", f"{prefix}.conv1", first, stride=stride, bn=True,
