@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import Levenshtein
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -35,6 +34,7 @@ from mncompile.ir import (
     Span,
 )
 from mncompile.resources import grammar_path
+from mncompile.suggest import suggest
 
 KEY_ORDER = {k: i for i, k in enumerate(TRAIN_DEFAULTS)}
 
@@ -165,14 +165,6 @@ def _expected_text(expected: set[str]) -> str:
     if len(names) == 1:
         return f"expected {names[0]}"
     return "expected one of: " + ", ".join(names)
-
-
-def _close_word(word: str, options: list[str]) -> str | None:
-    if not options or not word.isidentifier():
-        return None
-    close = min(options, key=lambda k: (Levenshtein.distance(word, k), k))
-    # a third of the word, rounded up from two thirds: 'inptu' -> 'input' (distance 2) counts
-    return close if Levenshtein.distance(word, close) <= max(1, (len(close) + 1) // 3) else None
 
 
 def _context(stack: list[Any]) -> str:
@@ -326,7 +318,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
                        hint="sizes, kernels and counts are integers such as 64")
     if tok.type == "NAME" and "NAME" not in expected and ("_NET" in expected or "_BLOCK" in expected):
         options = _keywords(expected)
-        close = _close_word(word, options)
+        close = suggest(word, options, words_only=True)
         guess = f"did you mean '{close}'? " if close else ""
         if "_NET" in expected:
             return MNError(f"unknown item '{word}' in the ensemble", span,
@@ -340,7 +332,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
             )
         return MNError(f"unknown part '{word}' in a net", span, hint=guess + "a net holds " + _PARTS)
     if "FAMILY" in expected and tok.type != "FAMILY":
-        close = _close_word(word, list(FAMILIES))
+        close = suggest(word, FAMILIES, words_only=True)
         guess = f"did you mean '{close}'? " if close else ""
         return MNError(f"unknown family '{word}'", span,
                        hint=guess + "a net's family is one of: " + ", ".join(FAMILIES))
@@ -351,7 +343,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str) -> MNError:
         form = "ensemble NAME { ... }" if where == "ensemble-header" else "net NAME FAMILY { ... }"
         return MNError(f"expected a name, got '{word}'", span,
                        hint=f"names are letters, digits and '_', not starting with a digit: {form}")
-    close = _close_word(word, _keywords(expected))
+    close = suggest(word, _keywords(expected), words_only=True)
     if close is not None:
         hint = f"did you mean '{close}'? ({hint})"
     return MNError(f"unexpected '{word}'", span, hint=hint or None)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import keyword
 import math
 
-import Levenshtein
-
 from mncompile.diagnostics import MNError
 from mncompile.ir import INT_KEYS, SCHEDULES, TRAIN_DEFAULTS, Ensemble, Layer, Net, Setting, Span
 from mncompile.parse import MAX_INT, is_valid_name
 from mncompile.shapes import infer_net
+from mncompile.suggest import suggest
 
 #: datasets the runtime knows: flat feature count and class count (None: any)
 DATASETS: dict[str, tuple[int | None, int | None, str]] = {
@@ -32,14 +31,6 @@ DATASETS: dict[str, tuple[int | None, int | None, str]] = {
 }
 
 CONV_FAMILIES = ("plain", "residual", "dense")
-
-
-def suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
-    """The closest option to a misspelt word, if it is close enough to be what was meant."""
-    if not options:
-        return None
-    best = min(options, key=lambda o: (Levenshtein.distance(word, o), o))
-    return best if Levenshtein.distance(word, best) <= max(1, (len(best) + 1) // 3) else None
 
 
 def _name(name: str, span: Span, what: str) -> None:
