@@ -16,9 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+# the train keys' table lives with the file formats; re-exported for the compiler's passes
+from mncompile.formats.settings import INT_KEYS as INT_KEYS
+from mncompile.formats.settings import SCHEDULES as SCHEDULES
+from mncompile.formats.settings import TRAIN_DEFAULTS
+
 Family = Literal["plain", "residual", "dense", "mlp"]
 FAMILIES: tuple[str, ...] = ("plain", "residual", "dense", "mlp")
-SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 
 class Node(BaseModel):
@@ -83,24 +87,6 @@ class Net(Node):
         return tuple(d.width for d in self.dense)
 
 
-TRAIN_DEFAULTS: dict[str, float | int | str] = {
-    "batch": 256,
-    "lr": 0.1,
-    "hatched_lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "patience": 15,
-    "max_epochs": 200,
-    "hatched_max_epochs": 60,
-    "noise": 0.01,
-    "schedule": "cosine",
-    "seed": 0,
-}
-INT_KEYS: frozenset[str] = frozenset(
-    {"batch", "patience", "max_epochs", "hatched_max_epochs", "seed"}
-)
-
-
 class Setting(Node):
     """One `key value` pair of a `train { ... }` block, as written."""
 
@@ -114,17 +100,18 @@ class Setting(Node):
 class TrainConfig(Node):
     """The resolved training settings: the spec's values over the paper's defaults."""
 
-    batch: int = 256
-    lr: float = 0.1
-    hatched_lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    patience: int = 15
-    max_epochs: int = 200
-    hatched_max_epochs: int = 60
-    noise: float = 0.01
+    # the defaults are formats.settings.TRAIN_DEFAULTS (tests/test_formats.py checks they agree)
+    batch: int = int(TRAIN_DEFAULTS["batch"])
+    lr: float = float(TRAIN_DEFAULTS["lr"])
+    hatched_lr: float = float(TRAIN_DEFAULTS["hatched_lr"])
+    momentum: float = float(TRAIN_DEFAULTS["momentum"])
+    weight_decay: float = float(TRAIN_DEFAULTS["weight_decay"])
+    patience: int = int(TRAIN_DEFAULTS["patience"])
+    max_epochs: int = int(TRAIN_DEFAULTS["max_epochs"])
+    hatched_max_epochs: int = int(TRAIN_DEFAULTS["hatched_max_epochs"])
+    noise: float = float(TRAIN_DEFAULTS["noise"])
     schedule: Literal["cosine", "constant"] = "cosine"
-    seed: int = 0
+    seed: int = int(TRAIN_DEFAULTS["seed"])
 
 
 class Ensemble(Node):

@@ -14,17 +14,16 @@ from mncompile.api import loads
 from mncompile.cli import main as cli_main
 from mncompile.diagnostics import MNError
 from mncompile.emit import compile_ensemble, write_folder
-from mncompile.runtime import baselines
-from mncompile.runtime.baselines import (
-    bootstrap_indices,
-    build_treenet,
-    distillation_loss,
-    fge_collects,
-    fge_lr,
-    snapshot_lr,
-)
+from mncompile.runtime.context import RunContext
+from mncompile.runtime.engines import LocalEngine
+from mncompile.runtime.folder import load_folder
+from mncompile.runtime.methods import METHODS, bagging, distill, treenet
+from mncompile.runtime.methods import options as method_opts
+from mncompile.runtime.methods.bagging import bootstrap_indices
+from mncompile.runtime.methods.cycles import fge_collects, fge_lr, snapshot_lr
+from mncompile.runtime.methods.distill import distillation_loss
+from mncompile.runtime.methods.treenet import build_treenet
 from mncompile.runtime.data import load_dataset, num_batches
-from mncompile.runtime.pipeline import METHODS, RunContext, load_folder, load_methods
 from mncompile.runtime.progress import Progress
 from mncompile.runtime.train import TrainSettings
 
@@ -63,7 +62,8 @@ def _ctx(tmp_path: Path, text: str = PLAIN, **method_options: Any) -> RunContext
     ctx = RunContext(folder=folder, models=models, plan=plan, tables=tables, dataset=data, config=config,
                      mother_settings=TrainSettings.from_config(config, "mother"),
                      hatched_settings=TrainSettings.from_config(config, "hatched"), out=tmp_path / "out",
-                     device=torch.device("cpu"), seed=0, progress=Progress(quiet=True))
+                     device=torch.device("cpu"), seed=0, progress=Progress(quiet=True),
+                     engine=LocalEngine())
     ctx.info["method_options"] = method_options
     return ctx
 
@@ -207,7 +207,7 @@ def test_treenet_shares_exactly_the_requested_layers(tmp_path: Path) -> None:
 
 def test_treenet_trains_the_trunk_once_for_every_branch(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, shared_layers=2)
-    outcome = baselines.train_treenet(ctx)
+    outcome = treenet.run(ctx)
     assert len({id(next(m.children())) for m in outcome.members.values()}) == 1
     info = outcome.info["treenet"]
     counted_per_member = sum(p.numel() for m in outcome.members.values() for p in m.parameters())
@@ -259,14 +259,14 @@ def test_bagging_members_see_their_bootstrap_sample(tmp_path: Path, monkeypatch:
     seen: dict[str, torch.Tensor] = {}
     from mncompile.runtime import train
 
-    real = train.train_lockstep
+    real = train.fit
 
-    def spy(models: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
-        seen[next(iter(models))] = data.y_train.clone()
-        return real(models, data, *args, **kwargs)
+    def spy(jobs: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        seen[jobs[0].name] = data.y_train.clone()
+        return real(jobs, data, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_lockstep", spy)
-    outcome = baselines.train_bagging(ctx)
+    monkeypatch.setattr(train, "fit", spy)
+    outcome = bagging.run(ctx)
     assert sorted(seen) == ["a", "b", "c"] and list(outcome.members) == ["a", "b", "c"]
     for m, labels in seen.items():
         assert torch.equal(labels, ctx.dataset.y_train[bootstrap_indices(0, m, 48)])
@@ -275,19 +275,19 @@ def test_bagging_members_see_their_bootstrap_sample(tmp_path: Path, monkeypatch:
 def test_method_options_are_checked(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, teacher="zz")
     with pytest.raises(MNError, match="--teacher 'zz' is not a member"):
-        baselines.train_distill(ctx)
+        distill.run(ctx)
     ctx.info["method_options"] = {"nonsense": 1}
     with pytest.raises(MNError, match="unknown method option"):
-        baselines.options(ctx)
+        method_opts.options(ctx)
     ctx.info["method_options"] = {"teacher": "a", "alpha": 0.5, "temperature": 2.0}
-    outcome = baselines.train_distill(ctx)
+    outcome = distill.run(ctx)
     assert outcome.info["distill"] == {"teacher": "a", "alpha": 0.5, "temperature": 2.0}
     assert [p.name for p in outcome.phases] == ["teacher", "students"]
     assert list(outcome.phases[0].models) == ["a"] and sorted(outcome.phases[1].models) == ["b", "c"]
 
 
 def test_baselines_are_registered_and_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"bagging", "distill", "snapshot", "fge", "treenet"} <= set(load_methods())
+    assert {"bagging", "distill", "snapshot", "fge", "treenet"} <= set(METHODS)
     assert METHODS["snapshot"].help
     monkeypatch.chdir(tmp_path)
     a = _run(tmp_path, "snapshot", out="a")
@@ -304,4 +304,4 @@ def test_train_py_options_reach_the_baselines(tmp_path: Path) -> None:
 
     parser = pl.build_parser({"seed": 0}, prog="train.py")
     args = parser.parse_args(["--method", "distill", "--alpha", "0.5", "--temperature", "8"])
-    assert baselines.method_options(args) == {"alpha": 0.5, "temperature": 8.0}
+    assert method_opts.method_options(args) == {"alpha": 0.5, "temperature": 8.0}

@@ -143,7 +143,7 @@ def test_resume_refuses_other_seed_or_settings(tmp_path: Path) -> None:
         train_model("m", Net(0), ds, other, seed=1, checkpoint_dir=tmp_path, resume=True, progress=QUIET)
     # without resume, the run starts over and overwrites
     r = train_model("m", Net(0), ds, other, seed=2, checkpoint_dir=tmp_path, progress=QUIET)
-    assert r.epochs == 2 and load_checkpoint(tmp_path / "m.pt")["seed"] == 2
+    assert r.epochs == 2 and load_checkpoint(tmp_path / "m.pt")["identity"]["seed"] == 2
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_the_state(tmp_path: Path) -> None:

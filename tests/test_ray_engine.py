@@ -106,7 +106,6 @@ def test_local_engine_never_imports_ray(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(("extra", "message"), [
     (["--address", "auto"], "--address and --gpus-per-model are options of --engine ray"),
     (["--gpus-per-model", "2"], "--address and --gpus-per-model are options of --engine ray"),
-    (["--engine", "ray", "--method", "snapshot"], "--engine ray trains --method mothernets or full-data"),
     (["--engine", "ray", "--sequential"], "--sequential is an option of the local engine"),
 ])
 def test_engine_options_are_checked_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -164,17 +163,18 @@ class _FakeRay:
 def _scheduler(tmp_path: Path, reply: Any, slots: int = 2) -> Any:
     import torch
 
+    from mncompile.runtime.jobs import Job, TrainSettings
     from mncompile.runtime.ray_engine import Cluster, Scheduler, _Job
-    from mncompile.runtime.train import TrainSettings
 
     (tmp_path / "models.py").write_text("MODELS = {}\n")
     plan = {"members": [{"name": "a", "macs": 10}, {"name": "b", "macs": 30}, {"name": "c", "macs": 10}],
             "clusters": [{"mother": {"name": "mothernet1", "macs": 5}, "members": ["a", "b", "c"]}]}
     ctx = types.SimpleNamespace(folder=tmp_path, plan=plan, dataset=types.SimpleNamespace(to=lambda d: None),
                                 out=tmp_path / "out", method="full-data", seed=0, device=torch.device("cpu"),
-                                progress=types.SimpleNamespace(quiet=True, stream=sys.stdout))
+                                progress=types.SimpleNamespace(quiet=True, stream=sys.stdout),
+                                ckpt_dir=lambda phase: tmp_path / "out" / "ckpt" / "full-data" / phase)
     s = Scheduler(ctx, Cluster(slots, False), None, _FakeRay(reply))  # type: ignore[arg-type]
-    s.submit([_Job(n, "members", TrainSettings(batch=32), torch.nn.Linear(2, 2)) for n in ("a", "b", "c")])
+    s.submit([_Job(Job(n, torch.nn.Linear(2, 2), TrainSettings(batch=32)), "members") for n in ("a", "b", "c")])
     return s
 
 
@@ -430,7 +430,7 @@ def test_resume_across_engines(tmp_path: Path, ray_cluster: Any, one_torch_threa
 
 
 @needs_ray
-def test_bench_trains_mothernets_and_full_data_on_ray(tmp_path: Path, ray_cluster: Any,
+def test_bench_trains_every_method_on_ray(tmp_path: Path, ray_cluster: Any,
                                                       one_torch_thread: None,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     spec = _spec(tmp_path, MLP3)
@@ -439,8 +439,33 @@ def test_bench_trains_mothernets_and_full_data_on_ray(tmp_path: Path, ray_cluste
                      "--methods", "mothernets,full-data,snapshot", "--clusters", "1",
                      "--epochs-scale", "0.01", "--engine", "ray", "--gpus-per-model", "1",
                      "--out", str(out)]) == 0
-    assert "snapshot train in this process" in capsys.readouterr().out
     engines = {name: _results(out / "runs" / name / "seed0")["info"].get("engine")
                for name in ("mothernets-g1", "full-data", "snapshot")}
-    assert engines == {"mothernets-g1": "ray", "full-data": "ray", "snapshot": None}
+    assert engines == {"mothernets-g1": "ray", "full-data": "ray", "snapshot": "ray"}
     assert (out / "frontier.csv").is_file()
+
+
+PLAIN3 = """ensemble p3 { input 1x16 classes 3
+  train { batch 32 lr 0.05 }
+  net a plain { block { 3:4 } block { 3:6 } block { 3:6 } dense 8 }
+  net b plain { block { 5:4 3:4 } block { 3:8 } block { 3:6 } dense 8 }
+  net c plain { block { 3:6 } block { 3:6 } block { 3:8 } } }
+"""
+
+
+@needs_ray
+@pytest.mark.parametrize("method", ["shared-mothernets", "bagging", "distill", "snapshot", "fge", "treenet"])
+def test_every_method_trains_on_ray_as_locally(tmp_path: Path, ray_cluster: Any, one_torch_thread: None,
+                                               method: str) -> None:
+    """One device per job: the same loop over the same stream from the same weights as the local engine."""
+    spec = _spec(tmp_path, PLAIN3)
+    args = ["--method", method, "--max-epochs", "3", "--hatched-max-epochs", "2"]
+    assert _run(tmp_path, spec, "local", *args) == 0
+    assert _run(tmp_path, spec, "ray", "--engine", "ray", "--gpus-per-model", "1", *args) == 0
+    local, ray = _results(tmp_path / "local"), _results(tmp_path / "ray")
+    assert ray["info"]["engine"] == "ray" and ray["info"]["ray"]["placements"]
+    assert [p["name"] for p in ray["phases"]] == [p["name"] for p in local["phases"]]
+    assert ray["members"].keys() == local["members"].keys()
+    for m, member in local["members"].items():
+        assert ray["members"][m]["accuracy"] == member["accuracy"], m
+    _same_history(_history(tmp_path / "ray"), _history(tmp_path / "local"), rel=1e-5)

@@ -21,6 +21,7 @@ from typing import Any
 
 from mncompile.api import load
 from mncompile.diagnostics import MNError
+from mncompile.validators import positive
 
 NAME = "bench"
 HELP = "train the ensemble with MotherNets at several g and with the baselines; write the frontier"
@@ -36,22 +37,9 @@ def _int_list(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mncompile.runtime.baselines import add_method_arguments
-    from mncompile.runtime.pipeline import add_engine_arguments
+    from mncompile.runtime.methods.options import add_method_arguments
+    from mncompile.runtime.options import DEVICES, add_engine_arguments
 
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--data", metavar="NAME",
@@ -61,17 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="methods to run (default: every registered method that applies to the ensemble)")
     p.add_argument("--clusters", "-g", type=_int_list, metavar="G,...",
                    help="the g of the MotherNets runs (default: the number of architecture classes, and m)")
-    p.add_argument("--seeds", type=_positive(int), default=1, metavar="N",
+    p.add_argument("--seeds", type=positive(int), default=1, metavar="N",
                    help="trainings per point, seeds S..S+N-1 (default 1; 2 or more adds the diversity table)")
     p.add_argument("--seed", type=int, metavar="S", help="the first seed (default: the spec's seed)")
-    p.add_argument("--epochs-scale", type=_positive(float), default=1.0, metavar="F",
+    p.add_argument("--epochs-scale", type=positive(float), default=1.0, metavar="F",
                    help="multiply max_epochs, hatched_max_epochs and patience by F (default 1)")
     p.add_argument("--out", metavar="DIR", help="the bench folder (default bench-out/<ensemble>)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
-    p.add_argument("--train-size", type=_positive(int), metavar="N", help="use only N training examples")
-    p.add_argument("--test-size", type=_positive(int), metavar="N", help="use only N test examples")
+    p.add_argument("--train-size", type=positive(int), metavar="N", help="use only N training examples")
+    p.add_argument("--test-size", type=positive(int), metavar="N", help="use only N test examples")
     p.add_argument("--data-seed", type=int, default=0, metavar="S", help="seed of generated data (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
     p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
@@ -115,26 +103,29 @@ def run_one(folder: Path, defaults: dict[str, Any], argv: list[str], method: str
     import numpy as np
 
     from mncompile.runtime import pipeline
+    from mncompile.runtime.context import Outcome, RunContext
+    from mncompile.runtime.methods import METHODS, MethodSpec
     from mncompile.runtime.metrics import correct_class_probs
     from mncompile.runtime.train import predict_proba
 
-    methods = pipeline.load_methods()
+    methods = METHODS
     spec = methods[method]
     captured: dict[str, Any] = {}
 
-    def wrapped(ctx: pipeline.RunContext) -> pipeline.Outcome:
+    def wrapped(ctx: RunContext) -> Outcome:
         import torch
 
         ctx.info["method_options"] = dict(method_options)
         outcome = spec.run(ctx)
         x_test = ctx.dataset.x_test
-        probs = torch.stack([predict_proba(m, x_test, device=ctx.device) for m in outcome.members.values()])
+        probs = torch.stack([predict_proba(m.to(ctx.device), x_test, device=ctx.device)
+                             for m in outcome.members.values()])
         captured["y"] = correct_class_probs(probs, ctx.dataset.y_test.cpu()).float().numpy()
         captured["names"] = list(outcome.members)
         return outcome
 
     args = pipeline.build_parser(defaults).parse_args(argv)
-    methods[method] = pipeline.MethodSpec(method, wrapped, spec.help)
+    methods[method] = MethodSpec(method, wrapped, spec.help)
     try:
         if log is None:
             doc = pipeline.execute(folder, defaults, args)
@@ -151,9 +142,7 @@ def run_one(folder: Path, defaults: dict[str, Any], argv: list[str], method: str
 
 
 def _choose_methods(args: argparse.Namespace, families: set[str]) -> list[str]:
-    from mncompile.runtime.pipeline import load_methods
-
-    known = load_methods()
+    from mncompile.runtime.methods import METHODS as known
     plain_only = families - {"plain"}
     if args.methods:
         names = [t.strip() for t in args.methods.split(",") if t.strip()]
@@ -172,31 +161,25 @@ def _choose_methods(args: argparse.Namespace, families: set[str]) -> list[str]:
     return names
 
 
-def _engine_argv(args: argparse.Namespace, methods: Sequence[str]) -> tuple[list[str], Sequence[str]]:
-    """train.py's engine options for the methods the engine can train; the others train locally."""
-    from mncompile.runtime.ray_engine import RAY_METHODS
-
+def _engine_argv(args: argparse.Namespace) -> list[str]:
+    """train.py's engine options, passed on to every run."""
     if args.engine == "local":
         if args.address is not None or args.gpus_per_model is not None:
             raise MNError("--address and --gpus-per-model are options of --engine ray",
                           hint="add --engine ray")
-        return [], ()
-    local = [m for m in methods if m not in RAY_METHODS]
-    if local:
-        print(f"bench: --engine {args.engine} trains {' and '.join(RAY_METHODS)}; "
-              f"{', '.join(local)} train in this process", flush=True)
+        return []
     argv = ["--engine", args.engine]
     argv += ["--address", args.address] if args.address is not None else []
     argv += ["--gpus-per-model", str(args.gpus_per_model)] if args.gpus_per_model is not None else []
-    return argv, RAY_METHODS
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:
     from mncompile.emit import compile_ensemble, write_folder
     from mncompile.passes.cluster import arch_classes
     from mncompile.passes.share_plan import Refusal
-    from mncompile.runtime.baselines import method_options
     from mncompile.runtime.frontier import Run, write_frontier
+    from mncompile.runtime.methods.options import method_options
     from mncompile.runtime.results import load_results
 
     e = load(args.spec)
@@ -237,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--test-size", args.test_size)):
         if value is not None:
             common += [flag, str(value)]
-    engine, ray_methods = _engine_argv(args, methods)
+    engine = _engine_argv(args)
     opts = method_options(args)
     print(f"bench {e.name}: {len(plan)} runs ({', '.join(methods)}; g {', '.join(map(str, clusters))}; "
           f"seeds {', '.join(map(str, seeds))}) on {data}, epochs x{args.epochs_scale}, into {out}",
@@ -260,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         eta = f", ETA ~{_fmt_time(sum(walls) / len(walls) * (len(plan) - i + 1))}" if walls else ""
         print(f"{where}: running (elapsed {_fmt_time(elapsed)}{eta})", flush=True)
         argv = [*common, "--method", method, "--seed", str(seed), "--out", str(run_dir)]
-        argv += engine if method in ray_methods else []
+        argv += engine
         argv += [] if args.verbose else ["--quiet"]
         argv += ["--resume"] if args.resume else []
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 from mncompile.api import load
 from mncompile.commands.compile import add_compile_arguments, compile_to
 from mncompile.diagnostics import MNError
-from mncompile.runtime.pipeline import add_run_arguments, resume_command, run_guarded
+from mncompile.runtime.options import add_run_arguments, resume_command
 
 NAME = "run"
 HELP = "compile a spec, then train its MotherNets and members and evaluate the ensemble"
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
     # a resume recompiles too: the same spec and options give the same folder
     hint = resume_command(command_line(args), "mncompile")
+    from mncompile.runtime.pipeline import run_guarded
+
     try:
         return run_guarded(dest, defaults, args, hint)
     except MNError as err:

@@ -15,20 +15,11 @@ import keyword
 import math
 
 from mncompile.diagnostics import MNError
+from mncompile.formats.settings import DATASETS
 from mncompile.ir import INT_KEYS, SCHEDULES, TRAIN_DEFAULTS, Ensemble, Layer, Net, Setting, Span
 from mncompile.parse import MAX_INT, is_valid_name
 from mncompile.shapes import infer_net
 from mncompile.suggest import suggest
-
-#: datasets the runtime knows: flat feature count and class count (None: any)
-DATASETS: dict[str, tuple[int | None, int | None, str]] = {
-    "mnist1d": (40, 10, "1x40 or 40"),
-    "digits": (64, 10, "1x8x8 or 64"),
-    "cifar10": (3 * 32 * 32, 10, "3x32x32"),
-    "cifar100": (3 * 32 * 32, 100, "3x32x32"),
-    "svhn": (3 * 32 * 32, 10, "3x32x32"),
-    "synthetic": (None, None, "any shape"),
-}
 
 CONV_FAMILIES = ("plain", "residual", "dense")
 

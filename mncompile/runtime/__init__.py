@@ -17,15 +17,18 @@ _EXPORTS: dict[str, str] = {
     "batches": "data",
     "augment_batch": "data",
     "num_batches": "data",
-    # train.py
-    "TrainSettings": "train",
-    "EpochRecord": "train",
-    "ModelResult": "train",
+    # jobs.py: what trains
+    "TrainSettings": "jobs",
+    "EpochRecord": "jobs",
+    "ModelResult": "jobs",
+    "Job": "jobs",
+    "group_seconds": "jobs",
+    # train.py: the one epoch loop
+    "fit": "train",
     "resolve_device": "train",
     "train_model": "train",
     "train_lockstep": "train",
     "train_sequential": "train",
-    "group_seconds": "train",
     "epoch_generator": "train",
     "predict_proba": "train",
     # checkpoint.py

@@ -28,7 +28,8 @@ import torch
 from mncompile.diagnostics import MNError
 
 FORMAT = "mncompile-checkpoint"
-VERSION = 1
+#: 2: one meta layout for every method (identity: settings, extras and seed)
+VERSION = 2
 _DELETE_HINT = "delete this file to retrain that model from scratch, or restore it from a backup"
 
 

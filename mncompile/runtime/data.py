@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from mncompile.diagnostics import MNError
+from mncompile.formats.settings import DATASETS
 
-KNOWN = ("mnist1d", "digits", "cifar10", "cifar100", "svhn", "synthetic", "npz:PATH")
+KNOWN = (*DATASETS, "npz:PATH")
 SYNTHETIC_SIZES = (512, 256)
 PAD = 4  # pixels of zero padding for the random crop (the usual CIFAR recipe)
 

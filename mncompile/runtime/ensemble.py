@@ -118,9 +118,9 @@ class TrainedEnsemble:
 
 def shared_of(module: nn.Module) -> nn.Module | None:
     """The Shared-MotherNet a member view belongs to (`runtime.shared.shared_member`), else None."""
-    from mncompile.runtime.shared import _member_view
+    from mncompile.runtime.shared import SharedMember
 
-    return module.shared if isinstance(module, _member_view()) else None
+    return module.shared if isinstance(module, SharedMember) else None
 
 
 def save_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str],
@@ -187,7 +187,7 @@ def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] |
     """
     import torch
 
-    from mncompile.runtime.pipeline import load_folder
+    from mncompile.runtime.folder import load_folder
     from mncompile.runtime.shared import load_shared_module
 
     path = Path(path)

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RATES = (("M1", 0.90), ("M2", 3.06))
+from mncompile.formats.settings import RATES_USD_PER_HOUR
+
+RATES = tuple(RATES_USD_PER_HOUR.items())
 CSV_COLUMNS = ("method", "g", "seeds", "error_mean", "error_std", "oracle_accuracy", "member_error",
                "seconds_mean", "seconds_std", "usd_m1", "usd_m2", "pareto")
 
@@ -205,7 +207,7 @@ def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]
                      _pct(s["oracle_accuracy"]), _pct(s["member_error"]), _fmt(s["seconds_mean"], 4),
                      f"{s['usd_m1']:.4f}", f"{s['usd_m2']:.4f}", "yes" if row.pareto else ""])
     lines += _md_table(["method", "seeds", "ensemble error %", "oracle accuracy %", "mean member error %",
-                        "training s", "USD at 0.90/h", "USD at 3.06/h", "Pareto"], body)
+                        "training s", *(f"USD at {rate:.2f}/h" for _, rate in RATES), "Pareto"], body)
     if diversity:
         lines += ["", "## Diversity over trainings (Section 3.4, Figure 8)", "",
                   "Y = each member's test probability of the correct class; moments over the seeds' "

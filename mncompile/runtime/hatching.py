@@ -21,7 +21,6 @@ channels in Python.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Iterator, Mapping
@@ -34,26 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mncompile.diagnostics import MNError
-from mncompile.passes.hatch_plan import Entry, HatchTable, Layout, WidenMap, table_from_json
-
-NOISE_MODES = ("gaussian", "symmetric")
-
-
-def load_table(table: HatchTable | Mapping[str, Any] | str | Path) -> HatchTable:
-    """A table from a `HatchTable`, its JSON dict, or the path of its JSON file."""
-    if isinstance(table, HatchTable):
-        return table
-    if isinstance(table, (str, Path)):
-        path = Path(table)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MNError(f"hatch table '{path}' does not exist",
-                          hint="compile the spec first: mncompile compile <spec>.mnet") from None
-        except json.JSONDecodeError as err:
-            raise MNError(f"hatch table '{path}' is not valid JSON: {err}") from None
-        return table_from_json(data)
-    return table_from_json(dict(table))
+from mncompile.formats.hatch_table import Entry, HatchTable, Layout, WidenMap, load_table
+from mncompile.formats.settings import NOISE_MODES
 
 
 def check_mother(state: Mapping[str, Tensor], table: HatchTable) -> None:

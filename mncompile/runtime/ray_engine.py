@@ -64,7 +64,6 @@ Ray is imported only here, and only when `--engine ray` is asked for.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 import types
@@ -74,17 +73,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mncompile.diagnostics import MNError
+from mncompile.runtime.context import Phase, RunContext, Then
+from mncompile.runtime.jobs import EpochRecord, Job, ModelResult
+from mncompile.runtime.train import Shard
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from mncompile.runtime.pipeline import Outcome, RunContext
-    from mncompile.runtime.train import ModelResult, TrainSettings
+    from mncompile.runtime.results import PhaseRecord
 
 INSTALL_HINT = 'pip install "mncompile[ray]"'
-#: the methods this engine can run
-RAY_METHODS = ("mothernets", "full-data")
 #: CPUs per worker (task or trainer worker); on a cluster without GPUs, one worker slot each
 CPUS_PER_WORKER = 1
 #: how often a failed Ray task is retried, and a failed trainer restarted, before giving up
@@ -111,21 +110,6 @@ def import_ray() -> types.ModuleType:
         raise MNError(f"Ray Train for PyTorch is not installed ({err}): {INSTALL_HINT}",
                       hint="the extra installs ray[train]") from None
     return ray
-
-
-def check(args: Any) -> None:
-    """Refuse what this engine cannot do, and connect to Ray, before anything is written."""
-    method = getattr(args, "method", "mothernets")
-    if method not in RAY_METHODS:
-        raise MNError(f"--engine ray trains --method {' or '.join(RAY_METHODS)}, not '{method}'",
-                      hint="train this method with --engine local")
-    if getattr(args, "sequential", False):
-        raise MNError("--sequential is an option of the local engine",
-                      hint="drop --sequential: with --engine ray every network trains on its own")
-    ray = connect(getattr(args, "address", None), quiet=bool(getattr(args, "quiet", False)))
-    cluster = cluster_devices(ray.cluster_resources(), getattr(args, "device", "auto"))
-    if may_train_data_parallel(cluster.slots, getattr(args, "gpus_per_model", None)):
-        require_train_v2(ray)
 
 
 def connect(address: str | None, *, quiet: bool = False) -> types.ModuleType:
@@ -260,171 +244,132 @@ def require_train_v2(ray: Any) -> None:
 
 # ------------------------------------------------------------------------------ on the workers
 
-_MODELS: dict[str, types.ModuleType] = {}
-
-
-def _models_module(source: str) -> types.ModuleType:
-    """The generated models.py, executed from its text (cached per worker process)."""
-    key = hashlib.sha256(source.encode("utf-8")).hexdigest()
-    module = _MODELS.get(key)
-    if module is None:
-        module = types.ModuleType(f"mncompile_models_{key[:16]}")
-        module.__file__ = "models.py"
-        exec(compile(source, "models.py", "exec"), module.__dict__)  # noqa: S102
-        _MODELS[key] = module
-    return module
-
-
-def _build(job: Mapping[str, Any], init: Mapping[str, torch.Tensor]) -> nn.Module:
-    model: nn.Module = _models_module(job["source"]).MODELS[job["name"]]()
-    model.load_state_dict(dict(init))
-    return model
-
-
-def _settings(job: Mapping[str, Any]) -> TrainSettings:
-    from mncompile.runtime.train import TrainSettings
-
-    return TrainSettings(**job["settings"])
-
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def train_task(job: Mapping[str, Any], init: Mapping[str, torch.Tensor], data: Any) -> dict[str, Any]:
-    """A Ray task: train one network on one device with the local loop, checkpointed every epoch.
+def _user_error(err: MNError) -> dict[str, Any]:
+    return {"error": err.message + (f" ({err.hint})" if err.hint else ""),
+            "retried": " (a user error: not retried)"}
 
-    It always resumes from its checkpoint when one exists: a fresh run starts with an empty
-    checkpoint folder, so a checkpoint found here is this run's (a retry, or `--resume`).
-    A user error (MNError) is returned, not raised, so that Ray does not retry it.
+
+def train_task(task: Mapping[str, Any], job: Job, data: Any, batch_hook: Any) -> dict[str, Any]:
+    """A Ray task: train one job on one device with the one epoch loop, checkpointed every epoch.
+
+    The job (its model with the driver's initial weights, its hooks) arrives pickled. It always
+    resumes from its checkpoint when one exists: a fresh run starts with an empty checkpoint
+    folder, so a checkpoint found here is this run's (a retry, or `--resume`). A user error
+    (MNError) is returned, not raised, so that Ray does not retry it.
     """
     from mncompile.runtime.progress import Progress
-    from mncompile.runtime.train import train_model
+    from mncompile.runtime.train import fit
 
     try:
-        model = _build(job, init)
-        result = train_model(job["name"], model, data, _settings(job), seed=job["seed"],
-                             device="cuda" if job["use_gpu"] else "cpu", checkpoint_dir=job["ckpt_dir"],
-                             resume=True, progress=Progress(quiet=job["quiet"], bars=False),
-                             phase=job["phase"])
+        result = fit([job], data, seed=task["seed"], device="cuda" if task["use_gpu"] else "cpu",
+                     checkpoint_dir=task["ckpt_dir"], resume=True,
+                     progress=Progress(quiet=task["quiet"], bars=False), phase=task["phase"],
+                     batch_hook=batch_hook)[job.name]
     except MNError as err:
-        return {"error": err.message + (f" ({err.hint})" if err.hint else ""),
-                "retried": " (a user error: not retried)"}
-    return {"result": result, "state": _cpu_state(model)}
+        return _user_error(err)
+    return {"result": result, "state": _cpu_state(job.model)}
+
+
+class RayShard(Shard):
+    """One worker of a data-parallel trainer: its contiguous slice of every batch (see the module notes)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def split(self, x: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, float | None] | None:
+        import torch
+
+        if len(y) < self.world:  # every worker needs an example of the batch
+            return None
+        xs, ys = torch.tensor_split(x, self.world)[self.rank], torch.tensor_split(y, self.world)[self.rank]
+        # DDP averages the workers' gradients: scaled so, the gradient is the whole batch's mean
+        return xs, ys, self.world * len(ys) / len(y)
+
+    def reduce(self, totals: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
+        import torch
+        import torch.distributed as dist
+
+        totals = totals.clone()
+        dist.all_reduce(totals)
+        longest = torch.tensor([seconds], dtype=torch.float64, device=totals.device)
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+        return totals, float(longest)
+
+    def end_epoch(self, model: nn.Module) -> None:
+        import torch.distributed as dist
+
+        for b in model.buffers():  # BatchNorm running statistics: the workers' average
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+    def saved(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def data_parallel_loop(config: Mapping[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: one network, data-parallel over the trainer's workers.
+    """Ray Train's `train_loop_per_worker`: one job, data-parallel over the trainer's workers.
 
-    The same epochs, learning rates, early stopping and checkpoint as `train.train_lockstep`
-    (whose pieces it uses); see the module notes for how a batch is split. Rank 0 writes the
-    checkpoint; after a restart every worker continues from it.
+    The one epoch loop (`train.fit`) with this worker's `RayShard` and the model wrapped in
+    DistributedDataParallel. Rank 0 writes the checkpoint; after a restart every worker goes on
+    from it.
     """
+    import dataclasses
     import inspect
 
     import ray
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
-    from mncompile.runtime.checkpoint import checkpoint_path, save_checkpoint
     from mncompile.runtime.progress import Progress
-    from mncompile.runtime.train import (
-        ModelResult,
-        _autocast,
-        _prepare_input,
-        _restore,
-        _Run,
-        _stream,
-        record_epoch,
-    )
+    from mncompile.runtime.train import fit
 
-    job = config["job"]
+    task, job = config["task"], config["job"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    settings, seed, name = _settings(job), int(job["seed"]), job["name"]
-    model = _build(job, ray.get(config["init"])).to(device)
+    model = job.model.to(device)
     data = ray.get(config["data"]).to(device)
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if data.x_train.dim() == 4:
-            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay)
-    run = _Run(name, model, settings, opt, ModelResult(name))
-    run.ckpt = checkpoint_path(job["ckpt_dir"], name)
-    if run.ckpt.is_file():
-        _restore(run, seed)
     # buffers (BatchNorm statistics) stay per worker while training and are averaged per epoch
     no_sync: dict[str, Any] = ({"forward_sync_buffers": False}
                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else {"broadcast_buffers": False})
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                   **no_sync)
-    progress = Progress(quiet=job["quiet"] or rank != 0, bars=False)
-    progress.begin(job["phase"], [name], settings.max_epochs, 0)
-    if run.next_epoch:
-        progress.note(f"{name}: resumed after epoch {run.next_epoch} ({run.result.status}) "
-                      f"on {world} workers")
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
-    for epoch in range(run.next_epoch, settings.max_epochs):
-        if run.done:
-            break
-        lr = settings.lr_at(epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen
-        start = time.perf_counter()
-        for x, y in _stream(data, settings.batch, seed, epoch):
-            if len(y) < world:
-                continue
-            xs = _prepare_input(torch.tensor_split(x, world)[rank], device)
-            ys = torch.tensor_split(y, world)[rank]
-            with _autocast(device):
-                out = ddp(xs)
-            loss = F.cross_entropy(out.float(), ys, reduction="sum")
-            opt.zero_grad(set_to_none=True)
-            # DDP averages over the workers: scaled so, the gradient is the whole batch's mean
-            (loss * (world / len(y))).backward()
-            opt.step()
-            with torch.no_grad():
-                totals += torch.stack([loss.detach().double(), (out.argmax(1) == ys).sum().double(),
-                                       torch.tensor(float(len(ys)), device=device, dtype=torch.float64)])
-        dist.all_reduce(totals)
-        for b in buffers:  # BatchNorm running statistics: the workers' average
-            dist.all_reduce(b)
-            b /= world
-        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        loss_sum, correct, seen = (float(v) for v in totals)
-        rec = record_epoch(run, settings, epoch, lr, loss_sum / max(seen, 1), correct / max(seen, 1),
-                           None, float(seconds))
-        progress.epoch(name, rec.epoch, settings.max_epochs, lr=rec.lr, loss=rec.train_loss,
-                       acc=rec.train_acc, test_acc=None, seconds=rec.seconds)
-        if run.done:
-            progress.note(f"{name}: {run.result.status}: {run.result.message}")
-        if rank == 0:
-            save_checkpoint(run.ckpt, model, opt, run.meta(seed))
-        dist.barrier()
-    progress.end()
+    fit([dataclasses.replace(job, model=model, forward=lambda _, x: ddp(x))], data, seed=task["seed"],
+        device=device, checkpoint_dir=task["ckpt_dir"], resume=True,
+        progress=Progress(quiet=task["quiet"] or rank != 0, bars=False), phase=task["phase"],
+        shard=RayShard(rank, world))
 
 
-def fit_task(job: Mapping[str, Any], init_ref: list[Any], data_ref: list[Any], workers: int, use_gpu: bool,
+def fit_task(task: Mapping[str, Any], job_ref: list[Any], data_ref: list[Any], workers: int, use_gpu: bool,
              storage: str) -> dict[str, Any]:
-    """A Ray task (no resources of its own) that runs one network's `TorchTrainer` to the end.
+    """A Ray task (no resources of its own) that runs one job's `TorchTrainer` to the end.
 
-    `init_ref` and `data_ref` each hold one object reference, which the workers fetch. Ray Train
+    `job_ref` and `data_ref` each hold one object reference, which the workers fetch. Ray Train
     v1 (this worker's environment may differ from the driver's) is a user error, returned.
     """
+    import ray
+
     v2, version, flag = train_version()
     if not v2:
-        err = _train_v1_error("on a Ray worker", version, flag)
-        return {"error": f"{err.message} ({err.hint})", "retried": " (a user error: not retried)"}
+        return _user_error(_train_v1_error("on a Ray worker", version, flag))
     from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer  # ray.train.torch's, with Train v2
 
@@ -438,15 +383,16 @@ def fit_task(job: Mapping[str, Any], init_ref: list[Any], data_ref: list[Any], w
     # worker failures: restarts from the checkpoint; startup timeouts (workers that cannot be
     # placed): a few more tries, then an error, not a wait for ever (Ray's default: no limit)
     failure = FailureConfig(max_failures=MAX_RETRIES, controller_failure_limit=MAX_RETRIES)
+    job = ray.get(job_ref[0])
     trainer = TorchTrainer(
         data_parallel_loop,
-        train_loop_config={"job": dict(job), "init": init_ref[0], "data": data_ref[0]},
+        train_loop_config={"task": dict(task), "job": job, "data": data_ref[0]},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=f"{job['phase']}-{job['name']}", storage_path=storage,
+        run_config=RunConfig(name=f"{task['phase']}-{job.name}", storage_path=storage,
                              failure_config=failure, **logging),
     )
     trainer.fit()
-    return {"checkpoint": str(Path(job["ckpt_dir"]) / f"{job['name']}.pt")}
+    return {"checkpoint": str(Path(task["ckpt_dir"]) / f"{job.name}.pt")}
 
 
 # ------------------------------------------------------------------------------ on the driver
@@ -480,10 +426,22 @@ def largest_first(jobs: Sequence[Any], macs: Mapping[str, int]) -> list[Any]:
 
 @dataclass
 class _Job:
-    name: str
+    """A job queued on the cluster: the phase it belongs to, and what its task needs besides."""
+
+    job: Job
     phase: str
-    settings: TrainSettings
-    model: nn.Module  # the driver's copy: initial weights in, trained weights out
+    batch_hook: Any = None
+    #: made by the phase's `Then` from a finished job
+    follows: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    @property
+    def data_parallel(self) -> bool:
+        """Only plain cross-entropy jobs on the shared data can be split over several workers."""
+        return self.job.plain and self.job.data is None and self.batch_hook is None
 
 
 @dataclass
@@ -513,7 +471,7 @@ class Placement:
 
 @dataclass
 class Scheduler:
-    """The driver's event loop: queue ready networks, place them, collect them as they finish."""
+    """The driver's event loop for one run: queue ready jobs, place them, collect them as they finish."""
 
     ctx: RunContext
     cluster: Cluster
@@ -527,12 +485,9 @@ class Scheduler:
         self.free = list(range(self.cluster.slots))
         self.running: dict[Any, _Running] = {}
         self.t0 = time.perf_counter()
-        self.source = (self.ctx.folder / "models.py").read_text(encoding="utf-8")
         self.macs = plan_macs(self.ctx.plan)
-        self.data_ref = self.ray.put(self.ctx.dataset.to("cpu"))
-        root = self.ctx.out.resolve() / "ckpt" / self.ctx.method
-        self.storage = str(root / "ray")
-        self.ckpt_root = root
+        self._data: dict[int, Any] = {}
+        self.storage = str(self.ctx.ckpt_dir("ray"))
         ray = self.ray
         self._task = ray.remote(num_cpus=CPUS_PER_WORKER, num_gpus=1 if self.cluster.use_gpu else 0,
                                 max_retries=MAX_RETRIES, retry_exceptions=True)(train_task)
@@ -547,8 +502,14 @@ class Scheduler:
         return time.perf_counter() - self.t0
 
     def submit(self, jobs: Sequence[_Job]) -> None:
-        """Queue networks that became ready together: after those waiting, largest first."""
+        """Queue jobs that became ready together: after those waiting, largest first."""
         self.queue.extend(largest_first(jobs, self.macs))
+
+    def _data_ref(self, job: Job) -> Any:
+        data = job.data if job.data is not None else self.ctx.dataset
+        if id(data) not in self._data:
+            self._data[id(data)] = self.ray.put(data.to("cpu"))
+        return self._data[id(data)]
 
     def _start(self) -> None:
         from mncompile.runtime.placement import place
@@ -556,30 +517,32 @@ class Scheduler:
         started = place([j.name for j in self.queue], self.free, self.gpus_per_model)
         if not started:
             return
-        for job in [j for j in self.queue if j.name in started]:
-            devices = started[job.name]
-            self.queue.remove(job)
-            self.free = [d for d in self.free if d not in devices]
-            spec = {"name": job.name, "phase": job.phase, "source": self.source, "seed": self.ctx.seed,
-                    "settings": job.settings.to_dict(), "ckpt_dir": str(self.ckpt_root / job.phase),
-                    "quiet": self.ctx.progress.quiet, "use_gpu": self.cluster.use_gpu}
-            init = self.ray.put(_cpu_state(job.model))
+        for queued in [j for j in self.queue if j.name in started]:
+            devices = started[queued.name]
             # every worker needs an example of each batch: no more workers than the batch size
-            workers = min(len(devices), job.settings.batch)
+            if not queued.data_parallel:  # hooks or data of its own: one device
+                devices = devices[:1]
+            workers = min(len(devices), queued.job.settings.batch)
+            self.queue.remove(queued)
+            self.free = [d for d in self.free if d not in devices]
+            task = {"phase": queued.phase, "seed": self.ctx.seed,
+                    "ckpt_dir": str(self.ctx.ckpt_dir(queued.phase)), "quiet": self.ctx.progress.quiet,
+                    "use_gpu": self.cluster.use_gpu}
+            job = queued.job
             if workers == 1:
-                ref = self._task.remote(spec, init, self.data_ref)
+                ref = self._task.remote(task, job, self._data_ref(job), queued.batch_hook)
                 how = f"1 {self.cluster.kind}"
             else:
                 # in lists, so that Ray passes the references on instead of their values
-                ref = self._fit.remote(spec, [init], [self.data_ref], workers, self.cluster.use_gpu,
-                                       self.storage)
+                ref = self._fit.remote(task, [self.ray.put(job)], [self._data_ref(job)], workers,
+                                       self.cluster.use_gpu, self.storage)
                 how = f"{workers} {self.cluster.kind}s, data-parallel"
-            self.running[ref] = _Running(job, devices, self.elapsed())
-            self.placements.append(Placement(job.name, job.phase, devices, workers, self.elapsed()))
-            self.say(f"{job.phase}: {job.name} started on {how}")
+            self.running[ref] = _Running(queued, tuple(devices), self.elapsed())
+            self.placements.append(Placement(job.name, queued.phase, tuple(devices), workers, self.elapsed()))
+            self.say(f"{queued.phase}: {job.name} started on {how}")
 
     def next_done(self) -> tuple[_Job, ModelResult | None]:
-        """Start what the policy allows, wait for one network to finish; its job and result (None: failed)."""
+        """Start what the policy allows, wait for one job to finish; it and its result (None: failed)."""
         self._start()
         if not self.running:
             names = ", ".join(j.name for j in self.queue)
@@ -601,13 +564,13 @@ class Scheduler:
         result: ModelResult | None = None
         if "checkpoint" in reply:  # data-parallel: the weights come back in the checkpoint
             try:
-                result = self._load(run.job, Path(reply["checkpoint"]))
-            except MNError as err:  # a member is left out, a MotherNet stops the run: as any failure
+                result = self._load(run.job.job, Path(reply["checkpoint"]))
+            except MNError as err:  # left out, or the run stops, as on any failure
                 reply = {"error": err.message + (f" ({err.hint})" if err.hint else ""),
                          "retried": " (it trained, but the driver cannot read its checkpoint)"}
         elif "error" not in reply:
             result = reply["result"]
-            run.job.model.load_state_dict(reply["state"])
+            run.job.job.model.load_state_dict(reply["state"])
         if result is None:
             rec.status = "failed"
             self._failed(run.job, reply["error"], reply.get("retried", ""))
@@ -618,34 +581,33 @@ class Scheduler:
                  f"{'s' if len(run.devices) > 1 else ''})")
         return run.job, result
 
-    def _load(self, job: _Job, path: Path) -> ModelResult:
+    def _load(self, job: Job, path: Path) -> ModelResult:
         from mncompile.runtime.checkpoint import load_checkpoint
-        from mncompile.runtime.train import EpochRecord, ModelResult
+        from mncompile.runtime.train import history_from
 
         meta = load_checkpoint(path, job.model)
+        history = history_from(meta, f"checkpoint {path}")
         try:
-            history = [EpochRecord(**r) for r in meta["history"]]
             return ModelResult(job.name, str(meta["status"]), meta["message"], history)
-        except (KeyError, TypeError) as err:
+        except KeyError as err:
             raise MNError(f"checkpoint {path} has damaged meta data ({err})") from None
 
     def _failed(self, job: _Job, error: str, retried: str) -> None:
-        """Report a failed network; `retried` (' after 2 retries', say) says what Ray tried."""
+        """Report a failed job; `retried` (' after 2 retries', say) says what Ray tried."""
         self.failed[job.name] = error
         print(f"warning: {job.phase}: {job.name} failed on Ray{retried}: {error}", file=sys.stderr,
               flush=True)
 
     def failed_result(self, job: _Job) -> ModelResult:
-        """A failed network's record: its checkpointed epochs, status 'training', the error."""
-        from mncompile.runtime.train import EpochRecord, ModelResult
+        """A failed job's record: its checkpointed epochs, status 'training', the error."""
+        from mncompile.runtime.checkpoint import checkpoint_path, load_checkpoint
+        from mncompile.runtime.train import history_from
 
         history: list[EpochRecord] = []
-        path = self.ckpt_root / job.phase / f"{job.name}.pt"
+        path = checkpoint_path(self.ctx.ckpt_dir(job.phase), job.name)
         try:
-            from mncompile.runtime.checkpoint import load_checkpoint
-
-            history = [EpochRecord(**r) for r in load_checkpoint(path)["history"]] if path.is_file() else []
-        except (MNError, KeyError, TypeError):
+            history = history_from(load_checkpoint(path), str(path)) if path.is_file() else []
+        except MNError:
             pass
         return ModelResult(job.name, "training", f"failed on Ray: {self.failed[job.name]}", history)
 
@@ -660,11 +622,6 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - cancelling what already ended is harmless
                 pass
         self.running.clear()
-
-    def info(self) -> dict[str, Any]:
-        return {"slots": self.cluster.slots, "device": "cuda" if self.cluster.use_gpu else "cpu",
-                "gpus_per_model": self.gpus_per_model or "auto",
-                "placements": [p.to_dict() for p in self.placements]}
 
 
 def _describe(err: BaseException) -> str:
@@ -686,113 +643,94 @@ def _describe(err: BaseException) -> str:
         else f"{type(err).__name__}: {line}".rstrip(": ")
 
 
-def _scheduler(ctx: RunContext) -> Scheduler:
-    opts = ctx.engine_options
-    ray = connect(opts.get("address"), quiet=ctx.progress.quiet)
-    cluster = cluster_devices(ray.cluster_resources(), opts.get("device", "auto"))
-    per_model = opts.get("gpus_per_model")
-    if per_model is not None and per_model > cluster.slots:
-        raise MNError(f"--gpus-per-model {per_model}, but the Ray cluster has {cluster.slots} "
-                      f"{cluster.kind}{'s' if cluster.slots != 1 else ''}",
-                      hint=f"use at most {cluster.slots}, or auto")
-    s = Scheduler(ctx, cluster, per_model, ray)
-    s.say(f"{cluster.slots} {cluster.kind}{'s' if cluster.slots != 1 else ''}; "
-          f"{'auto (Appendix D)' if per_model is None else per_model} per network")
-    return s
+class RayEngine:
+    """`--engine ray`: every phase's jobs on a Ray cluster, placed by Appendix D (module notes)."""
 
+    name = "ray"
 
-def train_mothernets(ctx: RunContext) -> Outcome:
-    """`--method mothernets` on Ray: MotherNets first; each one's members as soon as it finishes."""
-    import copy
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        if options.get("sequential"):
+            raise MNError("--sequential is an option of the local engine",
+                          hint="drop --sequential: with --engine ray every network trains on its own")
+        self.ray = connect(options.get("address"), quiet=bool(options.get("quiet")))
+        self.cluster = cluster_devices(self.ray.cluster_resources(), options.get("device") or "auto")
+        per_model = options.get("gpus_per_model")
+        if per_model is not None and per_model > self.cluster.slots:
+            raise MNError(f"--gpus-per-model {per_model}, but the Ray cluster has {self.cluster.slots} "
+                          f"{self.cluster.kind}{'s' if self.cluster.slots != 1 else ''}",
+                          hint=f"use at most {self.cluster.slots}, or auto")
+        if may_train_data_parallel(self.cluster.slots, per_model):
+            require_train_v2(self.ray)
+        self.gpus_per_model = per_model
+        self.placements: list[Placement] = []
+        self._failed: dict[str, str] = {}
+        self._t0: float | None = None
 
-    import torch
+    @property
+    def failed(self) -> Mapping[str, str]:
+        return self._failed
 
-    from mncompile.runtime.pipeline import Outcome, first_phase_nets, hatch_members
-    from mncompile.runtime.results import PhaseRecord
+    def info(self) -> dict[str, Any]:
+        return {"slots": self.cluster.slots, "device": "cuda" if self.cluster.use_gpu else "cpu",
+                "gpus_per_model": self.gpus_per_model or "auto",
+                "placements": [p.to_dict() for p in self.placements]}
 
-    s = _scheduler(ctx)
-    # the driver's nets stay on the CPU while the cluster trains (see the module notes)
-    on_cpu = copy.copy(ctx)
-    on_cpu.device = torch.device("cpu")
-    first, mother_of = first_phase_nets(ctx)
-    s.submit([_Job(n, "mothernets", ctx.mother_settings, model) for n, model in first.items()])
-    first_results: dict[str, ModelResult] = {}
-    member_results: dict[str, ModelResult] = {}
-    hatched: dict[str, nn.Module] = {}
-    checks: dict[str, Any] = {}
-    hatch_before = hatch_after = 0.0
-    first_done = None
-    try:
-        while s.busy:
-            job, result = s.next_done()
-            if job.phase == "members":
-                member_results[job.name] = result if result is not None else s.failed_result(job)
-                continue
-            if result is None:
-                if job.name in mother_of.values():
-                    raise MNError(f"MotherNet '{job.name}' failed on Ray: {s.failed[job.name]}",
-                                  hint="nothing can hatch from it; see the error above")
-                result = s.failed_result(job)
-            first_results[job.name] = result
-            if not result.ok:
-                raise MNError(f"MotherNet '{job.name}' diverged: {result.message}",
-                              hint="lower --lr, or check the data; nothing can hatch from it")
-            if len(first_results) == len(first):
-                first_done = s.elapsed()
-            mine = {m: mn for m, mn in mother_of.items() if mn == job.name}
-            if not mine:
-                continue
-            new, new_checks, seconds = hatch_members(on_cpu, {job.name: job.model}, mine)
-            if first_done is None:
-                hatch_before += seconds
-            else:
-                hatch_after += seconds
-            hatched.update(new)
-            checks.update(new_checks)
-            s.submit([_Job(m, "members", ctx.hatched_settings, model) for m, model in new.items()])
-    finally:
-        s.cancel()
-    end = s.elapsed()
-    first_done = end if first_done is None else first_done
-    first_results = {n: first_results[n] for n in first}  # plan order, as the local engine
-    phases = [PhaseRecord("mothernets", first_done - hatch_before, first_results)]
-    if hatched:
-        ordered = {m: member_results[m] for m in ctx.members if m in member_results}
-        phases.append(PhaseRecord("hatching", hatch_before + hatch_after, {}))
-        phases.append(PhaseRecord("members", end - first_done - hatch_after, ordered))
-    members = {**{m: first[m] for m in ctx.members if m in first}, **hatched}
-    return _outcome(ctx, s, phases, members, {"hatch": checks}, Outcome)
+    def run(self, ctx: RunContext, phase: Phase, then: Then | None = None) -> list[PhaseRecord]:
+        """Queue the phase's jobs; as each finishes, queue what `then` makes of it; wait for all."""
+        from mncompile.runtime.results import PhaseRecord
 
-
-def train_full_data(ctx: RunContext) -> Outcome:
-    """`--method full-data` on Ray: every member from scratch, placed as devices free up."""
-    from mncompile.runtime.pipeline import Outcome
-    from mncompile.runtime.results import PhaseRecord
-
-    s = _scheduler(ctx)
-    models = {m: ctx.build(m) for m in ctx.members}
-    s.submit([_Job(m, "members", ctx.mother_settings, model) for m, model in models.items()])
-    results: dict[str, ModelResult] = {}
-    try:
-        while s.busy:
-            job, result = s.next_done()
-            results[job.name] = result if result is not None else s.failed_result(job)
-    finally:
-        s.cancel()
-    phases = [PhaseRecord("members", s.elapsed(), {m: results[m] for m in ctx.members})]
-    return _outcome(ctx, s, phases, models, {}, Outcome)
-
-
-def _outcome(ctx: RunContext, s: Scheduler, phases: list[Any], members: dict[str, nn.Module],
-             info: dict[str, Any], outcome: Any) -> Outcome:
-    kept = {m: members[m] for m in ctx.members if m not in s.failed}
-    if not kept:
-        raise MNError("every member failed on Ray: there is no ensemble to evaluate",
-                      hint="see the errors above")
-    for model in kept.values():  # training is over: evaluated on --device, as the local engine does
-        model.to(ctx.device)
-    info = {**info, "engine": "ray", "ray": s.info()}
-    if s.failed:
-        info["failed_members"] = {m: e for m, e in s.failed.items() if m in members}
-    result: Outcome = outcome(phases, kept, info)
-    return result
+        s = Scheduler(ctx, self.cluster, self.gpus_per_model, self.ray)
+        if self._t0 is None:
+            self._t0 = s.t0
+            per = "auto (Appendix D)" if self.gpus_per_model is None else self.gpus_per_model
+            s.say(f"{self.cluster.slots} {self.cluster.kind}{'s' if self.cluster.slots != 1 else ''}; "
+                  f"{per} per network")
+        s.t0 = self._t0  # placements' times count from the run's first phase
+        start = s.elapsed()
+        s.submit([_Job(j, phase.name, phase.batch_hook) for j in phase.jobs])
+        first: dict[str, ModelResult] = {}
+        follow: dict[str, ModelResult] = {}
+        made: list[Job] = []
+        before = after = 0.0  # seconds spent in `then.make` before and after the first phase ended
+        first_done: float | None = None
+        try:
+            while s.busy:
+                queued, result = s.next_done()
+                if queued.follows:
+                    follow[queued.name] = result if result is not None else s.failed_result(queued)
+                    continue
+                if result is None:
+                    if queued.job.required:
+                        raise MNError(f"'{queued.name}' failed on Ray: {s.failed[queued.name]}",
+                                      hint=f"the method cannot go on without it ({phase.name}); "
+                                      "see the error above")
+                    result = s.failed_result(queued)
+                    ok = False
+                else:
+                    ok = True
+                first[queued.name] = result
+                if len(first) == len(phase.jobs):
+                    first_done = s.elapsed()
+                if then is None or not ok:
+                    continue
+                jobs, seconds = then.make(queued.job, result)
+                if first_done is None:
+                    before += seconds
+                else:
+                    after += seconds
+                made.extend(jobs)
+                s.submit([_Job(j, then.phase, follows=True) for j in jobs])
+        finally:
+            s.cancel()
+            self._failed.update(s.failed)
+            self.placements.extend(s.placements)
+        end = s.elapsed()
+        first_done = end if first_done is None else first_done
+        ordered = {j.name: first[j.name] for j in phase.jobs}
+        records = [PhaseRecord(phase.name, first_done - start - before, ordered)]
+        if then is not None and made:
+            rank = {name: i for i, name in enumerate(then.order)}
+            names = sorted((j.name for j in made), key=lambda n: rank.get(n, len(rank)))
+            records.append(PhaseRecord(then.between, before + after, {}))
+            records.append(PhaseRecord(then.phase, end - first_done - after, {n: follow[n] for n in names}))
+        return records

@@ -4,7 +4,7 @@ The schema is documented in docs/results-schema.md; `SCHEMA_VERSION` changes whe
 changes meaning or goes away. Both files are written atomically, with sorted keys and no NaN
 (non-finite numbers become null), so they diff cleanly and parse anywhere.
 
->>> from mncompile.runtime.train import EpochRecord, ModelResult
+>>> from mncompile.runtime.jobs import EpochRecord, ModelResult
 >>> m = ModelResult("a", "max_epochs", "reached max_epochs 1", [EpochRecord(1, 0.1, 0.5, 0.8, None, 36.0)])
 >>> r = build_results("fd", [PhaseRecord("members", 36.0, {"a": m})])
 >>> r["total_seconds"], r["cost_usd"]["M1"]["usd"]
@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from mncompile.diagnostics import MNError
+from mncompile.formats.settings import RATES_USD_PER_HOUR
 from mncompile.runtime.checkpoint import atomic_write_text
-from mncompile.runtime.train import ModelResult
+from mncompile.runtime.jobs import ModelResult
 
 SCHEMA_VERSION = 1
-# Cloud prices of the paper's Section 3: M1 = AWS P2.xlarge / Azure NC6, M2 = AWS P3.2xlarge / Azure NCv3
-RATES_USD_PER_HOUR: dict[str, float] = {"M1": 0.90, "M2": 3.06}
 HISTORY_COLUMNS = ("phase", "model", "epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds")
 
 

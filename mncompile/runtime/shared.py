@@ -1,4 +1,4 @@
-"""Shared-MotherNets at run time: build one from hatched members, check it, train it.
+"""Shared-MotherNets at run time: build one from hatched members, check it, view its members.
 
 A generated folder's `shared.py` has one `SharedNet` class per cluster that can be shared (see
 `mncompile.passes.share_plan` for the structure). `consolidate(shared, members)` fills a
@@ -12,38 +12,23 @@ Shared-MotherNet from the cluster's hatched members:
 - a member's own unit gets that member's weights; every other entry stays zero (masked).
 
 `verify_shared(shared, members, batch)` returns the largest difference between the K outputs
-and the members' outputs. The method `shared-mothernets` trains the MotherNets, hatches,
-consolidates, checks, then trains each Shared-MotherNet on the sum of its K cross-entropies;
-clusters that `shared.py` lists in `NOT_SHARED` train their hatched members separately, as
-`mothernets` does.
+and the members' outputs. The method that trains them is `runtime/methods/shared_mothernets.py`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
 
 from mncompile.diagnostics import MNError
-from mncompile.runtime.pipeline import (
-    EXACT_TOLERANCE,
-    Outcome,
-    RunContext,
-    hatch_members,
-    load_generated_module,
-    register_method,
-    train_first_phase,
-    verify_scale,
-)
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from mncompile.formats.share_plan import read_part
+from mncompile.runtime.folder import load_generated_module
 
 
 def load_shared_module(folder: str | Path) -> ModuleType:
@@ -67,8 +52,6 @@ def _ranges(groups: Mapping[int, tuple[Any, int]], ids: tuple[int, ...]) -> dict
 
 
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
-#: the fields of a STEPS part in shared.py
-PART_FIELDS = ("member", "key", "bn", "pre", "rows", "cols", "kernel")
 
 
 def _place(dest: torch.Tensor, t: torch.Tensor, groups: tuple[int, ...],
@@ -114,7 +97,8 @@ def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str
             continue
         rows = _ranges(shared.GROUPS, tuple(step["makes"]))
         cols = _ranges(shared.GROUPS, tuple(step["reads"]))
-        parts = [dict(zip(PART_FIELDS, p, strict=True)) for p in step["parts"]]
+        # by name; MNError unless its keys are exactly PART_FIELDS (a folder from another version)
+        parts = [read_part(p) for p in step["parts"]]
         # a shared row (or column) is the mean over the members that have it
         writers = {g: sum(g in p["rows"] for p in parts if p["key"] or p["bn"]) or 1 for g in rows}
         readers = {g: sum(g in p["cols"] for p in parts if p["pre"]) or 1 for g in cols}
@@ -205,31 +189,26 @@ def verify_shared(shared: nn.Module, members: Mapping[str, nn.Module], batch: to
             m.train(w)
 
 
-@functools.cache
-def _member_view() -> type:
-    from torch import nn
+class SharedMember(nn.Module):
+    """Member `member` of a Shared-MotherNet as a module of its own (input -> its logits).
 
-    class SharedMember(nn.Module):
-        """Member `member` of a Shared-MotherNet as a module of its own (input -> its logits).
+    It runs the whole shared model and keeps that member's output: for evaluating members one
+    at a time. The shared model is a submodule, so the view moves and saves with it.
+    """
 
-        It runs the whole shared model and keeps that member's output: for evaluating members
-        one at a time. The shared model is a submodule, so the view moves and saves with it.
-        """
+    def __init__(self, shared: nn.Module, member: str) -> None:
+        super().__init__()
+        self.shared = shared
+        self.index = list(shared.MEMBERS).index(member)
 
-        def __init__(self, shared: nn.Module, member: str) -> None:
-            super().__init__()
-            self.shared = shared
-            self.index = list(shared.MEMBERS).index(member)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.shared(x)[:, self.index]
-
-    return SharedMember
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.shared(x)[:, self.index]
+        return out
 
 
 def shared_member(shared: nn.Module, member: str) -> nn.Module:
     """Member `member` of `shared` as an `nn.Module` (input -> that member's logits)."""
-    return _member_view()(shared, member)
+    return SharedMember(shared, member)
 
 
 def effective_params(shared: nn.Module) -> int:
@@ -266,104 +245,3 @@ def param_counts(shared: nn.Module, members: Mapping[str, nn.Module], mother: nn
             "stored_params": sum(p.numel() for p in shared.parameters()), "saved": total - own,
             "mother_params": mother_params, "paper_saving": (k - 1) * mother_params,
             "chi": 1 - k * mother_params / total, "reduction": 1 - own / total}
-
-
-def check_shared_module(module: ModuleType, ctx: RunContext) -> None:
-    """Before anything trains: shared.py must fit the plan and the members' tensors (MNError if not)."""
-    for mother, cluster in ctx.clusters:
-        if len(cluster) < 2:
-            continue
-        cls = module.SHARED.get(mother)
-        if cls is None:
-            if mother not in getattr(module, "NOT_SHARED", {}):
-                raise MNError(f"shared.py has nothing for cluster '{mother}' of plan.json",
-                              hint="the folder is out of date: compile the spec again")
-            continue
-        if list(cls.MEMBERS) != list(cluster):
-            raise MNError(f"shared.py's '{mother}' is for members {list(cls.MEMBERS)}, plan.json has "
-                          f"{cluster}", hint="the folder is out of date: compile the spec again")
-        # the shapes only: freshly built members fit the shared model's blocks, or say which does not
-        consolidate(cls(), {m: ctx.build(m).state_dict() for m in cluster})
-
-
-@register_method("shared-mothernets",
-                 help="MotherNets, then each cluster consolidated into one Shared-MotherNet trained jointly")
-def train_shared_mothernets(ctx: RunContext) -> Outcome:
-    """Appendix C: MotherNets, hatching, consolidation, then joint training of each shared model."""
-    import torch.nn.functional as F
-
-    from mncompile.runtime.baselines import Job, fit
-    from mncompile.runtime.results import PhaseRecord
-    from mncompile.runtime.train import group_seconds
-
-    # a plan whose clusters all have one net has nothing to share (and no shared.py)
-    module = load_shared_module(ctx.folder) if any(len(c) > 1 for _, c in ctx.clusters) else None
-    if module is not None:
-        check_shared_module(module, ctx)
-    first, mother_of, phases = train_first_phase(ctx)
-    members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
-    plain: dict[str, nn.Module] = {}
-    noisy, checks, hatch_seconds = hatch_members(ctx, first, mother_of, plain=plain)
-    batch = ctx.dataset.x_train[: min(256, len(ctx.dataset.x_train))].to(ctx.device)
-    shared_models: dict[str, nn.Module] = {}
-    report: dict[str, Any] = {}
-    separate: dict[str, nn.Module] = {}
-    for mother_name, cluster in ctx.clusters:
-        if len(cluster) < 2:
-            continue
-        assert module is not None
-        cls = module.SHARED.get(mother_name)
-        if cls is None:
-            why = module.NOT_SHARED.get(mother_name, "shared.py has no class for it")
-            ctx.progress.note(f"shared-mothernets: cluster {mother_name} keeps separate members: {why}")
-            report[mother_name] = {"shared": False, "reason": why}
-            separate.update({m: noisy[m] for m in cluster})
-            continue
-        # the phase counts hatching and consolidation, not the numerical checks (as mothernets does)
-        start = time.perf_counter()
-        shared = build_shared(cls, plain, ctx.device)
-        hatch_seconds += time.perf_counter() - start
-        scale = verify_scale(first[mother_name], batch)
-        diff = verify_shared(shared, plain, batch)
-        diff_train = verify_shared(shared, plain, batch, train=True)
-        entry: dict[str, Any] = {"shared": True, "max_abs_diff": diff, "relative_diff": diff / scale,
-                                 "train_max_abs_diff": diff_train,
-                                 **param_counts(shared, plain, first[mother_name])}
-        exact = all(ctx.tables[m].exact for m in cluster)
-        if exact and not diff <= EXACT_TOLERANCE * scale:
-            entry["warning"] = (f"the Shared-MotherNet of '{mother_name}' should reproduce its hatched "
-                                f"members, but the outputs differ by {diff:.3g} (output scale {scale:.3g})")
-            print(f"warning: {entry['warning']}", file=sys.stderr, flush=True)
-        if ctx.noise > 0:
-            start = time.perf_counter()
-            shared = build_shared(cls, noisy, ctx.device)
-            hatch_seconds += time.perf_counter() - start
-        shared_models[mother_name] = shared
-        report[mother_name] = entry
-    if plain:
-        phases.append(PhaseRecord("hatching", hatch_seconds, {}))
-
-    if separate:
-        results = ctx.train(separate, ctx.hatched_settings, "members")
-        phases.append(PhaseRecord("members", ctx.phase_seconds(results), results))
-        members.update(separate)
-    if shared_models:
-        def loss(out: torch.Tensor, y: torch.Tensor, _: Any) -> torch.Tensor:
-            # the sum of the K members' cross-entropies
-            k = out.shape[1]
-            return F.cross_entropy(out.float().flatten(0, 1), y.repeat_interleave(k)) * k
-
-        def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # early stopping watches the heads' mean training accuracy
-            return (out.argmax(2) == y[:, None]).double().sum() / out.shape[1]
-
-        jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=loss, correct=correct,
-                    extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
-        results = fit(ctx, jobs, "shared")
-        phases.append(PhaseRecord("shared", group_seconds(results), dict(results)))
-        for model in shared_models.values():
-            members.update({m: shared_member(model, m) for m in model.MEMBERS})
-    totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
-              "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
-    info = {"clusters": report, **totals}
-    return Outcome(phases, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks})

@@ -33,8 +33,8 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,126 +46,19 @@ from torch import nn
 from mncompile.diagnostics import MNError
 from mncompile.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mncompile.runtime.data import Dataset, batches, num_batches
+from mncompile.runtime.jobs import (
+    STATUSES,
+    EpochRecord,
+    Job,
+    ModelResult,
+    TrainSettings,
+    group_seconds,
+)
 from mncompile.runtime.progress import Progress
 
-STATUSES = ("training", "converged", "max_epochs", "diverged")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The settings of one training phase (a MotherNet or a hatched member, say).
-
-    `patience` <= 0 turns early stopping off; `tolerance` is the absolute gain in training
-    accuracy (a fraction) an epoch must beat the best by to count as an improvement.
-    """
-
-    batch: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    patience: int = 15
-    max_epochs: int = 200
-    schedule: str = "cosine"
-    tolerance: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
-        if self.batch < 1 or self.max_epochs < 1:
-            raise MNError(f"batch and max_epochs must be positive, got {self.batch} and {self.max_epochs}")
-
-    @classmethod
-    def from_config(cls, config: Any, phase: str = "mother") -> TrainSettings:
-        """The settings of `phase` ('mother' or 'hatched') from a TrainConfig or a plain mapping.
-
-        'hatched' takes `hatched_lr` and `hatched_max_epochs`; everything else is shared.
-        """
-
-        def get(key: str) -> Any:
-            return config[key] if isinstance(config, Mapping) else getattr(config, key)
-
-        if phase not in ("mother", "hatched"):
-            raise ValueError(f"phase must be 'mother' or 'hatched', got {phase!r}")
-        hatched = phase == "hatched"
-        return cls(
-            batch=int(get("batch")),
-            lr=float(get("hatched_lr" if hatched else "lr")),
-            momentum=float(get("momentum")),
-            weight_decay=float(get("weight_decay")),
-            patience=int(get("patience")),
-            max_epochs=int(get("hatched_max_epochs" if hatched else "max_epochs")),
-            schedule=str(get("schedule")),
-        )
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of 0-based `epoch`: lr/2 * (1 + cos(pi * epoch / max_epochs)) for cosine."""
-        if self.schedule == "constant":
-            return self.lr
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.max_epochs))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One model's epoch: 1-based `epoch`, its lr, running train loss and accuracy, wall seconds.
-
-    In lockstep, `seconds` is the wall time of the shared epoch (every active model's steps plus
-    the one data pass), so the seconds of models trained together must not be added up.
-    """
-
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    test_acc: float | None
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ModelResult:
-    """How one model's training went: status, message (why it stopped), per-epoch history."""
-
-    name: str
-    status: str = "training"
-    message: str | None = None
-    history: list[EpochRecord] = field(default_factory=list)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history)
-
-    @property
-    def seconds(self) -> float:
-        return sum(r.seconds for r in self.history)
-
-    @property
-    def ok(self) -> bool:
-        """False when the model diverged (its weights are not finite)."""
-        return self.status != "diverged"
-
-    @property
-    def final_train_acc(self) -> float | None:
-        return self.history[-1].train_acc if self.history else None
-
-    @property
-    def best_train_acc(self) -> float | None:
-        finite = [r.train_acc for r in self.history if math.isfinite(r.train_loss)]
-        return max(finite) if finite else None
-
-
-def group_seconds(results: Mapping[str, ModelResult]) -> float:
-    """Wall time of models trained together in lockstep: each shared epoch counted once."""
-    per_epoch: dict[int, float] = {}
-    for r in results.values():
-        for rec in r.history:
-            per_epoch[rec.epoch] = max(per_epoch.get(rec.epoch, 0.0), rec.seconds)
-    return sum(per_epoch.values())
-
+__all__ = ["STATUSES", "EpochRecord", "Job", "ModelResult", "Shard", "TrainSettings", "epoch_generator",
+           "fit", "group_seconds", "predict_proba", "record_epoch", "resolve_device", "restore",
+           "train_lockstep", "train_model", "train_sequential"]
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' is CUDA when available, else the CPU; asking for missing CUDA is an MNError."""
@@ -187,20 +80,42 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(mixed[0]) << 32 | int(mixed[1]))
 
 
+class Shard:
+    """How this process takes part in each step: the whole batch, alone (the default).
+
+    A data-parallel engine (runtime/ray_engine.py) gives each worker its slice of every batch,
+    sums the epoch's totals over the workers, and lets one of them write the checkpoints.
+    """
+
+    def split(self, x: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, float | None] | None:
+        """This process's part of a batch and the factor its loss is scaled by (None: 1); None skips it."""
+        return x, y, None
+
+    def reduce(self, totals: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
+        """The epoch's (loss sum, correct, seen) and wall seconds over every process."""
+        return totals, seconds
+
+    def end_epoch(self, model: nn.Module) -> None:
+        """After an epoch's steps, before it is recorded (data-parallel: average BatchNorm statistics)."""
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the checkpoints."""
+        return True
+
+    def saved(self) -> None:
+        """After the epoch's checkpoints are written (data-parallel: wait for the writer)."""
+
+
 @dataclass
-class _Run:
-    name: str
-    model: nn.Module
-    settings: TrainSettings
+class _State:
+    job: Job
     optimizer: torch.optim.Optimizer
     result: ModelResult
+    ckpt: Path | None = None
     best: float = -1.0
     stale: int = 0
-    ckpt: Path | None = None
-    # per-epoch accumulators, on the device so a GPU never waits on a .item() per batch
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    seen: int = 0
 
     @property
     def next_epoch(self) -> int:
@@ -210,45 +125,63 @@ class _Run:
     def done(self) -> bool:
         return self.result.status != "training"
 
-    def meta(self, seed: int) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "epoch": self.next_epoch,
-            "seed": seed,
-            "settings": self.settings.to_dict(),
-            "early_stopping": {"best": self.best, "stale": self.stale},
-            "status": self.result.status,
-            "message": self.result.message,
-            "history": [r.to_dict() for r in self.result.history],
-        }
+
+def identity(job: Job, seed: int) -> dict[str, Any]:
+    """What a checkpoint must have been written with to be resumed: settings, extras, seed."""
+    return {**job.settings.to_dict(), **job.extra, "seed": seed}
 
 
-def _restore(run: _Run, seed: int) -> None:
-    assert run.ckpt is not None
-    meta = load_checkpoint(run.ckpt, run.model, run.optimizer)
-    where = f"checkpoint {run.ckpt}"
-    if meta.get("seed") != seed:
+def checkpoint_meta(st: _State, seed: int) -> dict[str, Any]:
+    """The meta data saved with a model's checkpoint after each epoch."""
+    return {
+        "name": st.job.name,
+        "epoch": st.next_epoch,
+        "identity": identity(st.job, seed),
+        "early_stopping": {"best": st.best, "stale": st.stale},
+        "status": st.result.status,
+        "message": st.result.message,
+        "history": [r.to_dict() for r in st.result.history],
+    }
+
+
+def history_from(meta: Mapping[str, Any], where: str) -> list[EpochRecord]:
+    """The epoch records of a checkpoint's meta data; MNError naming `where` when they are damaged."""
+    try:
+        return [EpochRecord(**r) for r in meta["history"]]
+    except (KeyError, TypeError) as e:
+        raise MNError(f"{where} has damaged meta data ({e})", hint="delete it to retrain that model") from e
+
+
+def restore(st: _State, path: Path, seed: int) -> None:
+    """Load a model's checkpoint into its state; refuse one written with another seed or settings."""
+    meta = load_checkpoint(path, st.job.model, st.optimizer)
+    where = f"checkpoint {path}"
+    old, new = meta.get("identity") or {}, identity(st.job, seed)
+    if not isinstance(old, dict):
+        raise MNError(f"{where} has damaged meta data (identity)", hint="delete it to retrain that model")
+    if old.get("seed") != seed:
         raise MNError(
-            f"{where} was written with seed {meta.get('seed')}, but this run uses seed {seed}",
+            f"{where} was written with seed {old.get('seed')}, but this run uses seed {seed}",
             hint="resume with the same seed, or delete the checkpoint to start over",
         )
-    if meta.get("settings") != run.settings.to_dict():
-        old, new = meta.get("settings") or {}, run.settings.to_dict()
-        diff = ", ".join(f"{k} {old.get(k)} -> {new[k]}" for k in new if old.get(k) != new[k])
+    if old != new:
+        diff = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+                         if old.get(k) != new.get(k))
         raise MNError(
             f"{where} was written with other training settings ({diff})",
             hint="resume with the settings it was trained with, or delete the checkpoint to start over",
         )
+    history = history_from(meta, where)
     try:
-        history = [EpochRecord(**r) for r in meta["history"]]
-        run.best = float(meta["early_stopping"]["best"])
-        run.stale = int(meta["early_stopping"]["stale"])
+        best = float(meta["early_stopping"]["best"])
+        stale = int(meta["early_stopping"]["stale"])
         status, message = str(meta["status"]), meta["message"]
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise MNError(f"{where} has damaged meta data ({e})", hint="delete it to retrain that model") from e
     if status not in STATUSES or len(history) != meta.get("epoch"):
         raise MNError(f"{where} has inconsistent meta data", hint="delete it to retrain that model")
-    run.result = ModelResult(run.name, status, message, history)
+    st.best, st.stale = best, stale
+    st.result = ModelResult(st.job.name, status, message, history)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -257,7 +190,8 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch in the layout the device computes fastest: channels_last for images on CUDA."""
     if device.type == "cuda" and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -277,7 +211,7 @@ def predict_proba(
     try:
         outs = []
         for start in range(0, len(x), batch_size):
-            xb = _prepare_input(x[start : start + batch_size].to(dev), dev)
+            xb = prepare_input(x[start : start + batch_size].to(dev), dev)
             with _autocast(dev):
                 logits = model(xb)
             outs.append(torch.softmax(logits.float(), dim=1).cpu())
@@ -327,129 +261,150 @@ def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: flo
     return rec
 
 
-def _end_epoch(run: _Run, epoch: int, lr: float, seconds: float, test_acc: float | None) -> EpochRecord:
-    loss = float(run.loss_sum) / max(run.seen, 1)
-    acc = float(run.correct) / max(run.seen, 1)
-    return record_epoch(run, run.settings, epoch, lr, loss, acc, test_acc, seconds)
+def fit(
+    jobs: Sequence[Job],
+    data: Dataset,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    phase: str = "train",
+    batch_hook: Callable[[torch.Tensor], Any] | None = None,
+    evaluate_test: bool = False,
+    shard: Shard | None = None,
+) -> dict[str, ModelResult]:
+    """The epoch loop: train `jobs` in lockstep over one shared stream of mini-batches.
 
+    Every method and both engines train through this function. The stream of 0-based epoch e
+    is `batches(data, batch, epoch_generator(seed, e))`; each batch is loaded (and augmented)
+    once and fed to every job still training. `batch_hook(x)`, when given, runs once per batch
+    before the jobs' steps, and its result reaches every job's `loss` (distillation computes the
+    teacher's logits there). With `checkpoint_dir`, each job is saved to `<dir>/<name>.pt` after
+    each of its epochs; `resume=True` continues those that exist. `evaluate_test` adds each
+    epoch's test accuracy to the history (one extra pass over the test set per model and epoch).
+    `shard` is a data-parallel worker's share of each step (default: the whole batch).
+    Returns each job's `ModelResult`; a diverged model is reported there, not raised.
+    """
+    dev = resolve_device(device)
+    progress = progress if progress is not None else Progress()
+    shard = shard if shard is not None else Shard()
+    sizes = {j.settings.batch for j in jobs}
+    if len(sizes) > 1:
+        raise ValueError(f"models trained in lockstep must share one batch size, got {sorted(sizes)}")
+    if not jobs:
+        return {}
+    batch = sizes.pop()
+    data = data.to(dev)
+    states: list[_State] = []
+    notes: list[str] = []
+    for job in jobs:
+        job.model.to(dev)
+        if dev.type == "cuda" and data.x_train.dim() == 4:
+            job.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        s = job.settings
+        opt = torch.optim.SGD(job.model.parameters(), lr=s.lr, momentum=s.momentum,
+                              weight_decay=s.weight_decay)
+        st = _State(job, opt, ModelResult(job.name))
+        if checkpoint_dir is not None:
+            st.ckpt = checkpoint_path(checkpoint_dir, job.name)
+            if resume and st.ckpt.is_file():
+                restore(st, st.ckpt, seed)
+                notes.append(f"{job.name}: resumed after epoch {st.next_epoch} ({st.result.status})")
+        states.append(st)
 
-def _stream(data: Dataset, batch: int, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    return batches(data, batch, epoch_generator(seed, epoch))
+    todo = [st for st in states if not st.done]
+    if not todo:
+        return {st.job.name: st.result for st in states}
+    first = min(st.next_epoch for st in todo)
+    last = max(st.job.settings.max_epochs for st in todo)
+    n_batches = num_batches(data, batch)
+    progress.begin(phase, [j.name for j in jobs], last, n_batches, done_epochs=first)
+    for note in notes:
+        progress.note(note)
+    try:
+        for epoch in range(first, last):
+            if all(st.done for st in states):
+                break
+            active = [st for st in states if not st.done and st.next_epoch == epoch]
+            if not active:
+                progress.advance(n_batches)
+                continue
+            start = time.perf_counter()
+            first_lr: dict[str, float] = {}
+            # per-epoch sums on the device, so that a GPU never waits on a .item() per batch
+            totals = {id(st): torch.zeros(3, device=dev, dtype=torch.float64) for st in active}
+            for st in active:
+                st.job.model.train()
+            for step, (x, y) in enumerate(batches(data, batch, epoch_generator(seed, epoch))):
+                it = epoch * n_batches + step
+                part = shard.split(x, y)
+                if part is None:
+                    progress.advance()
+                    continue
+                x, y, weight = part
+                x = prepare_input(x, dev)
+                aux = batch_hook(x) if batch_hook is not None else None
+                for st in active:
+                    j = st.job
+                    lr = j.lr(it) if j.lr is not None else j.settings.lr_at(epoch)
+                    first_lr.setdefault(j.name, lr)
+                    for group in st.optimizer.param_groups:
+                        group["lr"] = lr
+                    with _autocast(dev):
+                        out = j.forward(j.model, x) if j.forward is not None else j.model(x)
+                    loss = j.loss(out, y, aux) if j.loss is not None else F.cross_entropy(out.float(), y)
+                    st.optimizer.zero_grad(set_to_none=True)
+                    (loss if weight is None else loss * weight).backward()
+                    st.optimizer.step()
+                    with torch.no_grad():
+                        t = totals[id(st)]
+                        t[0] += loss.detach().double() * len(y)
+                        t[1] += (j.correct(out, y) if j.correct is not None
+                                 else (out.argmax(1) == y).sum()).double()
+                        t[2] += len(y)
+                    if j.after_step is not None:
+                        j.after_step(it)
+                progress.advance()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            # the shared epoch's training wall time (one data pass, every active model's steps);
+            # the optional test pass is evaluation, not training, so it is left out
+            elapsed = time.perf_counter() - start
+            for st in active:
+                shard.end_epoch(st.job.model)
+                t, seconds = shard.reduce(totals[id(st)], elapsed)
+                loss_sum, correct, seen = (float(v) for v in t)
+                test_acc = _test_accuracy(st.job.model, data, dev) if evaluate_test else None
+                rec = record_epoch(st, st.job.settings, epoch, first_lr.get(st.job.name, 0.0),
+                                   loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds)
+                progress.epoch(st.job.name, rec.epoch, st.job.settings.max_epochs, lr=rec.lr,
+                               loss=rec.train_loss, acc=rec.train_acc, test_acc=rec.test_acc, seconds=seconds)
+                if st.done:
+                    progress.note(f"{st.job.name}: {st.result.status}: {st.result.message}")
+                if st.ckpt is not None and shard.writes:
+                    save_checkpoint(st.ckpt, st.job.model, st.optimizer, checkpoint_meta(st, seed))
+            shard.saved()
+    finally:
+        progress.end()
+    return {st.job.name: st.result for st in states}
 
 
 def train_lockstep(
     models: Mapping[str, nn.Module],
     data: Dataset,
     settings: TrainSettings | Mapping[str, TrainSettings],
-    *,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    checkpoint_dir: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    evaluate_test: bool = False,
-    progress: Progress | None = None,
-    phase: str = "train",
+    **kwargs: Any,
 ) -> dict[str, ModelResult]:
-    """Train every model in `models` over one shared stream of mini-batches (the shared scan).
+    """Train every model in `models` with cross-entropy over one shared stream of mini-batches.
 
     `settings` is one TrainSettings for all, or one per model name; all must share the batch size.
-    With `checkpoint_dir`, each model is saved to `<dir>/<name>.pt` after each of its epochs;
-    `resume=True` loads those that exist and continues from them. `evaluate_test` adds each
-    epoch's test accuracy to the history (one extra pass over the test set per model and epoch).
+    The keyword arguments are those of `fit` (checkpoint_dir, resume, seed, device, progress, ...).
     Returns each model's `ModelResult`; a diverged model is reported there, not raised.
     """
-    dev = resolve_device(device)
-    progress = progress if progress is not None else Progress()
-    per_model = {n: (settings[n] if isinstance(settings, Mapping) else settings) for n in models}
-    sizes = {s.batch for s in per_model.values()}
-    if len(sizes) > 1:
-        raise ValueError(f"models trained in lockstep must share one batch size, got {sorted(sizes)}")
-    if not models:
-        return {}
-    batch = sizes.pop()
-    data = data.to(dev)
-    runs: list[_Run] = []
-    notes: list[str] = []
-    for name, model in models.items():
-        model.to(dev)
-        if dev.type == "cuda" and data.x_train.dim() == 4:
-            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        s = per_model[name]
-        opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-        run = _Run(name, model, s, opt, ModelResult(name))
-        if checkpoint_dir is not None:
-            run.ckpt = checkpoint_path(checkpoint_dir, name)
-            if resume and run.ckpt.is_file():
-                _restore(run, seed)
-                notes.append(f"{name}: resumed after epoch {run.next_epoch} ({run.result.status})")
-        runs.append(run)
-
-    todo = [r for r in runs if not r.done]
-    if not todo:
-        return {r.name: r.result for r in runs}
-    first = min(r.next_epoch for r in todo)
-    last = max(r.settings.max_epochs for r in todo)
-    n_batches = num_batches(data, batch)
-    progress.begin(phase, [r.name for r in runs], last, n_batches, done_epochs=first)
-    for note in notes:
-        progress.note(note)
-    try:
-        for epoch in range(first, last):
-            if all(r.done for r in runs):
-                break
-            active = [r for r in runs if not r.done and r.next_epoch == epoch]
-            if not active:
-                progress.advance(n_batches)
-                continue
-            start = time.perf_counter()
-            lrs = {}
-            for r in active:
-                lrs[r.name] = r.settings.lr_at(epoch)
-                for group in r.optimizer.param_groups:
-                    group["lr"] = lrs[r.name]
-                r.model.train()
-                r.loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-                r.correct = torch.zeros((), device=dev, dtype=torch.int64)
-                r.seen = 0
-            for x, y in _stream(data, batch, seed, epoch):
-                x = _prepare_input(x, dev)
-                for r in active:
-                    with _autocast(dev):
-                        out = r.model(x)
-                    loss = F.cross_entropy(out.float(), y)
-                    r.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    r.optimizer.step()
-                    with torch.no_grad():
-                        r.loss_sum += loss.detach().double() * len(y)
-                        r.correct += (out.argmax(1) == y).sum()
-                    r.seen += len(y)
-                progress.advance()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            # the shared epoch's training wall time (one data pass, every active model's steps);
-            # the optional test pass is evaluation, not training, so it is left out
-            seconds = time.perf_counter() - start
-            tests = {r.name: _test_accuracy(r.model, data, dev) if evaluate_test else None for r in active}
-            for r in active:
-                rec = _end_epoch(r, epoch, lrs[r.name], seconds, tests[r.name])
-                progress.epoch(
-                    r.name,
-                    rec.epoch,
-                    r.settings.max_epochs,
-                    lr=rec.lr,
-                    loss=rec.train_loss,
-                    acc=rec.train_acc,
-                    test_acc=rec.test_acc,
-                    seconds=seconds,
-                )
-                if r.done:
-                    progress.note(f"{r.name}: {r.result.status}: {r.result.message}")
-                if r.ckpt is not None:
-                    save_checkpoint(r.ckpt, r.model, r.optimizer, r.meta(seed))
-    finally:
-        progress.end()
-    return {r.name: r.result for r in runs}
+    jobs = [Job(n, m, settings[n] if isinstance(settings, Mapping) else settings) for n, m in models.items()]
+    return fit(jobs, data, **kwargs)
 
 
 def train_model(
@@ -459,7 +414,7 @@ def train_model(
     settings: TrainSettings,
     **kwargs: Any,
 ) -> ModelResult:
-    """Train one model; the keyword arguments are those of `train_lockstep`."""
+    """Train one model; the keyword arguments are those of `fit`."""
     kwargs.setdefault("phase", name)
     return train_lockstep({name: model}, data, settings, **kwargs)[name]
 

@@ -1,0 +1,67 @@
+"""A generated folder as the runtime reads it: models.py, plan.json and the hatch tables, checked.
+
+No torch at import; executing models.py imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import zlib
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from mncompile.diagnostics import MNError
+
+if TYPE_CHECKING:
+    from mncompile.formats.hatch_table import HatchTable
+
+
+def load_generated_module(path: Path, kind: str, key: Path) -> ModuleType:
+    """Execute a generated file as a fresh module named after `kind` and `key` (not in sys.modules)."""
+    spec = importlib.util.spec_from_file_location(f"mncompile_{kind}_{zlib.crc32(str(key).encode())}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, HatchTable]]:
+    """models.py (as a fresh module), plan.json and the hatch tables of a generated folder, checked."""
+    from mncompile.formats.hatch_table import load_table
+
+    folder = Path(folder)
+    plan_path, models_path = folder / "plan.json", folder / "models.py"
+    for path in (plan_path, models_path):
+        if not path.is_file():
+            raise MNError(f"'{path}' does not exist",
+                          hint="compile the spec again: mncompile SPEC -o " + str(folder))
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        members = [m["name"] for m in plan["members"]]
+        clusters = [(c["mother"]["name"], list(c["members"])) for c in plan["clusters"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise MNError(f"'{plan_path}' is not a plan this mncompile can read ({err})",
+                      hint="compile the spec again") from None
+    models = load_generated_module(models_path, "models", folder)
+    known = getattr(models, "MODELS", {})
+    needed = members + [mother for mother, ms in clusters if len(ms) > 1]
+    missing = [n for n in needed if n not in known]
+    if missing:
+        raise MNError(f"'{models_path}' has no class for '{missing[0]}', which plan.json names",
+                      hint="the folder is out of date: compile the spec again")
+    tables: dict[str, HatchTable] = {}
+    hatch_dir = folder / "hatch"
+    for path in sorted(hatch_dir.glob("*.json")) if hatch_dir.is_dir() else []:
+        table = load_table(path)
+        tables[table.member] = table
+    for mother, ms in clusters:
+        for m in ms if len(ms) > 1 else []:
+            if m not in tables:
+                raise MNError(f"member '{m}' has no hatch table in '{hatch_dir}'",
+                              hint="the folder is out of date: compile the spec again")
+            if tables[m].mother != mother:
+                raise MNError(f"the hatch table of '{m}' is for MotherNet '{tables[m].mother}', but "
+                              f"plan.json puts it under '{mother}'", hint="compile the spec again")
+    return models, plan, tables

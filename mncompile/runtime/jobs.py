@@ -1,0 +1,176 @@
+"""What trains: a phase's settings, its jobs (one model each, with optional hooks), their records.
+
+Plain data, no torch at import: methods (`runtime/methods/`) describe their phases with these
+types, engines (`runtime/engines/`) run them through the one epoch loop (`runtime/train.fit`).
+
+>>> s = TrainSettings(lr=0.1, max_epochs=10)
+>>> round(s.lr_at(0), 3), round(s.lr_at(5), 3)
+(0.1, 0.05)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mncompile.diagnostics import MNError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from mncompile.runtime.data import Dataset
+
+STATUSES = ("training", "converged", "max_epochs", "diverged")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The settings of one training phase (a MotherNet or a hatched member, say).
+
+    `patience` <= 0 turns early stopping off; `tolerance` is the absolute gain in training
+    accuracy (a fraction) an epoch must beat the best by to count as an improvement.
+    """
+
+    batch: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    patience: int = 15
+    max_epochs: int = 200
+    schedule: str = "cosine"
+    tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
+        if self.batch < 1 or self.max_epochs < 1:
+            raise MNError(f"batch and max_epochs must be positive, got {self.batch} and {self.max_epochs}")
+
+    @classmethod
+    def from_config(cls, config: Any, phase: str = "mother") -> TrainSettings:
+        """The settings of `phase` ('mother' or 'hatched') from a TrainConfig or a plain mapping.
+
+        'hatched' takes `hatched_lr` and `hatched_max_epochs`; everything else is shared.
+        """
+
+        def get(key: str) -> Any:
+            return config[key] if isinstance(config, Mapping) else getattr(config, key)
+
+        if phase not in ("mother", "hatched"):
+            raise ValueError(f"phase must be 'mother' or 'hatched', got {phase!r}")
+        hatched = phase == "hatched"
+        return cls(
+            batch=int(get("batch")),
+            lr=float(get("hatched_lr" if hatched else "lr")),
+            momentum=float(get("momentum")),
+            weight_decay=float(get("weight_decay")),
+            patience=int(get("patience")),
+            max_epochs=int(get("hatched_max_epochs" if hatched else "max_epochs")),
+            schedule=str(get("schedule")),
+        )
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of 0-based `epoch`: lr/2 * (1 + cos(pi * epoch / max_epochs)) for cosine."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.max_epochs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One model's epoch: 1-based `epoch`, its lr, running train loss and accuracy, wall seconds.
+
+    In lockstep, `seconds` is the wall time of the shared epoch (every active model's steps plus
+    the one data pass), so the seconds of models trained together must not be added up.
+    """
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_acc: float | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelResult:
+    """How one model's training went: status, message (why it stopped), per-epoch history."""
+
+    name: str
+    status: str = "training"
+    message: str | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.history)
+
+    @property
+    def ok(self) -> bool:
+        """False when the model diverged (its weights are not finite)."""
+        return self.status != "diverged"
+
+    @property
+    def final_train_acc(self) -> float | None:
+        return self.history[-1].train_acc if self.history else None
+
+    @property
+    def best_train_acc(self) -> float | None:
+        finite = [r.train_acc for r in self.history if math.isfinite(r.train_loss)]
+        return max(finite) if finite else None
+
+
+def group_seconds(results: Mapping[str, ModelResult]) -> float:
+    """Wall time of models trained together in lockstep: each shared epoch counted once."""
+    per_epoch: dict[int, float] = {}
+    for r in results.values():
+        for rec in r.history:
+            per_epoch[rec.epoch] = max(per_epoch.get(rec.epoch, 0.0), rec.seconds)
+    return sum(per_epoch.values())
+
+
+@dataclass
+class Job:
+    """One model trained by `fit`, with what differs from plain cross-entropy training.
+
+    `forward(model, x)` gives the model's output (default `model(x)`); `loss(out, y, aux)` the
+    loss, where `aux` is what `fit`'s `batch_hook` returned for this batch; `correct(out, y)`
+    the number of right predictions (a float for several outputs); `lr(iteration)` the learning
+    rate of a 0-based global iteration (default: `settings.lr_at(epoch)`); `after_step(iteration)`
+    runs after that iteration's optimizer step. `extra` names settings beyond `settings` that a
+    checkpoint must have been written with to be resumed. `data`, when given, is this job's own
+    training set (bagging's bootstrap sample): it cannot share a batch stream with the others.
+    A `required` job's failure stops the run (a MotherNet: nothing could hatch from it).
+    """
+
+    name: str
+    model: nn.Module
+    settings: TrainSettings
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None = None
+    loss: Callable[[Any, torch.Tensor, Any], torch.Tensor] | None = None
+    correct: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    lr: Callable[[int], float] | None = None
+    after_step: Callable[[int], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    data: Dataset | None = None
+    required: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Cross-entropy on `model(x)` with the settings' schedule: no hook of its own."""
+        return all(h is None for h in (self.forward, self.loss, self.correct, self.lr, self.after_step))
+
+

@@ -1,0 +1,52 @@
+"""The training methods, listed in `METHODS`: what trains, in which phase, with which settings.
+
+Each method is a plain module with `HELP` and `run(ctx) -> Outcome` (`runtime/context.py`). It
+builds nets, groups them into phases of jobs and hands each phase to `ctx.engine.run`; it never
+asks which engine runs it. To add a method, write its module and add one line here.
+
+No torch at import: the `mncompile` command lists the methods in its help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from mncompile.runtime.context import Outcome, RunContext
+from mncompile.runtime.methods import (
+    bagging,
+    distill,
+    fge,
+    full_data,
+    mothernets,
+    shared_mothernets,
+    snapshot,
+    treenet,
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's `--method` name, what it runs, and its one-line help."""
+
+    name: str
+    run: Callable[[RunContext], Outcome]
+    help: str
+
+
+def _spec(name: str, module: ModuleType) -> MethodSpec:
+    return MethodSpec(name, module.run, module.HELP)
+
+
+#: every training method by its `--method` name, in the order `--help` lists them
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    _spec("mothernets", mothernets),
+    _spec("shared-mothernets", shared_mothernets),
+    _spec("full-data", full_data),
+    _spec("bagging", bagging),
+    _spec("distill", distill),
+    _spec("snapshot", snapshot),
+    _spec("fge", fge),
+    _spec("treenet", treenet),
+)}

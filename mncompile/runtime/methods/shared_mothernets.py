@@ -1,0 +1,148 @@
+"""`--method shared-mothernets` (Appendix C): MotherNets, hatching, consolidation, joint training.
+
+After the MotherNets train and the members hatch, each cluster that `shared.py` can share is
+consolidated into one Shared-MotherNet (`runtime/shared.py`), checked against its hatched
+members, and trained on the sum of its K heads' cross-entropies. Clusters that `shared.py`
+lists in `NOT_SHARED` train their hatched members separately, as `mothernets` does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from mncompile.diagnostics import MNError
+from mncompile.runtime.context import Outcome, Phase, RunContext
+from mncompile.runtime.jobs import Job
+from mncompile.runtime.methods.mothernets import (
+    EXACT_TOLERANCE,
+    clusters_of,
+    first_phase,
+    hatch_cluster,
+    require_mother,
+    verify_scale,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+HELP = "MotherNets, then each cluster consolidated into one Shared-MotherNet trained jointly"
+
+
+def check_shared_module(module: ModuleType, ctx: RunContext) -> None:
+    """Before anything trains: shared.py must fit the plan and the members' tensors (MNError if not)."""
+    from mncompile.runtime.shared import consolidate
+
+    for mother, cluster in ctx.clusters:
+        if len(cluster) < 2:
+            continue
+        cls = module.SHARED.get(mother)
+        if cls is None:
+            if mother not in getattr(module, "NOT_SHARED", {}):
+                raise MNError(f"shared.py has nothing for cluster '{mother}' of plan.json",
+                              hint="the folder is out of date: compile the spec again")
+            continue
+        if list(cls.MEMBERS) != list(cluster):
+            raise MNError(f"shared.py's '{mother}' is for members {list(cls.MEMBERS)}, plan.json has "
+                          f"{cluster}", hint="the folder is out of date: compile the spec again")
+        # the shapes only: freshly built members fit the shared model's blocks, or say which does not
+        consolidate(cls(), {m: ctx.build(m).state_dict() for m in cluster})
+
+
+def joint_loss(out: torch.Tensor, y: torch.Tensor, _: Any) -> torch.Tensor:
+    """The sum of the K heads' cross-entropies (out: [batch, K, classes])."""
+    import torch.nn.functional as F
+
+    k = out.shape[1]
+    return F.cross_entropy(out.float().flatten(0, 1), y.repeat_interleave(k)) * k
+
+
+def heads_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Early stopping watches the heads' mean training accuracy."""
+    return (out.argmax(2) == y[:, None]).double().sum() / out.shape[1]
+
+
+def run(ctx: RunContext) -> Outcome:
+    """MotherNets, hatching, consolidation, then joint training of each shared model."""
+    from mncompile.runtime.results import PhaseRecord
+    from mncompile.runtime.shared import (
+        build_shared,
+        load_shared_module,
+        param_counts,
+        shared_member,
+        verify_shared,
+    )
+
+    # a plan whose clusters all have one net has nothing to share (and no shared.py)
+    module = load_shared_module(ctx.folder) if any(len(c) > 1 for _, c in ctx.clusters) else None
+    if module is not None:
+        check_shared_module(module, ctx)
+    phase, first, mother_of = first_phase(ctx)
+    records = ctx.engine.run(ctx, phase)
+    for name, result in records[0].models.items():
+        require_mother(name, result)
+    members: dict[str, nn.Module] = {m: first[m] for m in ctx.members if m in first}
+    checks: dict[str, Any] = {}
+    plain: dict[str, nn.Module] = {}
+    noisy: dict[str, nn.Module] = {}
+    hatch_seconds = 0.0
+    for mother_name, cluster in clusters_of(ctx, mother_of).items():
+        new, seconds = hatch_cluster(ctx, mother_name, first[mother_name], cluster, checks, plain)
+        noisy.update(new)
+        hatch_seconds += seconds
+    x = ctx.dataset.x_train
+    batch = x[: min(256, len(x))].to(ctx.device)
+    shared_models: dict[str, nn.Module] = {}
+    report: dict[str, Any] = {}
+    separate: dict[str, nn.Module] = {}
+    for mother_name, cluster in ctx.clusters:
+        if len(cluster) < 2:
+            continue
+        assert module is not None
+        cls = module.SHARED.get(mother_name)
+        if cls is None:
+            why = module.NOT_SHARED.get(mother_name, "shared.py has no class for it")
+            ctx.progress.note(f"shared-mothernets: cluster {mother_name} keeps separate members: {why}")
+            report[mother_name] = {"shared": False, "reason": why}
+            separate.update({m: noisy[m] for m in cluster})
+            continue
+        # the phase counts hatching and consolidation, not the numerical checks (as mothernets does)
+        start = time.perf_counter()
+        shared = build_shared(cls, plain, ctx.device)
+        hatch_seconds += time.perf_counter() - start
+        scale = verify_scale(first[mother_name], batch)
+        diff = verify_shared(shared, plain, batch)
+        diff_train = verify_shared(shared, plain, batch, train=True)
+        entry: dict[str, Any] = {"shared": True, "max_abs_diff": diff, "relative_diff": diff / scale,
+                                 "train_max_abs_diff": diff_train,
+                                 **param_counts(shared, plain, first[mother_name])}
+        exact = all(ctx.tables[m].exact for m in cluster)
+        if exact and not diff <= EXACT_TOLERANCE * scale:
+            entry["warning"] = (f"the Shared-MotherNet of '{mother_name}' should reproduce its hatched "
+                                f"members, but the outputs differ by {diff:.3g} (output scale {scale:.3g})")
+            print(f"warning: {entry['warning']}", file=sys.stderr, flush=True)
+        if ctx.noise > 0:
+            start = time.perf_counter()
+            shared = build_shared(cls, noisy, ctx.device)
+            hatch_seconds += time.perf_counter() - start
+        shared_models[mother_name] = shared
+        report[mother_name] = entry
+    if plain:
+        records.append(PhaseRecord("hatching", hatch_seconds, {}))
+    if separate:
+        records += ctx.engine.run(ctx, Phase("members", [Job(m, model, ctx.hatched_settings)
+                                                         for m, model in separate.items()]))
+        members.update(separate)
+    if shared_models:
+        jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=joint_loss, correct=heads_correct,
+                    extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
+        records += ctx.engine.run(ctx, Phase("shared", jobs))
+        for model in shared_models.values():
+            members.update({m: shared_member(model, m) for m in model.MEMBERS})
+    totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
+              "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
+    info = {"clusters": report, **totals}
+    return Outcome(records, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks})

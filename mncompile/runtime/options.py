@@ -1,0 +1,140 @@
+"""The options of a generated `train.py` and of `mncompile run`: parsed, checked, resolved.
+
+No torch at import: the `mncompile` command builds its parser from this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mncompile.diagnostics import MNError
+from mncompile.formats.settings import NOISE_MODES, SCHEDULES, TRAIN_DEFAULTS, validate_train
+from mncompile.runtime.engines import ENGINES
+from mncompile.runtime.methods import METHODS
+from mncompile.runtime.methods.options import add_method_arguments
+from mncompile.validators import number, positive
+
+#: the train keys, in the order `--help` lists their overrides
+TRAIN_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_DEFAULTS if k != "seed")
+DEFAULT_DATA = "mnist1d"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _gpus_per_model(text: str) -> int | None:
+    return None if text == "auto" else number(int, 1)(text)
+
+
+def add_engine_arguments(g: Any) -> None:
+    """--engine, --address, --gpus-per-model (an argument parser or group)."""
+    g.add_argument("--engine", choices=tuple(ENGINES), default="local",
+                   help="where the networks train: local (this process, default) or ray (a Ray "
+                   "cluster, see docs/ray.md; pip install \"mncompile[ray]\")")
+    g.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster to use (HOST:PORT, or auto for the one `ray start` "
+                   "runs on this machine); default RAY_ADDRESS, else a new Ray instance on this machine")
+    g.add_argument("--gpus-per-model", type=_gpus_per_model, metavar="N|auto",
+                   help="with --engine ray: GPUs (CPU workers on a cluster without GPUs) per network; "
+                   "auto (default): one each while more networks are ready than devices are free, "
+                   "else the free ones split among them, data-parallel")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> None:
+    """The training options shared by `train.py` and `mncompile run`."""
+    out_default = default_out if default_out is not None else "runs/<ensemble>"
+    g = p.add_argument_group("run")
+    g.add_argument("--data", metavar="NAME",
+                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
+                   "(default: the spec's `data`, else mnist1d)")
+    g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
+    g.add_argument("--train-size", type=number(int, 2), metavar="N",
+                   help="use only the first N training examples (synthetic: generate N)")
+    g.add_argument("--test-size", type=number(int, 1), metavar="N",
+                   help="use only the first N test examples (synthetic: generate N)")
+    g.add_argument("--data-seed", type=number(int, 0), default=0, metavar="S",
+                   help="seed of generated data (mnist1d, synthetic) and the digits split (default 0)")
+    g.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
+    g.add_argument("--out", metavar="DIR", default=default_out,
+                   help=f"folder for results.json, history.csv and ckpt/ (default {out_default})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT/ckpt (same options as the first run)")
+    g.add_argument("--epochs-scale", type=positive(float), default=1.0, metavar="F",
+                   help="multiply max_epochs, hatched_max_epochs and patience by F, rounding up, "
+                   "at least 1 (default 1)")
+    g.add_argument("--seed", type=number(int, 0), metavar="S",
+                   help="seed of initialisation, batch order and noise (default: the spec's seed)")
+    g.add_argument("--quiet", action="store_true", help="print only the final table")
+    g.add_argument("--sequential", action="store_true",
+                   help="train the nets of a phase one at a time instead of over one shared batch "
+                   "stream (same weights on the CPU, slower)")
+    g.add_argument("--method", default="mothernets", metavar="NAME",
+                   help="how to train the ensemble: " + ", ".join(METHODS) + " (default mothernets; "
+                   "docs/baselines.md)")
+    g.add_argument("--noise-mode", choices=NOISE_MODES, default="gaussian",
+                   help="noise after hatching: gaussian (default), or symmetric (exact +d/-d pairs)")
+    add_engine_arguments(p.add_argument_group("engine"))
+    t = p.add_argument_group("training settings (override the spec's train { ... })")
+    t.add_argument("--batch", type=number(int, 1), metavar="N", help="mini-batch size")
+    t.add_argument("--lr", type=positive(float), metavar="LR",
+                   help="learning rate of MotherNets (and of full-data members)")
+    t.add_argument("--hatched-lr", type=positive(float), metavar="LR",
+                   help="learning rate of hatched members")
+    t.add_argument("--momentum", type=number(float, 0.0), metavar="M", help="SGD momentum")
+    t.add_argument("--weight-decay", type=number(float, 0.0), metavar="WD", help="SGD weight decay")
+    t.add_argument("--patience", type=number(int, 0), metavar="N",
+                   help="stop when training accuracy has not improved for N epochs (0: never)")
+    t.add_argument("--max-epochs", type=number(int, 1), metavar="N",
+                   help="epoch cap of MotherNets and of nets trained from scratch")
+    t.add_argument("--hatched-max-epochs", type=number(int, 1), metavar="N",
+                   help="epoch cap of hatched members")
+    t.add_argument("--noise", type=number(float, 0.0), metavar="STD",
+                   help="std of the noise added after hatching, relative to each tensor's std")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    add_method_arguments(p)
+
+
+def build_parser(defaults: Mapping[str, Any], prog: str = "train.py") -> argparse.ArgumentParser:
+    """The option parser of a generated train.py."""
+    name = str(defaults.get("ensemble", "ensemble"))
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Train ensemble {name} with MotherNets (or another --method) and evaluate it.",
+        epilog="Writes OUT/results.json, OUT/history.csv and checkpoints under OUT/ckpt/; "
+        "see docs/training.md in the mncompile repository.",
+    )
+    add_run_arguments(p, f"runs/{name}")
+    return p
+
+
+def resolve_config(train: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The train settings: `train` (the spec's), then the options that override them, then the scale."""
+    try:
+        base = validate_train(train)
+    except MNError as err:
+        raise MNError(f"the training settings are invalid: {err.message}",
+                      hint="recompile the spec; train.py holds the settings it was generated with") from None
+    for key in TRAIN_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            base[key] = value
+    scale = float(getattr(args, "epochs_scale", 1.0) or 1.0)
+    if scale != 1.0:
+        for key in ("max_epochs", "hatched_max_epochs", "patience"):
+            if key == "patience" and base[key] <= 0:
+                continue
+            base[key] = max(1, math.ceil(base[key] * scale - 1e-9))
+    if getattr(args, "seed", None) is not None:
+        base["seed"] = args.seed
+    return base
+
+
+def resume_command(argv: Sequence[str], prog: str) -> str:
+    """The command line that resumes an interrupted run."""
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join([prog, *map(shlex.quote, args)])

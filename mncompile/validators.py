@@ -1,0 +1,55 @@
+"""The command-line value checkers every command shares: numbers in a range, fractions.
+
+Each returns an argparse `type=` callable that raises `argparse.ArgumentTypeError` with one
+plain sentence, which argparse prints after the option's name.
+
+>>> number(int, 1)("3"), number(float, 0, above=True)("0.5"), fraction("1")
+(3, 0.5, 1.0)
+>>> number(int, 1)("0")
+Traceback (most recent call last):
+argparse.ArgumentTypeError: expected at least 1, got '0'
+>>> positive(float)("inf")
+Traceback (most recent call last):
+argparse.ArgumentTypeError: expected a finite number, got 'inf'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def number(kind: type, lowest: float | None = None, *, above: bool = False,
+           highest: float | None = None) -> Callable[[str], Any]:
+    """`kind` (int or float) at least `lowest` (strictly above it with `above`), at most `highest`."""
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lowest is not None and (value < lowest or (above and value == lowest)):
+            bound = (f"at least {math.floor(lowest) + 1}" if above and kind is int
+                     else f"above {lowest}" if above else f"at least {lowest}")
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r}")
+        if highest is not None and value > highest:
+            raise argparse.ArgumentTypeError(f"expected at most {highest}, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """A finite `kind` above 0 (an int: at least 1)."""
+    return number(kind, 0, above=True)
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1."""
+    value: float = number(float, 0.0, highest=1.0)(text)
+    return value
