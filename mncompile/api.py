@@ -1,4 +1,8 @@
-"""The library entry points that the CLI and the tests call.
+"""The library entry points that the CLI and the tests call: loading a spec.
+
+`load` and `loads` parse and check a spec, keeping its text so that errors quote it; the
+passes after that, in order, are `mncompile.compiler.PIPELINE` (`compile_ensemble`), whose
+first pass repeats the check on the IR it is given.
 
 >>> from mncompile.api import load
 >>> e = load("examples/mlp.mnet")  # doctest: +SKIP

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mncompile.api import load
-from mncompile.emit import compile_ensemble, write_folder
+from mncompile.compiler import compile_ensemble
+from mncompile.writer import write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -325,7 +325,7 @@ def test_compiled_hypothesis_ensembles_build_and_count(e: Ensemble) -> None:
     """Through the planner: every MotherNet's class matches its IR and plan.json's count."""
     import json
 
-    from mncompile.emit import compile_ensemble
+    from mncompile.compiler import compile_ensemble
 
     out = compile_ensemble(e, clusters=None, seed=0)
     plan = json.loads(out.files["plan.json"])
@@ -405,19 +405,19 @@ def test_compile_errors_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_a_failed_swap_leaves_the_old_folder_untouched(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import mncompile.emit as emit
+    import mncompile.writer as writer
 
     dest = tmp_path / "out"
     assert _main(str(_spec("mlp")), "-o", str(dest)) == 0
     before = _tree(dest)
-    real_replace = emit.os.replace
+    real_replace = writer.os.replace
 
     def failing_replace(src: object, dst: object) -> None:
         if Path(str(dst)) == dest and ".tmp" in Path(str(src)).name:
             raise OSError(28, "No space left on device")
         real_replace(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(emit.os, "replace", failing_replace)
+    monkeypatch.setattr(writer.os, "replace", failing_replace)
     assert _main(str(_spec("mnist1d")), "-o", str(dest)) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert _tree(dest) == before

@@ -84,7 +84,7 @@ def test_table_dumps_writes_one_line_per_entry_map_and_tensor() -> None:
 
 def test_emitted_hatch_files_are_diffable_table_dumps() -> None:
     from mncompile.api import load
-    from mncompile.emit import compile_ensemble
+    from mncompile.compiler import compile_ensemble
 
     spec = Path(__file__).resolve().parent.parent / "examples" / "mlp.mnet"
     out = compile_ensemble(load(spec), source_name=spec.name)

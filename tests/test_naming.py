@@ -106,7 +106,7 @@ def test_hatch_file_names_do_not_depend_on_the_interpreters_builtins(tmp_path, m
     import builtins
 
     from mncompile.api import loads
-    from mncompile.emit import compile_ensemble
+    from mncompile.compiler import compile_ensemble
 
     e = loads("ensemble e { input 8 classes 2 net display mlp { dense 4 } net input mlp { dense 6 }"
               " net Input mlp { dense 7 } }")

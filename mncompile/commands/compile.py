@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from mncompile.api import load
+from mncompile.compiler import Output, compile_ensemble
 from mncompile.diagnostics import MNError
-from mncompile.emit import Output, compile_ensemble, write_folder
 from mncompile.ir import Ensemble
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
+from mncompile.writer import write_folder
 
 NAME = "compile"
 HELP = ("compile a spec into models.py, plan.json, hatch/, shared.py, train.py and README.md "
