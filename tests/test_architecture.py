@@ -126,7 +126,8 @@ def _all_imports(prefix: str) -> dict[str, set[str]]:
 
 def test_the_runtime_imports_nothing_of_the_compiler() -> None:
     """The runtime reads the emitted files through mncompile.formats, never the IR or the passes."""
-    bad = {m: sorted(t for t in targets if t.startswith(("mncompile.passes", "mncompile.ir", "mncompile.parse")))
+    compiler = ("mncompile.passes", "mncompile.ir", "mncompile.parse")
+    bad = {m: sorted(t for t in targets if t.startswith(compiler))
            for m, targets in _all_imports("mncompile.runtime").items()}
     assert not {m: t for m, t in bad.items() if t}
 
@@ -165,3 +166,11 @@ def test_the_ray_engine_uses_no_private_name_of_the_loop() -> None:
     private = [n for _, t, names in _imports(tree, type_checking=True) if t == "mncompile.runtime.train"
                for n in names if n.startswith("_")]
     assert private == []
+
+
+@pytest.mark.slow
+def test_mypy_is_clean_on_the_package() -> None:
+    """The configuration is pyproject.toml's [tool.mypy]; mypy comes with the dev extra."""
+    api = pytest.importorskip("mypy.api")
+    out, err, status = api.run(["--no-incremental", str(PKG)])
+    assert status == 0, out + err

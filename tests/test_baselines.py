@@ -15,6 +15,7 @@ from mncompile.cli import main as cli_main
 from mncompile.diagnostics import MNError
 from mncompile.emit import compile_ensemble, write_folder
 from mncompile.runtime.context import RunContext
+from mncompile.runtime.data import load_dataset, num_batches
 from mncompile.runtime.engines import LocalEngine
 from mncompile.runtime.folder import load_folder
 from mncompile.runtime.methods import METHODS, bagging, distill, treenet
@@ -23,7 +24,6 @@ from mncompile.runtime.methods.bagging import bootstrap_indices
 from mncompile.runtime.methods.cycles import fge_collects, fge_lr, snapshot_lr
 from mncompile.runtime.methods.distill import distillation_loss
 from mncompile.runtime.methods.treenet import build_treenet
-from mncompile.runtime.data import load_dataset, num_batches
 from mncompile.runtime.progress import Progress
 from mncompile.runtime.train import TrainSettings
 

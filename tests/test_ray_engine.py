@@ -174,7 +174,8 @@ def _scheduler(tmp_path: Path, reply: Any, slots: int = 2) -> Any:
                                 progress=types.SimpleNamespace(quiet=True, stream=sys.stdout),
                                 ckpt_dir=lambda phase: tmp_path / "out" / "ckpt" / "full-data" / phase)
     s = Scheduler(ctx, Cluster(slots, False), None, _FakeRay(reply))  # type: ignore[arg-type]
-    s.submit([_Job(Job(n, torch.nn.Linear(2, 2), TrainSettings(batch=32)), "members") for n in ("a", "b", "c")])
+    s.submit([_Job(Job(n, torch.nn.Linear(2, 2), TrainSettings(batch=32)), "members")
+              for n in ("a", "b", "c")])
     return s
 
 

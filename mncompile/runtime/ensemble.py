@@ -40,7 +40,7 @@ class TrainedEnsemble:
     """
 
     def __init__(self, members: Sequence[str], separate: Mapping[str, nn.Module],
-                 shared: Sequence[nn.Module] = (), method: str = "") -> None:
+                 shared: Sequence[Any] = (), method: str = "") -> None:
         self.members = list(members)
         self.separate = dict(separate)
         self.shared = list(shared)
@@ -116,11 +116,11 @@ class TrainedEnsemble:
         return self.predict_proba(x, batch_size).argmax(1)
 
 
-def shared_of(module: nn.Module) -> nn.Module | None:
+def shared_of(module: nn.Module) -> Any:
     """The Shared-MotherNet a member view belongs to (`runtime.shared.shared_member`), else None."""
     from mncompile.runtime.shared import SharedMember
 
-    return module.shared if isinstance(module, SharedMember) else None
+    return module.shared if isinstance(module, SharedMember) else None  # a generated SharedNet
 
 
 def save_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str],

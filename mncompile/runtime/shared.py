@@ -30,6 +30,10 @@ from mncompile.diagnostics import MNError
 from mncompile.formats.share_plan import read_part
 from mncompile.runtime.folder import load_generated_module
 
+#: a generated Shared-MotherNet (shared.py): an nn.Module whose class carries the data MOTHER,
+#: MEMBERS, GROUPS and STEPS (mncompile.formats.share_plan), which a type checker cannot see
+SharedNet = Any
+
 
 def load_shared_module(folder: str | Path) -> ModuleType:
     """The generated folder's shared.py as a fresh module; MNError when it is missing."""
@@ -67,7 +71,7 @@ def _place(dest: torch.Tensor, t: torch.Tensor, groups: tuple[int, ...],
                       hint="the members do not come from this compile of the spec: compile it again")
 
 
-def consolidate(shared: nn.Module, members: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+def consolidate(shared: SharedNet, members: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
                 ) -> dict[str, torch.Tensor]:
     """The state_dict of `shared` built from the hatched members' weights (module docstring).
 
@@ -168,7 +172,7 @@ def build_shared(cls: type[nn.Module], members: Mapping[str, nn.Module | Mapping
     return model.to(device) if device is not None else model
 
 
-def verify_shared(shared: nn.Module, members: Mapping[str, nn.Module], batch: torch.Tensor, *,
+def verify_shared(shared: SharedNet, members: Mapping[str, nn.Module], batch: torch.Tensor, *,
                   train: bool = False) -> float:
     """max |shared(batch)[:, k] - member_k(batch)| over k, in eval mode (or train mode on copies)."""
     import torch
@@ -196,7 +200,7 @@ class SharedMember(nn.Module):
     at a time. The shared model is a submodule, so the view moves and saves with it.
     """
 
-    def __init__(self, shared: nn.Module, member: str) -> None:
+    def __init__(self, shared: SharedNet, member: str) -> None:
         super().__init__()
         self.shared = shared
         self.index = list(shared.MEMBERS).index(member)
@@ -206,12 +210,12 @@ class SharedMember(nn.Module):
         return out
 
 
-def shared_member(shared: nn.Module, member: str) -> nn.Module:
+def shared_member(shared: SharedNet, member: str) -> nn.Module:
     """Member `member` of `shared` as an `nn.Module` (input -> that member's logits)."""
     return SharedMember(shared, member)
 
 
-def effective_params(shared: nn.Module) -> int:
+def effective_params(shared: SharedNet) -> int:
     """Trainable parameters of a Shared-MotherNet: unmasked weights, biases, BatchNorm affines.
 
     `sum(p.numel() for p in shared.parameters())` is what it stores: its weight blocks hold a
@@ -227,7 +231,7 @@ def effective_params(shared: nn.Module) -> int:
     return total
 
 
-def param_counts(shared: nn.Module, members: Mapping[str, nn.Module], mother: nn.Module) -> dict[str, Any]:
+def param_counts(shared: SharedNet, members: Mapping[str, nn.Module], mother: nn.Module) -> dict[str, Any]:
     """Parameter counts of Appendix C: members' sum, the shared model, what it saves, and chi.
 
     chi = 1 - K * |M| / sum_i |N_i| is the paper's formula as printed; (K - 1) * |M| is the

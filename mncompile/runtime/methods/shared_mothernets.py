@@ -95,7 +95,7 @@ def run(ctx: RunContext) -> Outcome:
         hatch_seconds += seconds
     x = ctx.dataset.x_train
     batch = x[: min(256, len(x))].to(ctx.device)
-    shared_models: dict[str, nn.Module] = {}
+    shared_models: dict[str, Any] = {}  # generated SharedNets (runtime/shared.py)
     report: dict[str, Any] = {}
     separate: dict[str, nn.Module] = {}
     for mother_name, cluster in ctx.clusters:

@@ -177,8 +177,8 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The trunk once, then every branch: [branches, batch, classes]."""
     import torch
 
-    h = model["trunk"](x)
-    return torch.stack([b(h) for b in model["branches"].values()])
+    h = model.get_submodule("trunk")(x)
+    return torch.stack([b(h) for b in model.get_submodule("branches").children()])
 
 
 def loss(out: torch.Tensor, y: torch.Tensor, _: Any) -> torch.Tensor:
