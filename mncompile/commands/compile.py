@@ -11,6 +11,7 @@ from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
+from mncompile.validators import positive
 from mncompile.writer import write_folder
 
 NAME = "compile"
@@ -27,22 +28,12 @@ def add_compile_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, 
     """-o, --clusters, the clustering seed (named `seed_flag`) and --force: shared with `run`."""
     p.add_argument("-o", "--output", metavar="DIR",
                    help="the folder to write (default: generated/<ensemble>/ under the current folder)")
-    p.add_argument("--clusters", "-g", metavar="G", type=_positive_int,
+    p.add_argument("--clusters", "-g", metavar="G", type=positive(int),
                    help="number of MotherNets (default: one per architecture class)")
     p.add_argument(seed_flag, type=int, default=0, metavar="S",
                    help="seed of the clustering restarts (default 0)")
     p.add_argument("--force", action="store_true",
                    help="replace the output folder even if mncompile did not generate it")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 def summary(out: Output) -> str:
