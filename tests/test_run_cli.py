@@ -105,3 +105,31 @@ def test_ctrl_c_in_mncompile_run_says_how_to_resume(tmp_path: Path, monkeypatch:
     assert "interrupted" in err and "runs/mnist1d/ckpt" in err
     assert (f"mncompile run {MNIST1D} --clusters 2 --out runs/mnist1d --epochs-scale 0.5 --quiet --resume"
             in err)
+
+
+def test_the_generated_train_py_lays_out_the_default_method(tmp_path: Path, one_torch_thread: None) -> None:
+    """train.py's own `mothernets` steps give exactly what the runtime's method gives."""
+    import importlib.util
+
+    gen = tmp_path / "gen"
+    assert cli_main([str(MNIST1D), "-o", str(gen)]) == 0
+    spec = importlib.util.spec_from_file_location("generated_train", gen / "train.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls: list[str] = []
+
+    def steps(ctx: object) -> object:
+        calls.append("train.py")
+        return script.mothernets(ctx)
+
+    defaults = {"ensemble": script.ENSEMBLE, "data": script.DATA, "train": script.TRAIN}
+    argv = [*QUICK, "--out", str(tmp_path / "a")]
+    assert pipeline_main(gen, defaults, argv, methods={"mothernets": steps}) == 0
+    assert pipeline_main(gen, defaults, [*QUICK, "--out", str(tmp_path / "b")]) == 0
+    assert calls == ["train.py"]
+    a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
+    assert a["members"] == b["members"] and a["ensemble"] == b["ensemble"]
+    assert [p["name"] for p in a["phases"]] == ["mothernets", "hatching", "members"]
+    source = (gen / "train.py").read_text()
+    assert 'methods={"mothernets": mothernets}' in source and "--method" in source

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mncompile.diagnostics import MNError
-from mncompile.runtime.context import RunContext
+from mncompile.runtime.context import Outcome, RunContext
 from mncompile.runtime.engines import make_engine
 from mncompile.runtime.folder import load_folder
 from mncompile.runtime.methods import METHODS
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from mncompile.runtime.data import Dataset
+
+Method = Callable[[RunContext], Outcome]
 
 __all__ = ["add_run_arguments", "build_parser", "evaluate", "execute", "extra_lines", "load_folder", "main",
            "resolve_config", "resume_command", "run_guarded"]
@@ -72,8 +74,13 @@ def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate the ensemble of a generated folder with the parsed options; returns results.json."""
+def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
+            methods: Mapping[str, Method] | None = None) -> dict[str, Any]:
+    """Train and evaluate the ensemble of a generated folder with the parsed options; returns results.json.
+
+    `methods` runs a method in place of the one of `METHODS` of the same name (a generated
+    train.py's own steps of the default method).
+    """
     from mncompile import __version__
 
     if args.method not in METHODS:
@@ -125,7 +132,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace)
     out.mkdir(parents=True, exist_ok=True)
     _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
 
-    outcome = METHODS[args.method].run(ctx)
+    run = (methods or {}).get(args.method) or METHODS[args.method].run
+    outcome = run(ctx)
     members = _kept(outcome.members, engine.failed)
     metrics, excluded = evaluate(members, dataset, device)
     info = {**ctx.info, **outcome.info}
@@ -221,10 +229,10 @@ def extra_lines(doc: Mapping[str, Any]) -> str:
 
 
 def run_guarded(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
-                resume_hint: str) -> int:
+                resume_hint: str, methods: Mapping[str, Method] | None = None) -> int:
     """`execute`, turning Ctrl-C into exit status 130 with a message on how to resume."""
     try:
-        execute(folder, defaults, args)
+        execute(folder, defaults, args, methods)
     except KeyboardInterrupt:
         out = args.out if args.out is not None else "the output folder"
         print(f"\ninterrupted: the checkpoints of finished epochs are in {out}/ckpt; "
@@ -233,7 +241,8 @@ def run_guarded(folder: Path, defaults: Mapping[str, Any], args: argparse.Namesp
     return 0
 
 
-def main(folder: str | Path, defaults: Mapping[str, Any], argv: Sequence[str] | None = None) -> int:
+def main(folder: str | Path, defaults: Mapping[str, Any], argv: Sequence[str] | None = None, *,
+         methods: Mapping[str, Method] | None = None) -> int:
     """What a generated train.py runs: parse `argv`, train, evaluate, write results; an exit status.
 
     `defaults` holds `ensemble` (its name), `data` (the spec's dataset or None) and `train`
@@ -243,7 +252,7 @@ def main(folder: str | Path, defaults: Mapping[str, Any], argv: Sequence[str] | 
     prog = "python " + str(Path(folder) / "train.py")
     args = build_parser(defaults, prog="train.py").parse_args(argv)
     try:
-        return run_guarded(Path(folder), defaults, args, resume_command(argv, prog))
+        return run_guarded(Path(folder), defaults, args, resume_command(argv, prog), methods)
     except MNError as err:
         print(str(err.with_source("train.py", "")), file=sys.stderr)
         return 2

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from mncompile.runtime.results import PhaseRecord
+
 HELP = "train the MotherNets, hatch the members, train them (default)"
 #: the largest |hatched - MotherNet| output difference, relative to the output scale, that
 #: still counts as "the same function" for a table that claims to be exact
@@ -119,21 +121,46 @@ def clusters_of(ctx: RunContext, mother_of: Mapping[str, str]) -> dict[str, list
     return out
 
 
-def run(ctx: RunContext) -> Outcome:
-    """MotherNets: mothers (and lone members) first; each MotherNet's members as soon as it is done."""
-    phase, first, mother_of = first_phase(ctx)
-    clusters = clusters_of(ctx, mother_of)
-    checks: dict[str, Any] = {}
-    hatched: dict[str, nn.Module] = {}
+class Hatchery:
+    """Step 3 of the method: as each first-phase net finishes, hatch its MotherNet's members.
 
-    def members_of(job: Job, result: ModelResult) -> tuple[list[Job], float]:
+    `then()` is what the engine calls per finished net: a MotherNet that diverged stops the run;
+    a finished MotherNet's members are hatched through their tables (`hatch/<member>.json`),
+    checked against it, given the run's noise, and handed back to train with the hatched
+    settings. `outcome(records)` is the trained ensemble in spec order.
+    """
+
+    def __init__(self, ctx: RunContext, first: Mapping[str, nn.Module], mother_of: Mapping[str, str]) -> None:
+        self.ctx, self.first = ctx, dict(first)
+        self.clusters = clusters_of(ctx, mother_of)
+        self.checks: dict[str, Any] = {}
+        self.hatched: dict[str, nn.Module] = {}
+
+    def members_of(self, job: Job, result: ModelResult) -> tuple[list[Job], float]:
+        """The hatched members of a finished first-phase net (none for a net of its own)."""
         require_mother(job.name, result)
-        if job.name not in clusters:
+        if job.name not in self.clusters:
             return [], 0.0
-        new, seconds = hatch_cluster(ctx, job.name, job.model, clusters[job.name], checks)
-        hatched.update(new)
-        return [Job(m, model, ctx.hatched_settings) for m, model in new.items()], seconds
+        new, seconds = hatch_cluster(self.ctx, job.name, job.model, self.clusters[job.name], self.checks)
+        self.hatched.update(new)
+        return [Job(m, model, self.ctx.hatched_settings) for m, model in new.items()], seconds
 
-    records = ctx.engine.run(ctx, phase, Then("members", members_of, order=ctx.members))
-    members = {**{m: first[m] for m in ctx.members if m in first}, **hatched}
-    return Outcome(records, {m: members[m] for m in ctx.members}, {"hatch": checks})
+    def then(self) -> Then:
+        """Step 4: the phase `members` that follows each MotherNet."""
+        return Then("members", self.members_of, order=self.ctx.members)
+
+    def outcome(self, records: list[PhaseRecord]) -> Outcome:
+        """The trained ensemble: lone members from the first phase, the hatched ones, in spec order."""
+        members = {**{m: self.first[m] for m in self.ctx.members if m in self.first}, **self.hatched}
+        return Outcome(records, {m: members[m] for m in self.ctx.members}, {"hatch": self.checks})
+
+
+def run(ctx: RunContext) -> Outcome:
+    """MotherNets: mothers (and lone members) first; each MotherNet's members as soon as it is done.
+
+    The generated train.py lays out the same steps, in the same order.
+    """
+    phase, first, mother_of = first_phase(ctx)   # 1-2: the MotherNets (and nets of their own)
+    hatchery = Hatchery(ctx, first, mother_of)   # 3: hatch each MotherNet's members when it is done
+    records = ctx.engine.run(ctx, phase, hatchery.then())   # 2 and 4: train both phases
+    return hatchery.outcome(records)
