@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mncompile.diagnostics import MNError
+from mncompile.formats.settings import SCHEDULES, TRAIN_DEFAULTS
 
 if TYPE_CHECKING:
     import torch
@@ -34,17 +35,18 @@ class TrainSettings:
     accuracy (a fraction) an epoch must beat the best by to count as an improvement.
     """
 
-    batch: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    patience: int = 15
-    max_epochs: int = 200
-    schedule: str = "cosine"
+    # the defaults are those of the train keys' one table, mncompile.formats.settings
+    batch: int = int(TRAIN_DEFAULTS["batch"])
+    lr: float = float(TRAIN_DEFAULTS["lr"])
+    momentum: float = float(TRAIN_DEFAULTS["momentum"])
+    weight_decay: float = float(TRAIN_DEFAULTS["weight_decay"])
+    patience: int = int(TRAIN_DEFAULTS["patience"])
+    max_epochs: int = int(TRAIN_DEFAULTS["max_epochs"])
+    schedule: str = str(TRAIN_DEFAULTS["schedule"])
     tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
+        if self.schedule not in SCHEDULES:
             raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
         if self.batch < 1 or self.max_epochs < 1:
             raise MNError(f"batch and max_epochs must be positive, got {self.batch} and {self.max_epochs}")
