@@ -305,7 +305,10 @@ def simulate(jobs: Sequence[Job], devices: int | Sequence[int], alpha: float = D
         # finish every job that ends at the next event time (ties finish together)
         now = min(s.end for s in running.values())
         tie = now + 1e-9 * max(1.0, abs(now))  # equal ends computed along different paths
-        for name in [n for n, s in running.items() if s.end <= tie]:
+        finished = [n for n, s in running.items() if s.end <= tie]
+        # what starts next starts when the last of them ends, never a rounding error before it
+        now = max(running[n].end for n in finished)
+        for name in finished:
             free.extend(running.pop(name).devices)
             for deps in waiting.values():
                 deps.discard(name)
