@@ -26,7 +26,7 @@ from mncompile.api import load
 from mncompile.emit import compile_ensemble, write_folder
 from mncompile.passes.share_plan import Refusal
 from mncompile.runtime import TrainedEnsemble, build_shared, hatch, load_shared_module, verify_shared
-from mncompile.runtime.pipeline import load_folder
+from mncompile.runtime.folder import load_folder
 from mncompile.runtime.shared import param_counts
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
@@ -74,19 +74,19 @@ def bench_spec(spec: Path, args: argparse.Namespace) -> list[object]:
         shared: list[torch.nn.Module] = []
         counts = []
         diff = 0.0
-        x_check = torch.randn(8, *plan["input"])
-        for c in plan["clusters"]:
-            mother_name = c["mother"]["name"]
-            if len(c["members"]) == 1:
+        x_check = torch.randn(8, *plan.input)
+        for c in plan.clusters:
+            mother_name = c.mother.name
+            if len(c.members) == 1:
                 # a cluster of one net: trained alone, nothing to share
-                net = models.MODELS[c["members"][0]]()
+                net = models.MODELS[c.members[0]]()
                 randomise(net, args.seed)
-                members[c["members"][0]] = alone[c["members"][0]] = net.eval()
+                members[c.members[0]] = alone[c.members[0]] = net.eval()
                 continue
             mother = models.MODELS[mother_name]()
             randomise(mother, args.seed)
             hatched = {}
-            for m in c["members"]:
+            for m in c.members:
                 net = models.MODELS[m]()
                 net.load_state_dict(hatch(mother, tables[m]))
                 hatched[m] = net.eval()
@@ -100,7 +100,7 @@ def bench_spec(spec: Path, args: argparse.Namespace) -> list[object]:
             shared.append(s)
     if not shared:
         raise SystemExit(f"{spec}: no cluster is shared at this g: nothing to compare")
-    names = [m["name"] for m in plan["members"]]
+    names = list(plan.member_names)
     separate = TrainedEnsemble(names, {m: members[m] for m in names})
     one = TrainedEnsemble(names, alone, shared)
     macs = sum(infer_net(n, e.input, e.classes).macs for n in e.nets)
@@ -109,13 +109,13 @@ def bench_spec(spec: Path, args: argparse.Namespace) -> list[object]:
     own = sum(c["shared_params"] for c in counts) + alone_params
     paper = sum(c["paper_saving"] for c in counts)
     chi = 1 - sum(c["members"] * c["mother_params"] for c in counts) / (total - alone_params)
-    print(f"{spec.name}: {len(names)} members, g = {len(plan['clusters'])}, {len(shared)} shared; the shared "
+    print(f"{spec.name}: {len(names)} members, g = {len(plan.clusters)}, {len(shared)} shared; the shared "
           f"models reproduce the hatched members to {diff:.2g} (max |logit difference|)")
     print(f"  parameters: separate {human(total)}, shared {human(own)} (saves {human(total - own)}; "
           f"the paper's (K-1)|M| = {human(paper)}, chi = {chi:.3f}); separate {human(macs)} MACs/example")
     rows = []
     for batch in args.batch:
-        x = torch.randn(batch, *plan["input"])
+        x = torch.randn(batch, *plan.input)
         agree = float((separate.predict_proba(x) - one.predict_proba(x)).abs().max())
         t_sep = time_predict(separate, x, args.warmup, args.repeats)
         t_sh = time_predict(one, x, args.warmup, args.repeats)

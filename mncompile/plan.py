@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from mncompile.cost import CAVEAT, estimate, net_cost
+from mncompile.formats.plan_file import SCHEMA_VERSION as SCHEMA_VERSION  # one number for writer and reader
 from mncompile.ir import Ensemble, Net
 from mncompile.passes.cluster import Padding, Plan, arch_classes, distance, net_vector
-
-SCHEMA_VERSION = 1
 
 
 def net_to_json(net: Net, ensemble: Ensemble) -> dict[str, Any]:

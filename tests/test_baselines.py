@@ -56,7 +56,7 @@ def _ctx(tmp_path: Path, text: str = PLAIN, **method_options: Any) -> RunContext
     folder = tmp_path / "gen"
     write_folder(folder, compile_ensemble(e).files)
     models, plan, tables = load_folder(folder)
-    data = load_dataset("synthetic", tuple(plan["input"]), int(plan["classes"]), seed=0,
+    data = load_dataset("synthetic", plan.input, plan.classes, seed=0,
                         train_size=48, test_size=24)
     config = {**e.config.model_dump()}
     ctx = RunContext(folder=folder, models=models, plan=plan, tables=tables, dataset=data, config=config,

@@ -167,8 +167,12 @@ def _scheduler(tmp_path: Path, reply: Any, slots: int = 2) -> Any:
     from mncompile.runtime.ray_engine import Cluster, Scheduler, _Job
 
     (tmp_path / "models.py").write_text("MODELS = {}\n")
-    plan = {"members": [{"name": "a", "macs": 10}, {"name": "b", "macs": 30}, {"name": "c", "macs": 10}],
-            "clusters": [{"mother": {"name": "mothernet1", "macs": 5}, "members": ["a", "b", "c"]}]}
+    from mncompile.formats.plan_file import read_plan
+
+    rows = [{"name": n, "params": 1, "macs": macs} for n, macs in (("a", 10), ("b", 30), ("c", 10))]
+    plan = read_plan({"input": [2], "classes": 2, "members": rows,
+                      "clusters": [{"mother": {"name": "mothernet1", "params": 1, "macs": 5}, "family": "mlp",
+                                    "members": ["a", "b", "c"]}]}, "plan.json")
     ctx = types.SimpleNamespace(folder=tmp_path, plan=plan, dataset=types.SimpleNamespace(to=lambda d: None),
                                 out=tmp_path / "out", method="full-data", seed=0, device=torch.device("cpu"),
                                 progress=types.SimpleNamespace(quiet=True, stream=sys.stdout),

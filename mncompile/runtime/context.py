@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from mncompile.formats.hatch_table import HatchTable
+    from mncompile.formats.plan_file import PlanFile
     from mncompile.runtime.data import Dataset
     from mncompile.runtime.jobs import Job, ModelResult, TrainSettings
     from mncompile.runtime.progress import Progress
@@ -103,7 +104,7 @@ class RunContext:
 
     folder: Path
     models: ModuleType
-    plan: dict[str, Any]
+    plan: PlanFile
     tables: dict[str, HatchTable]
     dataset: Dataset
     config: dict[str, Any]
@@ -123,12 +124,12 @@ class RunContext:
     @property
     def members(self) -> list[str]:
         """The ensemble's members, in spec order."""
-        return [m["name"] for m in self.plan["members"]]
+        return list(self.plan.member_names)
 
     @property
     def clusters(self) -> list[tuple[str, list[str]]]:
         """(MotherNet name, its members) per cluster, in plan order."""
-        return [(c["mother"]["name"], list(c["members"])) for c in self.plan["clusters"]]
+        return [(c.mother.name, list(c.members)) for c in self.plan.clusters]
 
     def build(self, name: str, *, salt: str = "") -> nn.Module:
         """A fresh `name` net from models.py, initialised from (seed, name, salt) only."""

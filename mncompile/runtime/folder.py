@@ -10,12 +10,13 @@ import json
 import zlib
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mncompile.diagnostics import MNError
 
 if TYPE_CHECKING:
     from mncompile.formats.hatch_table import HatchTable
+    from mncompile.formats.plan_file import PlanFile
 
 
 def load_generated_module(path: Path, kind: str, key: Path) -> ModuleType:
@@ -27,9 +28,10 @@ def load_generated_module(path: Path, kind: str, key: Path) -> ModuleType:
     return module
 
 
-def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, HatchTable]]:
+def load_folder(folder: Path) -> tuple[ModuleType, PlanFile, dict[str, HatchTable]]:
     """models.py (as a fresh module), plan.json and the hatch tables of a generated folder, checked."""
     from mncompile.formats.hatch_table import load_table
+    from mncompile.formats.plan_file import read_plan
 
     folder = Path(folder)
     plan_path, models_path = folder / "plan.json", folder / "models.py"
@@ -38,12 +40,13 @@ def load_folder(folder: Path) -> tuple[ModuleType, dict[str, Any], dict[str, Hat
             raise MNError(f"'{path}' does not exist",
                           hint="compile the spec again: mncompile SPEC -o " + str(folder))
     try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        members = [m["name"] for m in plan["members"]]
-        clusters = [(c["mother"]["name"], list(c["members"])) for c in plan["clusters"]]
-    except (ValueError, KeyError, TypeError) as err:
+        data = json.loads(plan_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
         raise MNError(f"'{plan_path}' is not a plan this mncompile can read ({err})",
                       hint="compile the spec again") from None
+    plan = read_plan(data, str(plan_path))
+    members = list(plan.member_names)
+    clusters = [(c.mother.name, list(c.members)) for c in plan.clusters]
     models = load_generated_module(models_path, "models", folder)
     known = getattr(models, "MODELS", {})
     needed = members + [mother for mother, ms in clusters if len(ms) > 1]

@@ -91,10 +91,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "gpus_per_model": getattr(args, "gpus_per_model", None), "quiet": args.quiet})
     config = resolve_config(defaults.get("train", {}), args)
     models, plan, tables = load_folder(Path(folder))
-    ensemble = str(plan.get("ensemble", defaults.get("ensemble", "ensemble")))
+    ensemble = plan.ensemble
     data_name = args.data or defaults.get("data") or DEFAULT_DATA
-    input_shape = tuple(int(d) for d in plan["input"])
-    classes = int(plan["classes"])
+    input_shape, classes = plan.input, plan.classes
 
     import torch
 
@@ -121,7 +120,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
-        "device": str(device), "g": plan.get("g"), "clustering_seed": plan.get("seed"),
+        "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
         "torch": torch.__version__,

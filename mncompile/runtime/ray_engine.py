@@ -398,21 +398,6 @@ def fit_task(task: Mapping[str, Any], job_ref: list[Any], data_ref: list[Any], w
 # ------------------------------------------------------------------------------ on the driver
 
 
-def plan_macs(plan: Mapping[str, Any]) -> dict[str, int]:
-    """Forward MACs per example of every member and MotherNet of a plan.json (0 where it has none).
-
-    >>> plan_macs({"members": [{"name": "a", "macs": 40}],
-    ...            "clusters": [{"mother": {"name": "mothernet1", "macs": 90}}]})
-    {'a': 40, 'mothernet1': 90}
-    """
-    macs = {str(m["name"]): int(m.get("macs") or 0) for m in plan.get("members", [])}
-    for c in plan.get("clusters", []):
-        mother = c.get("mother") or {}
-        if "name" in mother:
-            macs.setdefault(str(mother["name"]), int(mother.get("macs") or 0))
-    return macs
-
-
 def largest_first(jobs: Sequence[Any], macs: Mapping[str, int]) -> list[Any]:
     """`jobs` (anything with a `name`) by forward MACs, largest first; ties keep their order.
 
@@ -485,7 +470,7 @@ class Scheduler:
         self.free = list(range(self.cluster.slots))
         self.running: dict[Any, _Running] = {}
         self.t0 = time.perf_counter()
-        self.macs = plan_macs(self.ctx.plan)
+        self.macs = self.ctx.plan.macs
         self._data: dict[int, Any] = {}
         self.storage = str(self.ctx.ckpt_dir("ray"))
         ray = self.ray

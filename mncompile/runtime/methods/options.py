@@ -84,7 +84,7 @@ def member_option(ctx: RunContext, name: str | None, option: str) -> str | None:
 
 def member_params(ctx: RunContext) -> dict[str, int]:
     """Each member's parameter count, as plan.json records it."""
-    return {m["name"]: int(m["params"]) for m in ctx.plan["members"]}
+    return {m.name: m.params for m in ctx.plan.members}
 
 
 def largest_member(ctx: RunContext) -> str:
@@ -102,7 +102,7 @@ def mean_sized_member(ctx: RunContext) -> str:
 
 def family_of(ctx: RunContext) -> dict[str, str]:
     """Each member's family (mlp, plain, residual, dense), from plan.json's clusters."""
-    return {m: str(c["family"]) for c in ctx.plan["clusters"] for m in c["members"]}
+    return ctx.plan.family_of
 
 
 def require_ok(results: Mapping[str, ModelResult], what: str, hint: str) -> None:

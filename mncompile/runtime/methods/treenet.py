@@ -138,7 +138,7 @@ def build_treenet(ctx: RunContext, shared_layers: int) -> TreeNet:
 
     trunk = nn.Sequential()
     donors: list[str] = []
-    width = int(ctx.plan["input"][0])
+    width = ctx.plan.input[0]
     for b, i in positions:
         kernel = min(shapes[m][b][i][0] for m in nets)
         donor = min(ctx.members, key=lambda m: (shapes[m][b][i][1], shapes[m][b][i][0], ctx.members.index(m)))
