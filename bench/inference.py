@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from mncompile.api import load
-from mncompile.emit import compile_ensemble, write_folder
+from mncompile.compiler import compile_ensemble
 from mncompile.passes.share_plan import Refusal
 from mncompile.runtime import TrainedEnsemble, build_shared, hatch, load_shared_module, verify_shared
 from mncompile.runtime.folder import load_folder
 from mncompile.runtime.shared import param_counts
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
+from mncompile.writer import write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

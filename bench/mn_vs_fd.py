@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mncompile.api import load  # noqa: E402
-from mncompile.emit import compile_ensemble, write_folder  # noqa: E402
+from mncompile.compiler import compile_ensemble  # noqa: E402
 from mncompile.runtime.pipeline import build_parser, execute  # noqa: E402
 from mncompile.table import render  # noqa: E402
+from mncompile.writer import write_folder  # noqa: E402
 
 METHODS = ("mothernets", "full-data")
 

@@ -593,18 +593,3 @@ def emit_files(ensemble: Ensemble, plan: Plan, tables: Mapping[str, HatchTable],
     files.update(render_readme(ctx, files))
     files[MARKER] = MARKER_TEXT
     return dict(sorted(files.items()))
-
-
-#: names that moved: compiling to mncompile.compiler, writing to mncompile.writer
-_MOVED = {"compile_ensemble": "compiler", "Output": "compiler", "write_folder": "writer",
-          "is_generated": "writer"}
-
-
-def __getattr__(name: str) -> Any:
-    # still importable from here for existing callers; looked up on first use, since
-    # mncompile.compiler imports this module
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"mncompile.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'mncompile.emit' has no attribute '{name}'")

@@ -12,8 +12,8 @@ import torch
 
 from mncompile.api import loads
 from mncompile.cli import main as cli_main
+from mncompile.compiler import compile_ensemble
 from mncompile.diagnostics import MNError
-from mncompile.emit import compile_ensemble, write_folder
 from mncompile.runtime.context import RunContext
 from mncompile.runtime.data import load_dataset, num_batches
 from mncompile.runtime.engines import LocalEngine
@@ -26,6 +26,7 @@ from mncompile.runtime.methods.distill import distillation_loss
 from mncompile.runtime.methods.treenet import build_treenet
 from mncompile.runtime.progress import Progress
 from mncompile.runtime.train import TrainSettings
+from mncompile.writer import write_folder
 
 # three plain nets with three blocks: every member has a conv layer at (1,1), (2,1), (3,1);
 # b has a second layer in block 1, which a 3-layer trunk does not keep

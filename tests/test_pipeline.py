@@ -13,7 +13,7 @@ import torch
 
 from mncompile.api import loads
 from mncompile.cli import main as cli_main
-from mncompile.emit import compile_ensemble
+from mncompile.compiler import compile_ensemble
 from mncompile.runtime import pipeline
 from mncompile.runtime.context import Outcome, RunContext
 from mncompile.runtime.methods import METHODS, MethodSpec

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from mncompile.api import loads
-from mncompile.emit import compile_ensemble, write_folder
+from mncompile.compiler import compile_ensemble
 from mncompile.runtime.pipeline import main as pipeline_main
+from mncompile.writer import write_folder
 
 SPEC = """ensemble k { input 24 classes 4 data synthetic
   train { batch 32 lr 0.05 hatched_lr 0.02 patience 50 max_epochs 3 hatched_max_epochs 30 }

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from mncompile.api import loads
 from mncompile.cli import main as cli_main
+from mncompile.compiler import compile_ensemble
 from mncompile.diagnostics import MNError
-from mncompile.emit import compile_ensemble, load_models
+from mncompile.emit import load_models
 from mncompile.ir import Block, Ensemble, Layer, Linear, Net
 from mncompile.passes.share_plan import Refusal, param_count
 from mncompile.runtime import hatch, load_ensemble
@@ -203,7 +204,7 @@ def test_method_trains_the_shared_model_and_the_saved_ensemble_predicts_the_same
 
     # a member left out of the evaluated ensemble (not finite) is left out of the saved one
     from mncompile.runtime.ensemble import save_ensemble
-    from mncompile.runtime.pipeline import load_folder
+    from mncompile.runtime.folder import load_folder
     from mncompile.runtime.shared import shared_member
 
     members = {**ens.separate, **{m: shared_member(s, m) for s in ens.shared for m in s.MEMBERS}}
@@ -269,8 +270,8 @@ def test_every_example_is_shared_and_stores_fewer_parameters_than_its_members(ex
 
 def test_a_stale_shared_py_stops_the_run_before_anything_trains(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mncompile.emit import write_folder
     from mncompile.runtime.pipeline import main as pipeline_main
+    from mncompile.writer import write_folder
 
     e = loads("""ensemble s { input 1x16 classes 3
         net a plain { block { 3:4 } dense 8 } net b plain { block { 3:6 } dense 8 } }""")

@@ -175,12 +175,13 @@ def _engine_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mncompile.emit import compile_ensemble, write_folder
+    from mncompile.compiler import compile_ensemble
     from mncompile.passes.cluster import arch_classes
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
     from mncompile.runtime.results import load_results
+    from mncompile.writer import write_folder
 
     e = load(args.spec)
     m = len(e.nets)
