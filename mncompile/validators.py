@@ -3,8 +3,8 @@
 Each returns an argparse `type=` callable that raises `argparse.ArgumentTypeError` with one
 plain sentence, which argparse prints after the option's name.
 
->>> number(int, 1)("3"), number(float, 0, above=True)("0.5"), fraction("1")
-(3, 0.5, 1.0)
+>>> number(int, 1)("3"), number(float, 0, above=True)("0.5"), fraction("1"), positive_ints("4,1,4")
+(3, 0.5, 1.0, [1, 4])
 >>> number(int, 1)("0")
 Traceback (most recent call last):
 argparse.ArgumentTypeError: expected at least 1, got '0'
@@ -53,3 +53,14 @@ def fraction(text: str) -> float:
     """A number from 0 to 1."""
     value: float = number(float, 0.0, highest=1.0)(text)
     return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """Whole numbers of at least 1 joined by commas, sorted, each once."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return sorted(set(values))

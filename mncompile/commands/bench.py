@@ -21,20 +21,10 @@ from typing import Any
 
 from mncompile.api import load
 from mncompile.diagnostics import MNError
-from mncompile.validators import positive
+from mncompile.validators import positive, positive_ints
 
 NAME = "bench"
 HELP = "train the ensemble with MotherNets at several g and with the baselines; write the frontier"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
-    return sorted(set(values))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the spec's `data`, else mnist1d)")
     p.add_argument("--methods", metavar="A,B,...",
                    help="methods to run (default: every registered method that applies to the ensemble)")
-    p.add_argument("--clusters", "-g", type=_int_list, metavar="G,...",
+    p.add_argument("--clusters", "-g", type=positive_ints, metavar="G,...",
                    help="the g of the MotherNets runs (default: the number of architecture classes, and m)")
     p.add_argument("--seeds", type=positive(int), default=1, metavar="N",
                    help="trainings per point, seeds S..S+N-1 (default 1; 2 or more adds the diversity table)")
