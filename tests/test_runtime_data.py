@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -233,3 +234,67 @@ def test_batches_augment_by_dataset_flag() -> None:
     assert not torch.equal(a, b)
     c = torch.cat([b for b, _ in batches(aug, 8, torch.Generator().manual_seed(0), augment=False)])
     assert torch.equal(a, c)
+
+
+class _Evil:
+    """Pickles to a call of os.system: what a hostile 'data_batch_1' holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path: Path, protocol: int,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The tester's attack: a batch file whose unpickling calls os.system. Exit 2, no code run."""
+    from mncompile.cli import main
+
+    _fake_cifar(tmp_path / "data", hundred=False)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({"data": _Evil(marker), "labels": [0]}, f, protocol=protocol)
+    with pytest.raises(MNError, match="refused to read .*data_batch_1: it refers to (posix|os|nt).system"):
+        load_dataset("cifar10", (3, 32, 32), 10, data_dir=tmp_path / "data")
+    spec = tmp_path / "c.mnet"
+    spec.write_text("ensemble c { input 3x32x32 classes 10 net a plain { block { 3:4 } } }")
+    rc = main(["run", str(spec), "-o", str(tmp_path / "gen"), "--out", str(tmp_path / "out"),
+               "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a data file may not run code" in err and "Traceback" not in err
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_official_batches_still_load_with_every_protocol(tmp_path: Path, protocol: int) -> None:
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {"batch_label": "training batch 1 of 5", "labels": [1, 2], "filenames": [b"a.png", b"b.png"],
+             "data": rng.integers(0, 256, (2, 3072), dtype=np.uint8)}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f, protocol=protocol)
+    ds = load_dataset("cifar10", (3, 32, 32), 10, data_dir=tmp_path)
+    assert ds.x_train.shape == (10, 3, 32, 32) and ds.y_test.tolist() == [1, 2]
+
+
+def test_npz_messages_name_the_problem_and_never_advise_pickles(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("hello\n1 2 3\n")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    np.savez(tmp_path / "obj.npz", x_train=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04garbage")
+    cases = {str(tmp_path): "is a folder, not an .npz file", str(tmp_path / "t.txt"): "it is not a zip file",
+             str(tmp_path / "one.npy"): "it is a single .npy array",
+             str(tmp_path / "obj.npz"): "it holds pickled Python objects, which mncompile never loads",
+             str(tmp_path / "bad.npz"): "BadZipFile"}
+    for path, message in cases.items():
+        with pytest.raises(MNError) as err:
+            load_dataset(f"npz:{path}", (1, 4), 2)
+        assert message in err.value.message, err.value.message
+        assert "allow_pickle" not in str(err.value)

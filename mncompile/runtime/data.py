@@ -22,6 +22,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,6 +152,28 @@ def _need_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
     return Path(data_dir)
 
 
+#: the only globals an official CIFAR batch (cPickle of a dict of lists, strings and one uint8
+#: array) refers to; anything else in a batch file is refused, so that no data file runs code
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch; any other global (a function to call, say) is an UnpicklingError."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _Refused(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, name: str, root: Path) -> dict:
     if not path.is_file():
         raise MNError(
@@ -159,11 +182,18 @@ def _unpickle(path: Path, name: str, root: Path) -> dict:
         )
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:  # any unpickling failure means the file is not what torchvision wrote
-        raise MNError(
-            f"dataset '{name}': cannot read {path}: {e}", hint=_download_hint(name, str(root))
-        ) from e
+            data = _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise MNError(f"dataset '{name}': refused to read {path}: {e}; a data file may not run code",
+                      hint="use the batch files of the official CIFAR python version: "
+                      + _download_hint(name, str(root))) from None
+    except Exception as e:  # any other unpickling failure: the file is not what torchvision wrote
+        raise MNError(f"dataset '{name}': cannot read {path}: {type(e).__name__}: {e}",
+                      hint=_download_hint(name, str(root))) from None
+    if not isinstance(data, dict):
+        raise MNError(f"dataset '{name}': {path} holds a {type(data).__name__}, not a CIFAR batch",
+                      hint=_download_hint(name, str(root)))
+    return data
 
 
 def _cifar(name: str, data_dir: str | os.PathLike[str] | None) -> tuple:
@@ -217,16 +247,27 @@ def _svhn(data_dir: str | os.PathLike[str] | None) -> tuple:
 
 def _npz(path_text: str, classes: int) -> tuple:
     path = Path(path_text)
+    how = "write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+    if path.is_dir():
+        raise MNError(f"dataset npz:{path_text}: {path} is a folder, not an .npz file",
+                      hint="give npz:PATH to the .npz file itself")
     if not path.is_file():
         raise MNError(f"dataset file {path} not found", hint="give npz:PATH to an existing .npz file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(b"PK"):  # numpy.savez writes a zip file
+        what = "a single .npy array" if magic.startswith(b"\x93NUMPY") else "not a zip file"
+        raise MNError(f"cannot read {path} as an .npz archive: it is {what}", hint=how)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise MNError(
-            f"cannot read {path} as an .npz archive: {e}",
-            hint="write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
-        ) from e
+    except ValueError as e:
+        # numpy's own text advises allow_pickle=True, which would let the file run code: never
+        why = ("it holds pickled Python objects, which mncompile never loads" if "pickle" in str(e)
+               else str(e))
+        raise MNError(f"cannot read {path} as an .npz archive: {why}", hint=how) from None
+    except Exception as e:  # zipfile.BadZipFile, OSError, ...: not an archive numpy can read
+        raise MNError(f"cannot read {path} as an .npz archive ({type(e).__name__}: {e})", hint=how) from None
     need = ("x_train", "y_train", "x_test", "y_test")
     missing = [k for k in need if k not in arrays]
     if missing:
