@@ -1,8 +1,10 @@
 """The built wheel works on its own: grammar and templates travel inside the package.
 
-Builds a wheel from this checkout, installs it (no dependencies: they come from the outer
-environment through --system-site-packages) into a fresh virtual environment, and runs that
-environment's `mncompile` from a directory outside the repository.
+Builds a wheel from this checkout, installs it (no dependencies) into a fresh virtual
+environment, and runs that environment's `mncompile` from a directory outside the repository.
+The dependencies come from the environment running the tests: its site-packages folders are
+listed in a .pth file of the new one. (A venv made with --system-site-packages would see the
+base interpreter's packages instead, which lack the dependencies when the tests run in a venv.)
 """
 
 from __future__ import annotations
@@ -45,11 +47,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert len(wheels) == 1, wheels
 
     venv = base / "venv"
-    # --without-pip: the outer pip is visible through the system site-packages and installs here
-    made = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                cwd=base)
+    # --without-pip: the outer pip is visible through the .pth file below and installs here
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=base)
     assert made.returncode == 0, made.stderr
     py = venv / "bin" / "python"
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base)
+    assert site.returncode == 0, site.stderr
+    # the outer environment's package folders, not its other sys.path entries (such as an
+    # editable install's source folder): plain paths, so its own .pth files are not run here
+    outer = [p for p in sys.path
+             if p and Path(p).is_dir() and Path(p).name in ("site-packages", "dist-packages")]
+    (Path(site.stdout.strip()) / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     # --ignore-installed: the outer environment holds an editable mncompile of the same version
     inst = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
                  str(wheels[0])], cwd=base)
