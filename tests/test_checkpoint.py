@@ -197,3 +197,90 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, broken)
     assert path.read_bytes() == b"old"
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tester's attack: 64 bytes flipped in a member's checkpoint; --resume must not go on."""
+    from mncompile.cli import main
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "mlp.mnet"
+    argv = ["run", str(spec), "-o", str(tmp_path / "gen"), "--out", str(tmp_path / "out"),
+            "--data", "synthetic", "--train-size", "64", "--test-size", "32", "--max-epochs", "2",
+            "--hatched-max-epochs", "1", "--quiet"]
+    assert main(argv) == 0
+    member = sorted((tmp_path / "out" / "ckpt" / "mothernets" / "members").glob("*.pt"))[0]
+    raw = bytearray(member.read_bytes())
+    # the largest stored tensor's bytes: the middle of the file's biggest uncompressed entry
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+    member.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(member) in err and ("checksum" in err or "corrupt" in err) and "Traceback" not in err
+    with pytest.raises(MNError, match="checksum|corrupt"):
+        load_checkpoint(member)
+
+
+def test_the_checksum_covers_weights_optimizer_and_meta(tmp_path: Path) -> None:
+    import zipfile
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / "n.pt"
+    save_checkpoint(path, net, opt, {"epoch": 1, "history": [0.5]})
+    assert load_checkpoint(path, torch.nn.Linear(3, 2))["epoch"] == 1
+    # rewrite one stored tensor's bytes inside the archive, leaving the archive itself valid
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    data = [n for n in entries if "/data/" in n]
+    assert data
+    for name in data:
+        changed = dict(entries)
+        changed[name] = bytes(b ^ 1 for b in entries[name])
+        bad = tmp_path / "bad.pt"
+        with zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_STORED) as z:
+            for n, blob in changed.items():
+                z.writestr(n, blob)
+        with pytest.raises(MNError, match="do not match the checksum"):
+            load_checkpoint(bad)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mncompile-checkpoint", "version": 2, "meta": Evil()}, path)
+    with pytest.raises(MNError) as err:
+        load_checkpoint(path)
+    assert "(posix.system)" in err.value.message or "(nt.system)" in err.value.message
+    assert "never loads those" in err.value.message and "weights_only" not in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
+    import threading
+
+    target = tmp_path / "t.bin"
+    errors: list[BaseException] = []
+
+    def write(tag: bytes) -> None:
+        try:
+            for _ in range(30):
+                atomic_write(target, lambda f: f.write(tag * 10000))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(bytes([65 + i]),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(target.read_bytes())) == 1 and not list(tmp_path.glob(".t.bin.*"))

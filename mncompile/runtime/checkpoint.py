@@ -2,10 +2,11 @@
 
 One file per model, `<dir>/<name>.pt`, rewritten after every epoch: the model's `state_dict`, the
 optimizer's, and `meta`, a dict of plain Python values (epoch, seed, settings, early-stopping
-state, history). It is written to a temporary file and moved over the old one with `os.replace`,
-so an interrupt (Ctrl-C, a killed job) leaves either the old or the new checkpoint, never half of
-one. Loading checks the format, the tensor names and shapes, and reports any problem as an
-`MNError` naming the file.
+state, history), and `checksum`, a SHA-256 over all of them. It is written to a temporary file
+of its own (a unique name: two writers never share one) and moved over the old one with
+`os.replace`, so an interrupt (Ctrl-C, a killed job) leaves either the old or the new checkpoint,
+never half of one. Loading checks the format, the checksum (a flipped byte in a tensor is caught),
+the tensor names and shapes, and reports any problem as an `MNError` naming the file.
 
 >>> import tempfile, torch
 >>> net = torch.nn.Linear(2, 3)
@@ -18,7 +19,11 @@ one. Loading checks the format, the tensor names and shapes, and reports any pro
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +33,7 @@ import torch
 from mncompile.diagnostics import MNError
 
 FORMAT = "mncompile-checkpoint"
-#: 2: one meta layout for every method (identity: settings, extras and seed)
+#: 2: one meta layout for every method (identity: settings, extras and seed), and a checksum
 VERSION = 2
 _DELETE_HINT = "delete this file to retrain that model from scratch, or restore it from a backup"
 
@@ -39,15 +44,75 @@ def checkpoint_path(directory: str | os.PathLike[str], name: str) -> Path:
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(file)` on a temporary file, then move it over `path`: readers never see half."""
+    """Call `write(file)` on a temporary file, then move it over `path`: readers never see half.
+
+    The temporary file has a unique name beside `path`, so that two writers never share one; it
+    is removed when `write` fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of nested dicts, lists, tensors and plain values: what a checksum covers.
+
+    Dict keys are taken in sorted order (by their repr), tensors by dtype, shape and bytes, so
+    the same content always gives the same digest.
+
+    >>> import torch
+    >>> digest({"a": torch.ones(2), "b": [1, "x"]}) == digest({"b": [1, "x"], "a": torch.ones(2)})
+    True
+    >>> digest({"a": torch.ones(2)}) == digest({"a": torch.tensor([1.0, 1.5])})
+    False
+    """
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=repr):
+                h.update(repr(k).encode())
+                feed(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[")
+            for x in v:
+                feed(x)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    feed(value)
+    return h.hexdigest()
+
+
+def check_digest(payload: dict[str, Any], path: Path, hint: str) -> None:
+    """Raise MNError naming `path` unless `payload["checksum"]` is the digest of the rest."""
+    stored = payload.get("checksum")
+    rest = {k: v for k, v in payload.items() if k != "checksum"}
+    if not isinstance(stored, str) or stored != digest(rest):
+        raise MNError(f"{path} is damaged: its contents do not match the checksum stored with it", hint=hint)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -69,6 +134,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "meta": meta,
     }
+    payload["checksum"] = digest(payload)
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -90,6 +156,28 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str |
     return "; ".join(parts) or None
 
 
+def safe_load(path: Path, what: str, hint: str) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain values only, never code.
+
+    A file that holds anything else (a pickled object whose loading would call a function) and
+    a damaged one are MNErrors naming the file; torch's advice to load it with
+    weights_only=False is never passed on.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:GLOBAL|global:?) ([\w.]+)", str(e))
+        if found:
+            raise MNError(f"{what} {path} holds a Python object ({found.group(1)}) other than tensors and "
+                          "plain values; mncompile never loads those (a file it reads may not run code)",
+                          hint=hint) from None
+        raise MNError(f"{what} {path} is corrupt or truncated (UnpicklingError)", hint=hint) from None
+    except Exception as e:  # torch raises many types for damaged archives; all mean the same here
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise MNError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {first})",
+                      hint=hint) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     model: torch.nn.Module | None = None,
@@ -103,12 +191,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise MNError(f"checkpoint {path} not found", hint="train without resuming to create it")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for damaged archives; all mean the same here
-        raise MNError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})", hint=_DELETE_HINT
-        ) from e
+    payload = safe_load(path, "checkpoint", _DELETE_HINT)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MNError(f"{path} is not an mncompile checkpoint", hint=_DELETE_HINT)
     if payload.get("version") != VERSION:
@@ -116,6 +199,7 @@ def load_checkpoint(
             f"checkpoint {path} has format version {payload.get('version')}, this mncompile reads {VERSION}",
             hint=_DELETE_HINT,
         )
+    check_digest(payload, path, _DELETE_HINT)
     state, meta = payload.get("model"), payload.get("meta")
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise MNError(f"checkpoint {path} lacks its model state or meta data", hint=_DELETE_HINT)
