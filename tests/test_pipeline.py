@@ -258,7 +258,13 @@ def test_compile_reports_hatch_exactness(tmp_path: Path, capsys: pytest.CaptureF
         net b dense { stem 3:4 block { 3:2 } block { 3:2 } } }""", "d2.mnet")
     assert cli_main([str(spec), "-o", str(tmp_path / "g2")]) == 0
     out = capsys.readouterr().out
-    assert "hatching: 1 of 2 tables exact; not exact:" in out and "  b: " in out
+    assert "hatching: 1 of 2 tables exact; not exact: b\n" in out
+    # the warning names the member, its place in the spec (block 2 is on line 3) and the fix
+    warning = next(line for line in out.splitlines() if "warning:" in line)
+    assert warning.startswith(f"  {spec}:3:") and "member 'b'" in warning
+    assert "the transition after block 1" in warning and "'mothernet1'" in warning
+    help_line = out.splitlines()[out.splitlines().index(warning) + 1]
+    assert help_line.startswith("    = help: move the layers of block 2 into block 1")
 
 
 def test_parser_documents_every_train_key() -> None:

@@ -53,8 +53,10 @@ def test_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0
     doc = json.loads(out)
     assert out == json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    # plan.json's keys, and the hatching warnings (none: every r10 member hatches exactly at g = 3)
     assert set(doc) == {"schema_version", "ensemble", "input", "classes", "g", "seed",
-                        "total_distance", "arch_classes", "clusters", "members", "cost"}
+                        "total_distance", "arch_classes", "clusters", "members", "cost", "warnings"}
+    assert doc["warnings"] == []
     assert (doc["schema_version"], doc["ensemble"], doc["input"], doc["classes"], doc["g"],
             doc["seed"]) == (SCHEMA_VERSION, "r10", [3, 32, 32], 10, 3, 2)
     assert doc["arch_classes"] == [{"family": "residual", "rank": 2, "clusters": 3,

@@ -1,4 +1,9 @@
-"""`mncompile check SPEC`: validate a spec and print a table of its nets."""
+"""`mncompile check SPEC`: validate a spec and print a table of its nets.
+
+It also plans the hatching of the default clustering (one MotherNet per architecture class, what
+`mncompile SPEC` uses without --clusters) and warns, on stderr, about every member that would not
+start as its MotherNet's function, with what to change (`--json`: the `warnings` field).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 from typing import Any
 
 from mncompile.api import load
+from mncompile.commands import hatching
 from mncompile.shapes import infer_net, layer_count
 from mncompile.table import human, render
 
@@ -32,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
             "params": s.params,
             "macs": s.macs,
         })
+    tables = hatching.tables_for(e)
+    warnings = hatching.warnings_for(e, tables)
     if args.json:
         print(json.dumps({"ensemble": e.name, "input": list(e.input), "classes": e.classes,
-                          "nets": rows}, indent=2, sort_keys=True))
+                          "nets": rows, "warnings": hatching.to_json(warnings)},
+                         indent=2, sort_keys=True))
         return 0
     shape = "x".join(map(str, e.input))
     print(f"{args.spec}: ensemble '{e.name}' is valid: {len(e.nets)} nets, input {shape}, "
@@ -49,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
     total_m = sum(r["macs"] for r in rows)
     print()
     print(f"total: {human(total_p)} parameters, {human(total_m)} MACs per example (forward)")
+    hatching.report(warnings, args.spec, "with the default clustering (one MotherNet per "
+                    "architecture class)", len(tables))
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mncompile.api import load
+from mncompile.commands import hatching
 from mncompile.compiler import Output, compile_ensemble
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
@@ -80,7 +81,8 @@ def compile_to(spec: str, e: Ensemble, output: str | None, clusters: int | None,
     dest = Path(output) if output else Path("generated") / e.name
     try:
         out = compile_ensemble(e, clusters=clusters, seed=seed, source_name=Path(spec).name)
-        write_folder(dest, out.files, force=force, protect=[Path(spec)])
+        write_folder(dest, out.files, force=force, protect=[Path(spec)], ensemble=e.name,
+                     options={"g": out.plan.g, "seed": seed})
     except MNError as err:
         # errors about a spec position show that line; errors about options or files name the tool
         if err.span is not None and err.span.line > 0:
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
     print()
     print(summary(out))
-    print(exactness(out))
+    print(exactness(out, args.spec))
     print(sharing(out))
     return 0
 
@@ -121,15 +123,15 @@ def sharing(out: Output) -> str:
     return "\n".join([head, *lines])
 
 
-def exactness(out: Output) -> str:
-    """One line on the hatching tables: all exact, or which members are not, and why."""
+def exactness(out: Output, source: str | None = None) -> str:
+    """The hatching tables: all exact, or a warning (where, why, what to change) per reason."""
     tables = out.tables
     if not tables:
         return "hatching: no tables (every cluster has one net: its MotherNet is the net itself)"
-    inexact = {m: t for m, t in tables.items() if not t.exact}
+    inexact = [m for m, t in tables.items() if not t.exact]
     if not inexact:
         return f"hatching: all {len(tables)} tables exact (each member starts as its MotherNet's function)"
-    lines = [f"hatching: {len(tables) - len(inexact)} of {len(tables)} tables exact; not exact:"]
-    for m, t in inexact.items():
-        lines.append(f"  {m}: " + "; ".join(t.reasons))
-    return "\n".join(lines)
+    warnings = hatching.warnings_for(out.plan.ensemble, tables)
+    head = (f"hatching: {len(tables) - len(inexact)} of {len(tables)} tables exact; not exact: "
+            + ", ".join(inexact))
+    return "\n".join([head, hatching.show(warnings, source or out.plan.ensemble.source, indent="  ")])

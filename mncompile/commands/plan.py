@@ -2,6 +2,8 @@
 
 `--clusters G` picks g (default: one MotherNet per architecture class, the fastest setting);
 `--clusters sweep` tabulates every g; `--json` prints the documented JSON (docs/plan-schema.md).
+For one g it also plans the hatching and warns, on stderr, about every member that would not start
+as its MotherNet's function, with what to change (`--json`: the `warnings` field).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from mncompile.api import load
+from mncompile.commands import hatching
 from mncompile.cost import CAVEAT, estimate, net_cost
 from mncompile.diagnostics import MNError
 from mncompile.fmt import format_net
@@ -65,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
     except MNError as err:
         raise MNError(f"--clusters {clusters}: {err.message}", hint=err.hint,
                       source=args.spec) from None
+    tables = hatching.tables_for(e, plan)
+    warnings = hatching.warnings_for(e, tables)
     if args.json:
-        print(dumps(plan_to_json(plan)), end="")
+        # plan.json holds the same object without `warnings` (its hatch tables say why instead)
+        print(dumps({**plan_to_json(plan), "warnings": hatching.to_json(warnings)}), end="")
         return 0
     _show(args.spec, plan)
+    hatching.report(warnings, args.spec, f"with g = {plan.g} (seed {plan.seed})", len(tables))
     return 0
 
 
