@@ -6,7 +6,9 @@ Regenerate all of it after changing the compiler (run from the repository root):
 
 tests/test_golden.py compiles every example again and fails on any difference, so the record
 always shows what the current compiler writes. Default options: one MotherNet per architecture
-class, seed 0.
+class, seed 0. Each folder carries the mark `.mncompile-golden` (its spec, g and seed), so that a
+compile into it with other options (`mncompile examples/mnist1d.mnet --clusters 2` in the
+repository) is refused instead of rewriting the record.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from mncompile.api import load
 from mncompile.compiler import compile_ensemble
-from mncompile.writer import write_folder
+from mncompile.writer import GOLDEN, golden_mark, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -31,9 +33,10 @@ def example_specs(examples: Path = EXAMPLES) -> list[Path]:
 
 
 def golden_files(spec: Path) -> tuple[str, dict[str, str]]:
-    """The ensemble name and the files the record holds for one spec."""
+    """The ensemble name and the files the record holds for one spec, its golden mark included."""
     e = load(spec)
-    return e.name, compile_ensemble(e, clusters=None, seed=0, source_name=spec.name).files
+    out = compile_ensemble(e, clusters=None, seed=0, source_name=spec.name)
+    return e.name, {**out.files, GOLDEN: golden_mark(spec.name, out.plan.g, 0)}
 
 
 def regenerate(examples: Path = EXAMPLES, generated: Path = GENERATED) -> list[Path]:
@@ -41,7 +44,8 @@ def regenerate(examples: Path = EXAMPLES, generated: Path = GENERATED) -> list[P
     written = []
     for spec in example_specs(examples):
         name, files = golden_files(spec)
-        write_folder(generated / name, files)
+        # the record may be rewritten whatever it held: it is this command's own output
+        write_folder(generated / name, files, force=True)
         written.append(generated / name)
     return written
 

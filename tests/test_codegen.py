@@ -418,7 +418,7 @@ def test_a_failed_swap_leaves_the_old_folder_untouched(
         real_replace(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(writer.os, "replace", failing_replace)
-    assert _main(str(_spec("mnist1d")), "-o", str(dest)) == 2
+    assert _main(str(_spec("mnist1d")), "-o", str(dest), "--force") == 2
     assert "No space left on device" in capsys.readouterr().err
     assert _tree(dest) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
