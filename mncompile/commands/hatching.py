@@ -80,7 +80,9 @@ def report(warnings: list[NotExact], source: str, clustering: str, hatched: int)
         return
     members = list(dict.fromkeys(w.member for w in warnings))
     print(show(warnings, source), file=sys.stderr)
+    one = len(members) == 1
     print(f"note: {clustering}: {len(members)} of {hatched} hatched members "
-          f"({', '.join(repr(m) for m in members)}) will not start as their MotherNet's function; "
-          "they are still hatched and trained, from a start that is not the MotherNet's",
+          f"({', '.join(repr(m) for m in members)}) will not start as "
+          f"{'its' if one else 'their'} MotherNet's function; {'it is' if one else 'they are'} "
+          "still hatched and trained, from a start that is not the MotherNet's",
           file=sys.stderr)
