@@ -206,3 +206,46 @@ def test_the_option_errors_quoted_are_real(capsys: pytest.CaptureFixture[str]) -
         main([spec, "--clusters", "0"])
     assert info.value.code == 2
     assert quoted[1] in " ".join(capsys.readouterr().err.split())
+
+
+def rewrite_outputs(path: Path = DOC) -> int:
+    """Put what `mncompile check` prints now into the ```text block after every error and
+    warning example (after a deliberate change of a message; review the diff). Returns how many
+    blocks changed."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    found = fences(text)
+    changed = 0
+    for k, fence in reversed(list(enumerate(found))):
+        if fence.info not in ("mnet error", "mnet inexact") or k + 1 >= len(found):
+            continue
+        shown = found[k + 1]
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "spec.mnet").write_text(fence.body, encoding="utf-8")
+            err, here = io.StringIO(), os.getcwd()
+            os.chdir(tmp)
+            try:
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    main(["check", "spec.mnet"])
+            finally:
+                os.chdir(here)
+        if shown.info == "text" and err.getvalue() != shown.body:
+            start = shown.line  # the body starts on the line after the opening fence
+            end = start + len(shown.body.split("\n")) - 1
+            lines[start:end] = err.getvalue().rstrip("\n").split("\n")
+            changed += 1
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":  # python tests/test_language_doc.py --update
+    import sys
+
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python tests/test_language_doc.py --update")
+    print(f"{rewrite_outputs()} output blocks of {DOC.relative_to(ROOT)} rewritten")
