@@ -197,7 +197,7 @@ def test_unknown_method_and_mismatched_data_fail_before_training(tmp_path: Path,
     assert "unknown method 'nope'" in capsys.readouterr().err
     # digits is 1x8x8 (64 values per example), the spec says 1x16
     spec = _write_spec(tmp_path, "ensemble x { input 1x16 classes 10 net a plain { block { 3:4 } } }")
-    rc = cli_main(["run", str(spec), "-o", str(tmp_path / "gen"), "--out", str(tmp_path / "out"),
+    rc = cli_main(["run", str(spec), "-o", str(tmp_path / "gen-x"), "--out", str(tmp_path / "out"),
                    "--data", "digits", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
@@ -280,7 +280,8 @@ def test_parser_documents_every_train_key() -> None:
 def test_args_namespace_is_what_execute_reads() -> None:
     args = build_parser({"ensemble": "e"}).parse_args([])
     assert isinstance(args, argparse.Namespace)
-    assert args.method == "mothernets" and args.out == "runs/e" and args.epochs_scale == 1.0
+    # without --out, execute writes to runs/<ensemble>/<method>
+    assert args.method == "mothernets" and args.out is None and args.epochs_scale == 1.0
 
 
 def test_a_table_that_claims_exactness_wrongly_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -317,7 +318,12 @@ def test_a_fresh_run_starts_from_an_empty_checkpoint_folder(tmp_path: Path, monk
     leftover = stale.parent / "leftover.pt"
     leftover.write_bytes(stale.read_bytes())
     first = stale.read_bytes()
-    assert _run(tmp_path, spec, "--lr", "0.07") == 0
+    capsys.readouterr()
+    assert _run(tmp_path, spec, "--lr", "0.07") == 2  # a finished run is never replaced unasked
+    assert "already holds a finished run (ensemble m, method mothernets, g 1, seed 0, written" in \
+        capsys.readouterr().err
+    assert leftover.exists()
+    assert _run(tmp_path, spec, "--lr", "0.07", "--force") == 0
     assert not leftover.exists()
     assert stale.read_bytes() != first  # retrained from the new MotherNet, not kept
     capsys.readouterr()

@@ -27,7 +27,7 @@ def test_run_then_train_py_on_mnist1d(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cli_main(["run", str(MNIST1D), *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "wrote generated/mnist1d" in printed and "ensemble of 5" in printed
-    gen, out = tmp_path / "generated" / "mnist1d", tmp_path / "runs" / "mnist1d"
+    gen, out = tmp_path / "generated" / "mnist1d", tmp_path / "runs" / "mnist1d" / "mothernets"
     doc = _results(out)
     assert doc["info"]["dataset"] == "mnist1d" and doc["info"]["train_size"] == 256
     assert doc["info"]["config"]["max_epochs"] == 3 and doc["info"]["config"]["hatched_max_epochs"] == 1
@@ -50,7 +50,7 @@ def test_run_then_train_py_on_mnist1d(tmp_path: Path, monkeypatch: pytest.Monkey
     for option in ("--data-dir", "--device", "--resume", "--epochs-scale", "--sequential", "--method",
                    "--hatched-lr", "--weight-decay", "--hatched-max-epochs", "--noise", "--schedule"):
         assert option in help_text.stdout
-    assert "runs/mnist1d" in help_text.stdout
+    assert "runs/mnist1d/<method>" in help_text.stdout
 
 
 def test_run_without_data_uses_mnist1d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,9 +102,8 @@ def test_ctrl_c_in_mncompile_run_says_how_to_resume(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(pipeline, "execute", interrupted)
     assert cli_main(["run", str(MNIST1D), "--clusters", "2", "--epochs-scale", "0.5", "--quiet"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted" in err and "runs/mnist1d/ckpt" in err
-    assert (f"mncompile run {MNIST1D} --clusters 2 --out runs/mnist1d --epochs-scale 0.5 --quiet --resume"
-            in err)
+    assert "interrupted" in err and "runs/mnist1d/mothernets/ckpt" in err
+    assert f"mncompile run {MNIST1D} --clusters 2 --epochs-scale 0.5 --quiet --resume" in err
 
 
 def test_the_generated_train_py_lays_out_the_default_method(tmp_path: Path, one_torch_thread: None) -> None:

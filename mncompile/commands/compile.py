@@ -34,7 +34,8 @@ def add_compile_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, 
     p.add_argument(seed_flag, type=int, default=0, metavar="S",
                    help="seed of the clustering restarts (default 0)")
     p.add_argument("--force", action="store_true",
-                   help="replace the output folder even if mncompile did not generate it")
+                   help="replace the output folder even if mncompile did not generate it, it holds another "
+                   "ensemble or it is the golden record; with `run`, also a finished run in --out")
 
 
 def summary(out: Output) -> str:

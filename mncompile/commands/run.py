@@ -9,7 +9,6 @@ else mnist1d. Importing this module does not import torch.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mncompile.api import load
 from mncompile.commands.compile import add_compile_arguments, compile_to
@@ -25,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the .mnet file")
     # --seed is the training seed here, as in train.py; the clustering seed is --cluster-seed
     add_compile_arguments(p.add_argument_group("compile"), seed_flag="--cluster-seed")
-    add_run_arguments(p, None)
+    add_run_arguments(p)
 
 
 _PARSER = argparse.ArgumentParser(add_help=False)
@@ -51,8 +50,6 @@ def command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force)
-    if args.out is None:
-        args.out = str(Path("runs") / e.name)
     print(f"wrote {dest}; training with method {args.method}", flush=True)
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
     # a resume recompiles too: the same spec and options give the same folder

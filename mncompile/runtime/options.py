@@ -42,9 +42,9 @@ def add_engine_arguments(g: Any) -> None:
                    "else the free ones split among them, data-parallel")
 
 
-def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> None:
-    """The training options shared by `train.py` and `mncompile run`."""
-    out_default = default_out if default_out is not None else "runs/<ensemble>"
+def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -> argparse._ArgumentGroup:
+    """The training options shared by `train.py` and `mncompile run`; returns the `run` group."""
+    out_default = f"runs/{ensemble or '<ensemble>'}/<method>"
     g = p.add_argument_group("run")
     g.add_argument("--data", metavar="NAME",
                    help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
@@ -58,8 +58,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> No
                    help="seed of generated data (mnist1d, synthetic) and the digits split (default 0)")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
-    g.add_argument("--out", metavar="DIR", default=default_out,
-                   help=f"folder for results.json, history.csv and ckpt/ (default {out_default})")
+    g.add_argument("--out", metavar="DIR",
+                   help=f"folder for results.json, history.csv, ensemble.pt and ckpt/ (default "
+                   f"{out_default}); one that holds a finished run is refused without --resume or --force")
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in OUT/ckpt (same options as the first run)")
     g.add_argument("--epochs-scale", type=positive(float), default=1.0, metavar="F",
@@ -95,6 +96,7 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str | None) -> No
                    help="std of the noise added after hatching, relative to each tensor's std")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     add_method_arguments(p)
+    return g
 
 
 def build_parser(defaults: Mapping[str, Any], prog: str = "train.py") -> argparse.ArgumentParser:
@@ -106,7 +108,10 @@ def build_parser(defaults: Mapping[str, Any], prog: str = "train.py") -> argpars
         epilog="Writes OUT/results.json, OUT/history.csv and checkpoints under OUT/ckpt/; "
         "see docs/training.md in the mncompile repository.",
     )
-    add_run_arguments(p, f"runs/{name}")
+    g = add_run_arguments(p, name)
+    g.add_argument("--force", action="store_true",
+                   help="replace a finished run in --out (its results.json, history.csv, ensemble.pt and "
+                   "this method's checkpoints)")
     return p
 
 

@@ -36,6 +36,7 @@ from mncompile.runtime.options import (
     resolve_config,
     resume_command,
 )
+from mncompile.runtime.rundir import RunFolder, default_out
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,21 @@ Method = Callable[[RunContext], Outcome]
 
 __all__ = ["add_run_arguments", "build_parser", "evaluate", "execute", "extra_lines", "load_folder", "main",
            "resolve_config", "resume_command", "run_guarded"]
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys, so that a difference names the one setting that differs.
+
+    >>> _flat({"seed": 1, "config": {"lr": 0.1, "batch": 8}})
+    {'seed': 1, 'config.lr': 0.1, 'config.batch': 8}
+    """
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
@@ -66,11 +82,15 @@ def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
             old = None
         if not isinstance(old, dict):
             raise MNError(f"'{path}' is damaged", hint="delete it (and OUT/ckpt) to start over")
-        diff = [k for k in sorted(set(old) | set(record)) if old.get(k) != record.get(k)]
+        before, now = _flat(old), _flat(record)
+        diff = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         if diff:
-            parts = ", ".join(f"{k} {old.get(k)!r} -> {record.get(k)!r}" for k in diff)
-            raise MNError(f"cannot resume: this run differs from the one in {path.parent} ({parts})",
+            parts = ", ".join(f"{k} {before.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}" for k in diff)
+            raise MNError(f"cannot resume: this run differs from the one in {path.parent} in {parts}",
                           hint="resume with the options of the first run, or drop --resume to start over")
+    if resume and not path.is_file():
+        print(f"note: --resume: {path.parent} holds no earlier run of this method; training from scratch",
+              file=sys.stderr, flush=True)
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -98,16 +118,14 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     import torch
 
     from mncompile.runtime.data import load_dataset
-    from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
     from mncompile.runtime.jobs import TrainSettings
     from mncompile.runtime.progress import Progress
-    from mncompile.runtime.results import build_results, format_table, write_history, write_results
     from mncompile.runtime.train import resolve_device
 
     device = resolve_device(args.device)
     dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
                            train_size=args.train_size, test_size=args.test_size)
-    out = Path(args.out if args.out is not None else f"runs/{ensemble}")
+    out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(
         folder=Path(folder), models=models, plan=plan, tables=tables, dataset=dataset, config=config,
@@ -128,13 +146,29 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
                                        "clustering_seed")}
-    out.mkdir(parents=True, exist_ok=True)
-    _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
+    force = bool(getattr(args, "force", False))
+    with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
+        _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
+        try:
+            doc = _train_and_evaluate(ctx, Path(folder), models, methods)
+        except MNError:
+            # a fresh run that failed before it had results leaves nothing behind
+            run_folder.discard()
+            raise
+    return doc
 
-    run = (methods or {}).get(args.method) or METHODS[args.method].run
+
+def _train_and_evaluate(ctx: RunContext, folder: Path, models: Any,
+                        methods: Mapping[str, Method] | None) -> dict[str, Any]:
+    """Run the method on the engine, evaluate its members, write results.json, history.csv, ensemble.pt."""
+    from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
+    from mncompile.runtime.results import build_results, format_table, write_history, write_results
+
+    engine, out, method = ctx.engine, ctx.out, ctx.method
+    run = (methods or {}).get(method) or METHODS[method].run
     outcome = run(ctx)
     members = _kept(outcome.members, engine.failed)
-    metrics, excluded = evaluate(members, dataset, device)
+    metrics, excluded = evaluate(members, ctx.dataset, ctx.device)
     info = {**ctx.info, **outcome.info}
     if engine.name != "local":
         info.update({"engine": engine.name, engine.name: engine.info()})
@@ -142,10 +176,10 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         info["failed_members"] = {m: e for m, e in engine.failed.items() if m in outcome.members}
     if excluded:
         info["excluded_members"] = excluded
-    doc = build_results(args.method, outcome.phases, metrics, info=info)
+    doc = build_results(method, outcome.phases, metrics, info=info)
     write_results(out, doc)
     write_history(out, outcome.phases)
-    unsaved = save_ensemble(out / FILE_NAME, folder, members, models, args.method, excluded)
+    unsaved = save_ensemble(out / FILE_NAME, folder, members, models, method, excluded)
     print(format_table(doc))
     print(extra_lines(doc))
     if unsaved is None:
@@ -233,7 +267,8 @@ def run_guarded(folder: Path, defaults: Mapping[str, Any], args: argparse.Namesp
     try:
         execute(folder, defaults, args, methods)
     except KeyboardInterrupt:
-        out = args.out if args.out is not None else "the output folder"
+        out = args.out if args.out is not None else default_out(str(defaults.get("ensemble", "ensemble")),
+                                                                 args.method)
         print(f"\ninterrupted: the checkpoints of finished epochs are in {out}/ckpt; "
               f"resume with:\n  {resume_hint}", file=sys.stderr)
         return 130
