@@ -56,6 +56,79 @@ def check_mother(state: Mapping[str, Tensor], table: HatchTable) -> None:
                       f"of member '{table.member}' does not know", hint=hint)
 
 
+def _layout_problem(layout: Layout, maps: Mapping[str, WidenMap], size: int,
+                    mother_size: int | None) -> str | None:
+    total = 0
+    for seg in layout:
+        if seg.size < 0 or seg.at < 0:
+            return "a negative segment"
+        if seg.map is not None:
+            g = maps.get(seg.map)
+            if g is None:
+                return f"an unknown map '{seg.map}'"
+            if seg.size != g.new:
+                return f"a segment of {seg.size} channels over map '{seg.map}' of {g.new}"
+            if mother_size is not None and seg.at + g.old > mother_size:
+                return f"map '{seg.map}' reading channels {seg.at}..{seg.at + g.old - 1} of {mother_size}"
+        total += seg.size
+    if total != size:
+        return f"segments of {total} channels for a dimension of {size}"
+    return None
+
+
+def check_table(table: HatchTable, member: Mapping[str, tuple[int, ...]],
+                mother: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Raise MNError naming `where` unless `table` fits the member's and the MotherNet's tensors.
+
+    `member` and `mother` map each state_dict key of the generated modules to its shape. Every
+    index a map holds must lie inside the MotherNet's channels, every entry must be a member
+    tensor of its shape, and every source a MotherNet tensor: so that hatching never indexes out
+    of range or loads a tensor of the wrong shape.
+    """
+    hint = "the generated folder was edited or is out of date: compile the spec again"
+    for name, g in table.maps.items():
+        if g.old < 1 or g.new < 0 or len(g.extra) != max(0, g.new - g.old) or any(
+                not isinstance(i, int) or not 0 <= i < g.old for i in g.extra):
+            raise MNError(f"{where}: map '{name}' (old {g.old}, new {g.new}) holds indices outside its "
+                          f"{g.old} source units", hint=hint)
+    if dict(table.mother_tensors) != {k: tuple(v) for k, v in mother.items()}:
+        raise MNError(f"{where}: its MotherNet tensors do not match models.py's '{table.mother}'", hint=hint)
+    keys = [e.key for e in table.entries]
+    if sorted(keys) != sorted(member) or len(set(keys)) != len(keys):
+        missing = sorted(set(member) - set(keys))[:3]
+        extra = sorted(set(keys) - set(member))[:3]
+        raise MNError(f"{where}: its entries do not match models.py's '{table.member}' (missing "
+                      f"{missing or 'none'}, unknown {extra or 'none'})", hint=hint)
+    for e in table.entries:
+        shape = tuple(e.shape)
+        if shape != tuple(member[e.key]):
+            raise MNError(f"{where}: entry {e.key} has shape {shape}, but models.py's '{table.member}' has "
+                          f"{tuple(member[e.key])}", hint=hint)
+        src: tuple[int, ...] | None = None
+        if e.source is not None:
+            if e.source not in mother:
+                raise MNError(f"{where}: entry {e.key} comes from '{e.source}', which the MotherNet lacks",
+                              hint=hint)
+            src = tuple(mother[e.source])
+        elif e.init == "identity":
+            src = tuple(e.src_shape or ())
+        for dim, layout in ((0, e.rows), (1, e.cols)):
+            if layout is None:
+                continue
+            if len(shape) <= dim:
+                raise MNError(f"{where}: entry {e.key} maps dimension {dim} of a {len(shape)}-d tensor",
+                              hint=hint)
+            problem = _layout_problem(layout, table.maps, shape[dim],
+                                      src[dim] if src is not None and len(src) > dim else None)
+            if problem:
+                raise MNError(f"{where}: entry {e.key}, dimension {dim}: {problem}", hint=hint)
+        if e.kernel is not None and src is not None and len(src) > 2:
+            k_from, k_to = e.kernel
+            if k_from != src[2] or k_to != shape[2] or (k_to - k_from) % 2:
+                raise MNError(f"{where}: entry {e.key}'s kernel {k_from} -> {k_to} does not fit the tensors",
+                              hint=hint)
+
+
 class _MapTensors:
     """g and 1/c(g(j)) of one widening map, as tensors."""
 
