@@ -22,8 +22,9 @@ from typing import Any
 
 
 def number(kind: type, lowest: float | None = None, *, above: bool = False,
-           highest: float | None = None) -> Callable[[str], Any]:
-    """`kind` (int or float) at least `lowest` (strictly above it with `above`), at most `highest`."""
+           highest: float | None = None, below: float | None = None) -> Callable[[str], Any]:
+    """`kind` (int or float) at least `lowest` (strictly above it with `above`), at most `highest`
+    (strictly below `below`)."""
     word = "a whole number" if kind is int else "a number"
 
     def parse(text: str) -> Any:
@@ -38,10 +39,17 @@ def number(kind: type, lowest: float | None = None, *, above: bool = False,
                      else f"above {lowest}" if above else f"at least {lowest}")
             raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r}")
         if highest is not None and value > highest:
-            raise argparse.ArgumentTypeError(f"expected at most {highest}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected at most {_plain(highest)}, got {text!r}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"expected a number below {_plain(below)}, got {text!r}")
         return value
 
     return parse
+
+
+def _plain(x: float) -> str:
+    """A bound as people write it: 1000000 and 4294967295, not 1e+06; 0.5 and 1e-05 as is."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def positive(kind: type) -> Callable[[str], Any]:

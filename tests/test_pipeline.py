@@ -158,11 +158,22 @@ def test_resolve_config_applies_overrides_then_the_epochs_scale() -> None:
 
 
 @pytest.mark.parametrize("bad", [["--epochs-scale", "0"], ["--lr", "-1"], ["--batch", "x"],
-                                 ["--schedule", "step"], ["--device", "tpu"]])
+                                 ["--schedule", "step"], ["--device", "tpu"],
+                                 # the tester's: accepted with no word before
+                                 ["--epochs-scale", "1e9"], ["--train-size", "10000000"],
+                                 ["--seed", "12345678901234567890"], ["--momentum", "1"],
+                                 ["--lr", "inf"], ["--max-epochs", "1000001"]])
 def test_bad_options_exit_2(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser({"ensemble": "e"}).parse_args(bad)
     assert exc.value.code == 2
+
+
+def test_option_ranges_admit_real_use() -> None:
+    args = build_parser({"ensemble": "e"}).parse_args(
+        ["--train-size", "500000", "--test-size", "100000", "--epochs-scale", "10", "--seed", "4294967295",
+         "--momentum", "0.99", "--max-epochs", "5000"])
+    assert (args.train_size, args.seed, args.momentum) == (500000, 4294967295, 0.99)
 
 
 def test_a_method_registered_elsewhere_runs_and_is_evaluated(tmp_path: Path,

@@ -16,11 +16,20 @@ from mncompile.formats.settings import NOISE_MODES, SCHEDULES, TRAIN_DEFAULTS, v
 from mncompile.runtime.engines import ENGINES
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import add_method_arguments
-from mncompile.validators import number, positive
+from mncompile.validators import number
 
 #: the train keys, in the order `--help` lists their overrides
 TRAIN_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_DEFAULTS if k != "seed")
 DEFAULT_DATA = "mnist1d"
+# The options' ranges: wide enough for real use (generated datasets of hundreds of thousands of
+# examples, long schedules), narrow enough that a slip of the keyboard is an error, not a week
+# of training or a huge allocation.
+MAX_EXAMPLES = 1_000_000
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_EPOCHS_SCALE = 100.0
+MAX_LR = 1e4
+MAX_NOISE = 10.0
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -50,11 +59,11 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
                    "(default: the spec's `data`, else mnist1d)")
     g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
-    g.add_argument("--train-size", type=number(int, 2), metavar="N",
+    g.add_argument("--train-size", type=number(int, 2, highest=MAX_EXAMPLES), metavar="N",
                    help="use only the first N training examples (synthetic: generate N)")
-    g.add_argument("--test-size", type=number(int, 1), metavar="N",
+    g.add_argument("--test-size", type=number(int, 1, highest=MAX_EXAMPLES), metavar="N",
                    help="use only the first N test examples (synthetic: generate N)")
-    g.add_argument("--data-seed", type=number(int, 0), default=0, metavar="S",
+    g.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
                    help="seed of generated data (mnist1d, synthetic) and the digits split (default 0)")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
@@ -63,10 +72,11 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    f"{out_default}); one that holds a finished run is refused without --resume or --force")
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in OUT/ckpt (same options as the first run)")
-    g.add_argument("--epochs-scale", type=positive(float), default=1.0, metavar="F",
+    g.add_argument("--epochs-scale", type=number(float, 0, above=True, highest=MAX_EPOCHS_SCALE), default=1.0,
+                   metavar="F",
                    help="multiply max_epochs, hatched_max_epochs and patience by F, rounding up, "
                    "at least 1 (default 1)")
-    g.add_argument("--seed", type=number(int, 0), metavar="S",
+    g.add_argument("--seed", type=number(int, 0, highest=MAX_SEED), metavar="S",
                    help="seed of initialisation, batch order and noise (default: the spec's seed)")
     g.add_argument("--quiet", action="store_true", help="print only the final table")
     g.add_argument("--sequential", action="store_true",
@@ -79,20 +89,22 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="noise after hatching: gaussian (default), or symmetric (exact +d/-d pairs)")
     add_engine_arguments(p.add_argument_group("engine"))
     t = p.add_argument_group("training settings (override the spec's train { ... })")
-    t.add_argument("--batch", type=number(int, 1), metavar="N", help="mini-batch size")
-    t.add_argument("--lr", type=positive(float), metavar="LR",
+    t.add_argument("--batch", type=number(int, 1, highest=MAX_EXAMPLES), metavar="N", help="mini-batch size")
+    t.add_argument("--lr", type=number(float, 0, above=True, highest=MAX_LR), metavar="LR",
                    help="learning rate of MotherNets (and of full-data members)")
-    t.add_argument("--hatched-lr", type=positive(float), metavar="LR",
+    t.add_argument("--hatched-lr", type=number(float, 0, above=True, highest=MAX_LR), metavar="LR",
                    help="learning rate of hatched members")
-    t.add_argument("--momentum", type=number(float, 0.0), metavar="M", help="SGD momentum")
-    t.add_argument("--weight-decay", type=number(float, 0.0), metavar="WD", help="SGD weight decay")
-    t.add_argument("--patience", type=number(int, 0), metavar="N",
+    t.add_argument("--momentum", type=number(float, 0.0, below=1.0), metavar="M",
+                   help="SGD momentum, from 0 to below 1")
+    t.add_argument("--weight-decay", type=number(float, 0.0, highest=1.0), metavar="WD",
+                   help="SGD weight decay, from 0 to 1")
+    t.add_argument("--patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
                    help="stop when training accuracy has not improved for N epochs (0: never)")
-    t.add_argument("--max-epochs", type=number(int, 1), metavar="N",
+    t.add_argument("--max-epochs", type=number(int, 1, highest=MAX_EPOCHS), metavar="N",
                    help="epoch cap of MotherNets and of nets trained from scratch")
-    t.add_argument("--hatched-max-epochs", type=number(int, 1), metavar="N",
+    t.add_argument("--hatched-max-epochs", type=number(int, 1, highest=MAX_EPOCHS), metavar="N",
                    help="epoch cap of hatched members")
-    t.add_argument("--noise", type=number(float, 0.0), metavar="STD",
+    t.add_argument("--noise", type=number(float, 0.0, highest=MAX_NOISE), metavar="STD",
                    help="std of the noise added after hatching, relative to each tensor's std")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     add_method_arguments(p)
