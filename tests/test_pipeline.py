@@ -319,6 +319,18 @@ def test_a_table_that_claims_exactness_wrongly_is_reported(tmp_path: Path, monke
     assert "warning" not in checks["a"] and checks["a"]["max_abs_diff"] < 1e-4
 
 
+def test_the_run_names_the_member_that_does_not_hatch_exactly(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _write_spec(tmp_path, """ensemble d { input 1x16 classes 3
+        net a dense { stem 3:4 block { 3:2 } }
+        net b dense { stem 3:4 block { 3:2 } block { 3:2 } } }""")
+    assert _run(tmp_path, spec) == 0
+    out = capsys.readouterr().out
+    assert "hatching: 1 of 2 tables exact; largest output difference before noise" in out
+    assert "(member b)" in out
+    assert "  b does not start as its MotherNet's function: " in out and "mncompile check" in out
+
+
 def test_a_fresh_run_starts_from_an_empty_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Checkpoints left by an earlier run must never be taken for this run's on a later --resume."""

@@ -240,10 +240,15 @@ def extra_lines(doc: Mapping[str, Any]) -> str:
                      f"ensemble variance {fmt(div.get('ensemble_variance'))}")
     checks = doc["info"].get("hatch") or {}
     if checks:
-        worst = max(c["max_abs_diff"] for c in checks.values())
+        worst = max(checks, key=lambda m: checks[m]["max_abs_diff"])
         exact = sum(1 for c in checks.values() if c["table_exact"])
         lines.append(f"hatching: {exact} of {len(checks)} tables exact; largest output difference "
-                     f"before noise {worst:.3g}")
+                     f"before noise {checks[worst]['max_abs_diff']:.3g} (member {worst})")
+        for m, c in checks.items():
+            if not c["table_exact"]:
+                why = "; ".join(c.get("reasons") or []) or "its table says it is not exact"
+                lines.append(f"  {m} does not start as its MotherNet's function: {why} "
+                             "(`mncompile check` says what to change in the spec)")
     shared = (doc["info"].get("shared") or {}).get("clusters") or {}
     for mother, c in shared.items():
         if not c.get("shared"):
