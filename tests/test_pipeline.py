@@ -66,7 +66,7 @@ def test_every_family_trains_end_to_end(tmp_path: Path, family: str, monkeypatch
     e = loads(SPECS[family])
     assert _run(tmp_path, spec) == 0
     printed = capsys.readouterr().out
-    assert "ensemble of" in printed and "cost M1" in printed and "member covariance" in printed
+    assert "ensemble of" in printed and "on M1 (one K80 GPU" in printed and "member covariance" in printed
     doc = _results(tmp_path)
     names = [n.name for n in e.nets]
     assert doc["schema_version"] == 1 and doc["method"] == "mothernets"

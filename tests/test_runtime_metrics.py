@@ -235,4 +235,5 @@ def test_terminal_table() -> None:
     ]
     assert "ensemble of 2: accuracy 100.00% (averaging), 100.00% (vote), oracle 100.00%" in text
     assert "time 5.5s (mothernets 2.0s, hatching 0.5s, members 3.0s)" in text
-    assert "M1 $0.0014 at $0.90/h" in text and "M2 $0.0047 at $3.06/h" in text
+    assert "$0.0014 on M1 (one K80 GPU, AWS P2.xlarge / Azure NC6, $0.90/h)" in text
+    assert "$0.0047 on M2 (one V100 GPU, AWS P3.2xlarge / Azure NCv3, $3.06/h)" in text

@@ -48,6 +48,9 @@ DATASETS: dict[str, tuple[int | None, int | None, str]] = {
 }
 #: Cloud prices of the paper's Section 3: M1 = AWS P2.xlarge / Azure NC6, M2 = AWS P3.2xlarge / Azure NCv3
 RATES_USD_PER_HOUR: dict[str, float] = {"M1": 0.90, "M2": 3.06}
+#: what the two rates buy: the paper's machines
+RATE_MACHINES: dict[str, str] = {"M1": "one K80 GPU, AWS P2.xlarge / Azure NC6",
+                                 "M2": "one V100 GPU, AWS P3.2xlarge / Azure NCv3"}
 
 
 def validate_train(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mncompile.diagnostics import MNError
-from mncompile.formats.settings import RATES_USD_PER_HOUR
+from mncompile.formats.settings import RATE_MACHINES, RATES_USD_PER_HOUR
 from mncompile.runtime.checkpoint import atomic_write_text
 from mncompile.runtime.jobs import ModelResult
 
@@ -206,7 +206,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     phases = ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in results["phases"])
     cost = results["cost_usd"]
     out.append(
-        f"time {results['total_seconds']:.1f}s ({phases}); cost "
-        + ", ".join(f"{m} ${c['usd']:.4f} at ${c['usd_per_hour']:.2f}/h" for m, c in cost.items())
+        f"time {results['total_seconds']:.1f}s ({phases}); cost at the paper's cloud rates: "
+        + ", ".join(f"${c['usd']:.4f} on {m} ({RATE_MACHINES.get(m, m)}, ${c['usd_per_hour']:.2f}/h)"
+                    for m, c in cost.items())
     )
     return "\n".join(out)
