@@ -15,24 +15,28 @@ from pathlib import Path
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
 from mncompile.parse import parse_text, read_spec
-from mncompile.passes.check import check_ensemble
+from mncompile.passes.check import MAX_NET_PARAMS, check_ensemble
 
 
-def load(path: str | Path) -> Ensemble:
-    """Parse and check a `.mnet` file; raises `MNError` (with file, line and caret) on bad input."""
+def load(path: str | Path, max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
+    """Parse and check a `.mnet` file; raises `MNError` (with file, line and caret) on bad input.
+
+    `max_params`: the most trainable parameters a net may have (the ensemble: ten times that);
+    None lifts the limits (`--max-params none`).
+    """
     # read once: a pipe or FIFO cannot be read again to quote the offending line
     text = read_spec(path)
     e = parse_text(text, source=Path(path).name, display=str(path))
     try:
-        return check_ensemble(e)
+        return check_ensemble(e, max_params)
     except MNError as err:
         raise err.with_source(str(path), text) from None
 
 
-def loads(text: str, source: str = "<string>") -> Ensemble:
-    """Parse and check spec text."""
+def loads(text: str, source: str = "<string>", max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
+    """Parse and check spec text (`max_params` as in `load`)."""
     e = parse_text(text, source=source)
     try:
-        return check_ensemble(e)
+        return check_ensemble(e, max_params)
     except MNError as err:
         raise err.with_source(source, text) from None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from mncompile.emit import emit_files, source_name_of
 from mncompile.formats.hatch_table import HatchTable, Layout
 from mncompile.ir import Ensemble, Net
-from mncompile.passes.check import check_ensemble
+from mncompile.passes.check import MAX_NET_PARAMS, check_ensemble
 from mncompile.passes.cluster import Plan, plan_ensemble
 from mncompile.passes.hatch_plan import plan_hatching
 from mncompile.passes.mothernet import Skeleton, arch_class, mother_skeleton
@@ -52,6 +52,8 @@ class Compilation:
     tables: Mapping[str, HatchTable] | None = None
     #: per cluster of two or more nets (by MotherNet name): its Shared-MotherNet, or why not
     shares: Mapping[str, SharePlan | Refusal] | None = None
+    #: the most trainable parameters a net may have, ten times that the ensemble (None: no limit)
+    max_params: int | None = MAX_NET_PARAMS
 
     def need_plan(self) -> Plan:
         if self.plan is None:
@@ -69,7 +71,7 @@ Pass = Callable[[Compilation], Compilation]
 
 def check_spec(c: Compilation) -> Compilation:
     """The language contract's semantic checks (`passes.check`); `MNError` at the first problem."""
-    return replace(c, ensemble=check_ensemble(c.ensemble))
+    return replace(c, ensemble=check_ensemble(c.ensemble, c.max_params))
 
 
 def assign_clusters(c: Compilation) -> Compilation:
@@ -131,9 +133,13 @@ class Output:
 
 def compile_ensemble(ensemble: Ensemble, clusters: int | None = None, seed: int = 0,
                      source_name: str | None = None,
-                     after: Callable[[Compilation], None] | None = None) -> Output:
-    """Run the pipeline and render every file (nothing is written: see `mncompile.writer`)."""
-    c = run_pipeline(Compilation(ensemble, clusters, seed), after=after)
+                     after: Callable[[Compilation], None] | None = None,
+                     max_params: int | None = MAX_NET_PARAMS) -> Output:
+    """Run the pipeline and render every file (nothing is written: see `mncompile.writer`).
+
+    `max_params` is the parameter limit of `check_spec` (`passes.check.check_ensemble`).
+    """
+    c = run_pipeline(Compilation(ensemble, clusters, seed, max_params=max_params), after=after)
     plan, tables, shares = c.need_plan(), dict(c.need_tables()), dict(c.shares or {})
     files = emit_files(c.ensemble, plan, tables, shares, source_name_of(c.ensemble, source_name),
                        {"clusters": clusters, "seed": seed})

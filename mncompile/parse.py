@@ -110,15 +110,64 @@ def parse_text(text: str, source: str = "<string>", display: str | None = None) 
             hint="a .mnet spec is plain UTF-8 text; this file looks binary or corrupted",
         ).with_source(shown, text)
     try:
-        tree = parser().parse(text)
+        tree = _parse_bounded(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text).with_source(shown, text) from None
+    except MNError as err:
+        raise err.with_source(shown, text) from None
     root = tree.children[0]
     assert isinstance(root, Tree)
     try:
         return _Builder(source).ensemble(root)
     except MNError as err:
         raise err.with_source(shown, text) from None
+
+
+def _parse_bounded(text: str) -> Tree:
+    """`parser().parse(text)`, refusing a net or an ensemble with too many layers as it lexes.
+
+    The builder counts layers exactly (repeats expanded), but only once lark has built the
+    whole tree, and millions of dense widths or layers would cost minutes and gigabytes first.
+    So the tokens are counted as they come: every layer has one ':' (`K:F`) and every dense
+    width is one integer after `dense`; repeats only add to that, and are the builder's.
+    """
+    ip = parser().parse_interactive(text)
+    in_net = total = 0
+    in_dense = False
+    last: Token | None = None
+    try:
+        for tok in ip.iter_parse():
+            last = tok
+            kind = tok.type
+            if kind == "_NET":
+                in_net = 0
+            in_dense = kind == "_DENSE" or (in_dense and kind == "INT")
+            if kind == "COLON" or (in_dense and kind == "INT"):
+                in_net += 1
+                total += 1
+                if in_net > MAX_LAYERS:
+                    raise _too_deep(_token_span(tok))
+                if total > MAX_TOTAL_LAYERS:
+                    raise _too_many_layers(_token_span(tok))
+        tree = ip.feed_eof(last)
+    except UnexpectedInput as exc:
+        # what `parse` attaches: the parser's state where it stopped, read by the messages
+        if getattr(exc, "interactive_parser", None) is None:
+            exc.interactive_parser = ip
+        raise
+    assert isinstance(tree, Tree)
+    return tree
+
+
+def _too_deep(span: Span) -> MNError:
+    return MNError(f"this net has more than {MAX_LAYERS} layers", span,
+                   hint=f"a net has at most {MAX_LAYERS} layers, repeats and dense widths included")
+
+
+def _too_many_layers(span: Span) -> MNError:
+    return MNError(f"the ensemble has more than {MAX_TOTAL_LAYERS} layers in all its nets", span,
+                   hint=f"an ensemble has at most {MAX_TOTAL_LAYERS} layers, repeats and dense widths "
+                   "included; split it into several specs")
 
 
 # --- syntax errors -------------------------------------------------------------------
@@ -595,7 +644,7 @@ class _Builder:
                 raise MNError(
                     f"repeat count x{repeat} makes this net deeper than {MAX_LAYERS} layers",
                     _tree_span(rep),
-                    hint=f"a net has at most {MAX_LAYERS} layers, repeats included",
+                    hint=f"a net has at most {MAX_LAYERS} layers, repeats and dense widths included",
                 )
             if repeat < 1:
                 raise MNError(
@@ -604,22 +653,17 @@ class _Builder:
                     hint=f"write '{kernel}:{filters}' for one layer, or x2, x3 ... for more",
                 )
         layer = Layer(kernel=kernel, filters=filters, span=span)
-        self.layer_count += repeat
-        self.total_layers += repeat
-        if self.layer_count > MAX_LAYERS:
-            raise MNError(
-                f"this net has more than {MAX_LAYERS} layers",
-                span,
-                hint=f"a net has at most {MAX_LAYERS} layers, repeats included",
-            )
-        if self.total_layers > MAX_TOTAL_LAYERS:
-            raise MNError(
-                f"the ensemble has more than {MAX_TOTAL_LAYERS} layers in all its nets",
-                span,
-                hint=f"an ensemble has at most {MAX_TOTAL_LAYERS} layers, repeats included; "
-                "split it into several specs",
-            )
+        self.count_layers(repeat, span)
         return [layer] * repeat
+
+    def count_layers(self, n: int, span: Span) -> None:
+        """Add n layers (repeats expanded, or dense widths) to the net's and the ensemble's count."""
+        self.layer_count += n
+        self.total_layers += n
+        if self.layer_count > MAX_LAYERS:
+            raise _too_deep(span)
+        if self.total_layers > MAX_TOTAL_LAYERS:
+            raise _too_many_layers(span)
 
     def net(self, tree: Tree) -> Net:
         name_tok, fam_tok, *parts = tree.children
@@ -675,10 +719,13 @@ class _Builder:
                         hint="list every hidden width in one 'dense' line: dense 512 256",
                     )
                 head_span = span
-                head = tuple(
-                    Linear(width=_int(t, "dense width"), span=_token_span(t))  # type: ignore[arg-type]
-                    for t in part.children
-                )
+                widths: list[Linear] = []
+                for t in part.children:
+                    assert isinstance(t, Token)
+                    # every hidden width is a layer: the same bounds as repeats (one check per token)
+                    self.count_layers(1, _token_span(t))
+                    widths.append(Linear(width=_int(t, "dense width"), span=_token_span(t)))
+                head = tuple(widths)
         return Net(
             name=str(name_tok),
             family=str(fam_tok),  # type: ignore[arg-type]

@@ -5,6 +5,8 @@ plain sentence, which argparse prints after the option's name.
 
 >>> number(int, 1)("3"), number(float, 0, above=True)("0.5"), fraction("1"), positive_ints("4,1,4")
 (3, 0.5, 1.0, [1, 4])
+>>> count_or_none("2G"), count_or_none("1.5e9"), count_or_none("none")
+(2000000000, 1500000000, None)
 >>> number(int, 1)("0")
 Traceback (most recent call last):
 argparse.ArgumentTypeError: expected at least 1, got '0'
@@ -72,3 +74,27 @@ def positive_ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
     return sorted(set(values))
+
+
+_UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def count_or_none(text: str) -> int | None:
+    """A whole number of at least 1, also written 1e9 or with k, M, G, T (2G, 1.5M); 'none': None."""
+    t = text.strip().lower()
+    if t == "none":
+        return None
+    scale = _UNITS.get(t[-1:], 1)
+    body = t[:-1] if scale > 1 else t
+    value: float
+    try:
+        value = int(body) * scale  # exact for plain digits
+    except ValueError:
+        try:
+            value = float(body) * scale
+        except ValueError:
+            value = math.nan
+    if not math.isfinite(value) or not float(value).is_integer() or not 1 <= value <= 10**18:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number such as 1000000000, 1e9 or 1G (or 'none'), got {text!r}")
+    return int(value)

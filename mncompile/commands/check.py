@@ -13,8 +13,10 @@ from typing import Any
 
 from mncompile.api import load
 from mncompile.commands import hatching
+from mncompile.passes.check import ENSEMBLE_PARAMS_FACTOR, MAX_NET_PARAMS
 from mncompile.shapes import infer_net, layer_count
 from mncompile.table import human, render
+from mncompile.validators import count_or_none
 
 NAME = "check"
 HELP = "validate a spec and print its nets (family, blocks, layers, parameters, MACs)"
@@ -23,10 +25,19 @@ HELP = "validate a spec and print its nets (family, blocks, layers, parameters, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_max_params(p)
+
+
+def add_max_params(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--max-params N: the parameter limit of the check (shared by check, plan, compile and run)."""
+    p.add_argument("--max-params", type=count_or_none, default=MAX_NET_PARAMS, metavar="N",
+                   help=f"refuse a net of more than N trainable parameters, or an ensemble of more "
+                   f"than {ENSEMBLE_PARAMS_FACTOR} N in all (default {human(MAX_NET_PARAMS)}; "
+                   "1e9 and 1G are the same; 'none': no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
-    e = load(args.spec)
+    e = load(args.spec, max_params=args.max_params)
     rows: list[dict[str, Any]] = []
     for net in e.nets:
         s = infer_net(net, e.input, e.classes)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from mncompile.api import load
 from mncompile.commands import hatching
+from mncompile.commands.check import add_max_params
 from mncompile.compiler import Output, compile_ensemble
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
+from mncompile.passes.check import MAX_NET_PARAMS
 from mncompile.shapes import infer_net
 from mncompile.table import human, render
 from mncompile.validators import positive
@@ -36,6 +38,7 @@ def add_compile_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, 
     p.add_argument("--force", action="store_true",
                    help="replace the output folder even if mncompile did not generate it, it holds another "
                    "ensemble or it is the golden record; with `run`, also a finished run in --out")
+    add_max_params(p)
 
 
 def summary(out: Output) -> str:
@@ -77,11 +80,12 @@ def _listing(files: dict[str, str]) -> list[str]:
 
 
 def compile_to(spec: str, e: Ensemble, output: str | None, clusters: int | None, seed: int,
-               force: bool) -> tuple[Path, Output]:
+               force: bool, max_params: int | None = MAX_NET_PARAMS) -> tuple[Path, Output]:
     """Compile a loaded spec into `output` (default generated/<ensemble>); the folder and result."""
     dest = Path(output) if output else Path("generated") / e.name
     try:
-        out = compile_ensemble(e, clusters=clusters, seed=seed, source_name=Path(spec).name)
+        out = compile_ensemble(e, clusters=clusters, seed=seed, source_name=Path(spec).name,
+                               max_params=max_params)
         write_folder(dest, out.files, force=force, protect=[Path(spec)], ensemble=e.name,
                      options={"g": out.plan.g, "seed": seed})
     except MNError as err:
@@ -93,8 +97,9 @@ def compile_to(spec: str, e: Ensemble, output: str | None, clusters: int | None,
 
 
 def run(args: argparse.Namespace) -> int:
-    e = load(args.spec)
-    dest, out = compile_to(args.spec, e, args.output, args.clusters, args.seed, args.force)
+    e = load(args.spec, max_params=args.max_params)
+    dest, out = compile_to(args.spec, e, args.output, args.clusters, args.seed, args.force,
+                           args.max_params)
     listed = ", ".join(_listing(out.files))
     print(f"wrote {dest}{'' if str(dest).endswith('/') else '/'}: {listed}")
     print()

@@ -12,6 +12,7 @@ import argparse
 
 from mncompile.api import load
 from mncompile.commands import hatching
+from mncompile.commands.check import add_max_params
 from mncompile.cost import CAVEAT, estimate, net_cost
 from mncompile.diagnostics import MNError
 from mncompile.fmt import format_net
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", default="8", metavar="R",
                    help="k-means restarts per class (default 8)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_max_params(p)
 
 
 def _whole(option: str, value: str, lowest: int, hint: str, spec: str) -> int:
@@ -48,7 +50,7 @@ def _whole(option: str, value: str, lowest: int, hint: str, spec: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    e = load(args.spec)
+    e = load(args.spec, max_params=args.max_params)
     seed = _whole("--seed", args.seed, 0, "a seed such as 0", args.spec)
     restarts = _whole("--restarts", args.restarts, 1, "a count such as 8", args.spec)
     planner = Planner(e, seed=seed, restarts=restarts)

@@ -40,7 +40,9 @@ def command_line(args: argparse.Namespace) -> list[str]:
     defaults = vars(_PARSER.parse_args([args.spec]))
     argv = ["run", args.spec]
     for dest, value in vars(args).items():
-        if dest in _NOT_OPTIONS or dest not in defaults or value == defaults[dest] or value is None:
+        # None is a default left alone, except where the default is a value (--max-params none)
+        if (dest in _NOT_OPTIONS or dest not in defaults or value == defaults[dest]
+                or (value is None and defaults[dest] is None)):
             continue
         flag = "--output" if dest == "output" else "--" + dest.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -48,8 +50,9 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    e = load(args.spec)
-    dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force)
+    e = load(args.spec, max_params=args.max_params)
+    dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,
+                         args.max_params)
     print(f"wrote {dest}; training with method {args.method}", flush=True)
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
     # a resume recompiles too: the same spec and options give the same folder

@@ -20,11 +20,35 @@ from mncompile.ir import INT_KEYS, SCHEDULES, TRAIN_DEFAULTS, Ensemble, Layer, N
 from mncompile.parse import MAX_INT, is_valid_name
 from mncompile.shapes import infer_net
 from mncompile.suggest import suggest
+from mncompile.table import human
 
 CONV_FAMILIES = ("plain", "residual", "dense")
 
+#: The longest net or ensemble name. Names become file names, with at most 24 characters more
+#: (`hatch/<name>.json`, checkpoints `<name>.pt`, `shared-<name>.pt`, `<name>@cycles.pt`, and
+#: their temporary `.<file>.XXXXXXXX.tmp` while written): 100 keeps every one under 143 bytes,
+#: eCryptfs's limit, the shortest of the common filesystems (ext4, XFS, btrfs, ZFS, APFS, NTFS
+#: and FAT's long names take 255).
+MAX_NAME_LENGTH = 100
+#: The widest layer: a dense width, or a conv layer's filters (growth in a dense block). Real
+#: nets have at most a few thousand; a hatched member draws one random index per extra unit.
+MAX_WIDTH = 65_536
+#: The default limit on one net's trainable parameters (`--max-params`): twenty times the
+#: largest example (WRN-28-10 variants, 48.8M), fourteen times the largest V100 variant (69M).
+MAX_NET_PARAMS = 1_000_000_000
+#: The nets of one ensemble have at most this many times the per-net limit in all: 10G by
+#: default, five times the paper's V100 (2.07G).
+ENSEMBLE_PARAMS_FACTOR = 10
+
 
 def _name(name: str, span: Span, what: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise MNError(
+            f"{what} name may have at most {MAX_NAME_LENGTH} characters, this one has {len(name)}",
+            span,
+            hint=f"names become file names (hatch/NAME.json, NAME.pt, ...): shorten it to "
+            f"{MAX_NAME_LENGTH} characters or fewer",
+        )
     if not is_valid_name(name):
         if keyword.iskeyword(name):
             raise MNError(
@@ -130,6 +154,7 @@ def _check_value(s: Setting) -> None:
 def _check_layer(layer: Layer, net: Net, where: str) -> None:
     _positive(layer.kernel, layer.span, "a kernel size")
     _positive(layer.filters, layer.span, "a filter count")
+    _not_wider(layer.filters, layer.span, "a filter count")
     if layer.kernel % 2 == 0:
         raise MNError(
             f"kernel sizes must be odd, got {layer.kernel} in {where} of net '{net.name}'",
@@ -139,8 +164,11 @@ def _check_layer(layer: Layer, net: Net, where: str) -> None:
         )
 
 
-def check_net(net: Net, ensemble: Ensemble) -> None:
-    """Check one net against the contract; raises `MNError` on the first problem."""
+def check_net(net: Net, ensemble: Ensemble, max_params: int | None = MAX_NET_PARAMS) -> int:
+    """Check one net against the contract; its trainable parameters, or `MNError` on the first problem.
+
+    `max_params` is the most parameters the net may have (None: no limit).
+    """
     _name(net.name, net.name_span, "a net")
     fam = net.family
     if fam in CONV_FAMILIES and ensemble.rank == 0:
@@ -188,11 +216,43 @@ def check_net(net: Net, ensemble: Ensemble) -> None:
                     )
     for d in net.dense:
         _positive(d.width, d.span, "a dense width")
-    infer_net(net, ensemble.input, ensemble.classes)
+        _not_wider(d.width, d.span, "a dense width")
+    params = infer_net(net, ensemble.input, ensemble.classes).params
+    if max_params is not None and params > max_params:
+        raise MNError(
+            f"net '{net.name}' has {human(params)} trainable parameters ({params}), more than "
+            f"the {human(max_params)} a net may have",
+            net.name_span,
+            hint=f"make it smaller; or, if it is meant, raise the limit with --max-params "
+            f"{_suggest_limit(params)} (or 'none')",
+        )
+    return params
 
 
-def check_ensemble(ensemble: Ensemble) -> Ensemble:
-    """Check the whole ensemble; returns it unchanged, or raises `MNError`."""
+def _not_wider(value: int, span: Span, what: str) -> None:
+    if value > MAX_WIDTH:
+        raise MNError(
+            f"{what} must be at most {MAX_WIDTH}, got {value}",
+            span,
+            hint=f"layers are at most {MAX_WIDTH} units wide; real nets have a few thousand at most",
+        )
+
+
+def _suggest_limit(params: int) -> str:
+    """A round `--max-params` value that admits `params`: 2G for 1.3G."""
+    power = 10 ** (len(str(params)) - 1)
+    return human(-(-params // power) * power)
+
+
+def check_ensemble(ensemble: Ensemble, max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
+    """Check the whole ensemble; returns it unchanged, or raises `MNError`.
+
+    `max_params` limits each net's trainable parameters, and `ENSEMBLE_PARAMS_FACTOR` times it
+    the ensemble's in all (None: no limits; the `--max-params` option).
+    """
+    if max_params is not None and max_params < 1:
+        raise MNError(f"the parameter limit must be at least 1, got {max_params}",
+                      hint="a count such as 1e9 (or 'none' for no limit)")
     _name(ensemble.name, ensemble.span, "an ensemble")
     for d in ensemble.input:
         _positive(d, ensemble.input_span, "every input dimension")
@@ -207,6 +267,8 @@ def check_ensemble(ensemble: Ensemble) -> Ensemble:
         _check_data(ensemble)
     _check_settings(ensemble.train)
     first: dict[str, Net] = {}
+    total = 0
+    limit = None if max_params is None else ENSEMBLE_PARAMS_FACTOR * max_params
     for net in ensemble.nets:
         if net.name in first:
             raise MNError(
@@ -215,7 +277,16 @@ def check_ensemble(ensemble: Ensemble) -> Ensemble:
                 hint="every net of an ensemble needs its own name",
             )
         first[net.name] = net
-        check_net(net, ensemble)
+        total += check_net(net, ensemble, max_params)
+        if limit is not None and max_params is not None and total > limit:
+            raise MNError(
+                f"with net '{net.name}', the ensemble's nets have {human(total)} trainable "
+                f"parameters ({total}) in all, more than the {human(limit)} an ensemble may have "
+                f"({ENSEMBLE_PARAMS_FACTOR} x the {human(max_params)} of one net)",
+                net.name_span,
+                hint="split it into several specs; or, if it is meant, raise the limit with "
+                f"--max-params {_suggest_limit(-(-total // ENSEMBLE_PARAMS_FACTOR))} (or 'none')",
+            )
     return ensemble
 
 
