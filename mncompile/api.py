@@ -16,6 +16,7 @@ from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
 from mncompile.parse import parse_text, read_spec
 from mncompile.passes.check import MAX_NET_PARAMS, check_ensemble
+from mncompile.quiet_gc import paused_gc
 
 
 def load(path: str | Path, max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
@@ -26,17 +27,19 @@ def load(path: str | Path, max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
     """
     # read once: a pipe or FIFO cannot be read again to quote the offending line
     text = read_spec(path)
-    e = parse_text(text, source=Path(path).name, display=str(path))
-    try:
-        return check_ensemble(e, max_params)
-    except MNError as err:
-        raise err.with_source(str(path), text) from None
+    with paused_gc():
+        e = parse_text(text, source=Path(path).name, display=str(path))
+        try:
+            return check_ensemble(e, max_params)
+        except MNError as err:
+            raise err.with_source(str(path), text) from None
 
 
 def loads(text: str, source: str = "<string>", max_params: int | None = MAX_NET_PARAMS) -> Ensemble:
     """Parse and check spec text (`max_params` as in `load`)."""
-    e = parse_text(text, source=source)
-    try:
-        return check_ensemble(e, max_params)
-    except MNError as err:
-        raise err.with_source(source, text) from None
+    with paused_gc():
+        e = parse_text(text, source=source)
+        try:
+            return check_ensemble(e, max_params)
+        except MNError as err:
+            raise err.with_source(source, text) from None

@@ -34,6 +34,7 @@ from mncompile.passes.cluster import Plan, plan_ensemble
 from mncompile.passes.hatch_plan import plan_hatching
 from mncompile.passes.mothernet import Skeleton, arch_class, mother_skeleton
 from mncompile.passes.share_plan import Refusal, SharePlan, plan_sharing
+from mncompile.quiet_gc import paused_gc
 from mncompile.shapes import infer_net
 
 
@@ -88,9 +89,10 @@ def plan_hatching_tables(c: Compilation) -> Compilation:
     Clusters of one net have none: their MotherNet is the net itself.
     """
     plan, e = c.need_plan(), c.ensemble
+    cluster_of = {m: k for k in plan.clusters for m in k.members}
     tables = {}
     for net in e.nets:
-        k = plan.cluster_of(net.name)
+        k = cluster_of[net.name]
         if len(k.members) > 1:
             tables[net.name] = plan_hatching(k.mother, net, e.input, e.classes, seed=plan.seed)
     return replace(c, tables=tables)
@@ -139,10 +141,11 @@ def compile_ensemble(ensemble: Ensemble, clusters: int | None = None, seed: int 
 
     `max_params` is the parameter limit of `check_spec` (`passes.check.check_ensemble`).
     """
-    c = run_pipeline(Compilation(ensemble, clusters, seed, max_params=max_params), after=after)
-    plan, tables, shares = c.need_plan(), dict(c.need_tables()), dict(c.shares or {})
-    files = emit_files(c.ensemble, plan, tables, shares, source_name_of(c.ensemble, source_name),
-                       {"clusters": clusters, "seed": seed})
+    with paused_gc():  # millions of objects, next to no cycles (mncompile.quiet_gc)
+        c = run_pipeline(Compilation(ensemble, clusters, seed, max_params=max_params), after=after)
+        plan, tables, shares = c.need_plan(), dict(c.need_tables()), dict(c.shares or {})
+        files = emit_files(c.ensemble, plan, tables, shares, source_name_of(c.ensemble, source_name),
+                           {"clusters": clusters, "seed": seed})
     return Output(plan, files, tables, shares)
 
 

@@ -19,7 +19,6 @@ MotherNet is the member, trained once, so g = m costs exactly as much as indepen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from mncompile.ir import Ensemble, Net
 from mncompile.passes.cluster import Plan
@@ -49,9 +48,9 @@ def net_cost(net: Net, ensemble: Ensemble) -> NetCost:
     return _cost(net, ensemble.input, ensemble.classes)
 
 
-@lru_cache(maxsize=4096)
 def _cost(net: Net, input_shape: tuple[int, ...], classes: int) -> NetCost:
-    # A sweep asks for the same members and MotherNets again and again.
+    # A sweep asks for the same members and MotherNets again and again: infer_net keeps their
+    # shapes (by the net object: hashing a pydantic net for a cache costs more than this)
     s = infer_net(net, input_shape, classes)
     return NetCost(s.params, s.macs)
 

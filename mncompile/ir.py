@@ -141,10 +141,22 @@ class Ensemble(Node):
         return len(self.input) - 1
 
     def net(self, name: str) -> Net:
-        for n in self.nets:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        """The net called `name` (`KeyError` if none), in constant time after the first call."""
+        # keyed by the nets tuple itself, not a field of the model: a copy with other nets
+        # (model_copy) gets its own index, and equality and hashing stay those of the fields
+        index = _NET_INDEX.get(id(self.nets))
+        if index is None or index[0] is not self.nets:
+            if len(_NET_INDEX) >= 8:
+                _NET_INDEX.pop(next(iter(_NET_INDEX)))
+            by_name: dict[str, Net] = {}
+            for n in self.nets:
+                by_name.setdefault(n.name, n)  # the first of a duplicated name, as before
+            index = _NET_INDEX[id(self.nets)] = (self.nets, by_name)
+        return index[1][name]
+
+
+#: the name index of the last few ensembles' nets (the tuple is held, so its id stays its own)
+_NET_INDEX: dict[int, tuple[tuple[Net, ...], dict[str, Net]]] = {}
 
 
 def strip_spans(obj: Any) -> Any:

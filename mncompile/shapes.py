@@ -186,7 +186,23 @@ def max_pools(input_shape: tuple[int, ...]) -> int:
 
 def infer_net(net: Net, input_shape: tuple[int, ...], classes: int) -> NetShape:
     """Infer shapes through `net`; raises `MNError` where pooling empties the feature map."""
-    return _Builder(net, tuple(input_shape), classes).build()
+    key = (id(net), tuple(input_shape), classes)
+    hit = _SHAPES.get(key)
+    if hit is None or hit[0] is not net:
+        shape = _Builder(net, tuple(input_shape), classes).build()
+        if len(_SHAPES) >= _SHAPES_KEPT:
+            _SHAPES.pop(next(iter(_SHAPES)))
+        hit = _SHAPES[key] = (net, shape)
+    s = hit[1]
+    # a copy: the caller may change its lists, never the cached ones
+    return NetShape(s.name, s.family, s.input, s.classes, list(s.tensors), s.macs, list(s.trace))
+
+
+#: How many nets' shapes `infer_net` keeps. The passes, the emitter and the commands each ask
+#: for every net's shapes (a compile asks about eight times per net); nets are frozen, so a
+#: net's shapes are those of the object itself, which the cache holds so that its id stays its own.
+_SHAPES_KEPT = 8192
+_SHAPES: dict[tuple[int, tuple[int, ...], int], tuple[Net, NetShape]] = {}
 
 
 def layer_count(net: Net) -> int:

@@ -41,8 +41,9 @@ imports neither torch nor the compiler's IR, so both sides can read it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Literal
 
@@ -264,6 +265,22 @@ def table_from_json(data: dict[str, Any]) -> HatchTable:
                       hint="regenerate the tables with `mncompile`") from None
 
 
+def _encoder() -> Callable[[Any], str]:
+    """`json.dumps(v, sort_keys=True)`, with one encoder for every line (a table has thousands).
+
+    `JSONEncoder.encode` builds a new C encoder for each value; this builds it once (without
+    the circular-reference check, which a table's plain data never needs: same text).
+    """
+    if c_make_encoder is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(sort_keys=True).encode
+    encode = c_make_encoder(None, json.JSONEncoder().default, encode_basestring_ascii, None, ": ",
+                            ", ", True, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_sorted_json = _encoder()
+
+
 def table_dumps(table: HatchTable) -> str:
     """The table as deterministic JSON text: one line per entry, map and MotherNet tensor.
 
@@ -280,17 +297,17 @@ def table_dumps(table: HatchTable) -> str:
         comma = "," if i < len(items) - 1 else ""
         if key in ("entries", "maps", "mother_tensors") and value:
             if isinstance(value, list):
-                rows = [json.dumps(v, sort_keys=True) for v in value]
+                rows = [_sorted_json(v) for v in value]
                 open_, close = "[", "]"
             else:
-                rows = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(value.items())]
+                rows = [f"{json.dumps(k)}: {_sorted_json(v)}" for k, v in sorted(value.items())]
                 open_, close = "{", "}"
             lines.append(f" {json.dumps(key)}: {open_}")
             lines.extend(f"  {r}," for r in rows[:-1])
             lines.append(f"  {rows[-1]}")
             lines.append(f" {close}{comma}")
         else:
-            lines.append(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)}{comma}")
+            lines.append(f" {json.dumps(key)}: {_sorted_json(value)}{comma}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

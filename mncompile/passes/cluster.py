@@ -36,6 +36,8 @@ from fractions import Fraction
 
 import Levenshtein
 import numpy as np
+from rapidfuzz.distance import Levenshtein as _Lev
+from rapidfuzz.process import cdist
 
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble, Net
@@ -104,6 +106,11 @@ def distance(a: Sequence[Pair], b: Sequence[Pair]) -> int:
     ia = [table.setdefault(x, len(table)) for x in a]
     ib = [table.setdefault(x, len(table)) for x in b]
     return int(Levenshtein.distance(ia, ib))
+
+
+def _edit_distances(queries: Sequence[tuple[int, ...]], choices: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """`len(queries) x len(choices)` Levenshtein distances between encoded vectors (ints: exact)."""
+    return cdist(queries, choices, scorer=_Lev.distance, dtype=np.int64, workers=1)
 
 
 @dataclass(frozen=True)
@@ -239,13 +246,15 @@ class _ClassProblem:
         """Edit distance from every net of the class to one vector."""
         d = self._dists.get(vec)
         if d is None:
-            d = np.fromiter((Levenshtein.distance(v, vec) for v in self.vectors), np.int64, self.n)
-            self._dists[vec] = d
+            d = self._dists[vec] = _edit_distances([vec], self.vectors)[0]
         return d
 
     def pairwise(self) -> np.ndarray:
+        """The n x n matrix of edit distances between the class's nets (one C call, not n^2)."""
         if self._pairwise is None:
-            self._pairwise = np.stack([self.distances(v) for v in self.vectors])
+            self._pairwise = _edit_distances(self.vectors, self.vectors)
+            for v, row in zip(self.vectors, self._pairwise, strict=True):
+                self._dists.setdefault(v, row)
         return self._pairwise
 
     def objective(self, groups: Sequence[tuple[int, ...]]) -> int:
@@ -290,6 +299,10 @@ def _cluster_class(problem: _ClassProblem, k: int, seed: Sequence[int],
     rng = np.random.default_rng(list(seed))
     pairwise = problem.pairwise()
     best: tuple[int, tuple[tuple[int, ...], ...]] | None = None
+    # The assignment depends only on the MotherNets (the cost matrix's columns), and different
+    # partitions often have the same MotherNets, in one restart and across restarts: solve each
+    # distinct assignment problem once (each is O(n^3) for n nets).
+    assigned: dict[tuple[tuple[int, ...], ...], np.ndarray] = {}
     for _ in range(restarts):
         labels = balanced_assign(pairwise[:, _kmeanspp(pairwise, k, rng)])
         seen: set[tuple[tuple[int, ...], ...]] = set()
@@ -298,14 +311,17 @@ def _cluster_class(problem: _ClassProblem, k: int, seed: Sequence[int],
             if groups in seen:  # converged, or cycling between partitions
                 break
             seen.add(groups)
-            cost = np.stack([problem.distances(problem.mother_vector(g)) for g in groups], axis=1)
+            mothers = tuple(problem.mother_vector(g) for g in groups)
+            cost = np.stack([problem.distances(v) for v in mothers], axis=1)
             own = np.empty(n, dtype=np.int64)
             for c, g in enumerate(groups):
                 own[list(g)] = c
             total = int(cost[np.arange(n), own].sum())
             if best is None or total < best[0]:
                 best = (total, groups)
-            labels = balanced_assign(cost)
+            if mothers not in assigned:
+                assigned[mothers] = balanced_assign(cost)
+            labels = assigned[mothers]
     assert best is not None
     return best[1]
 

@@ -31,6 +31,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from mncompile.diagnostics import MNError
 
 # the table's data model and JSON live in mncompile.formats (the runtime reads them without
@@ -66,6 +68,44 @@ MAX_ALIGNMENTS = 5000
 # ---------------------------------------------------------------------------------- planning
 
 
+#: below this many draws the plain loop is faster than handing the generator to numpy
+_FEW_DRAWS = 48
+
+
+def randrange_draws(seed: str, n: int, count: int) -> tuple[int, ...]:
+    """`count` draws of `random.Random(seed).randrange(n)`, the same values, without a Python loop.
+
+    A string seed is hashed with sha512 by `random`, so maps do not depend on PYTHONHASHSEED.
+    `randrange(n)` keeps the top `n.bit_length()` bits of each 32-bit Mersenne Twister word and
+    redraws values of n or more; numpy's MT19937 is the same generator, so from the same state
+    its raw words, filtered the same way, are the same draws (a wide member draws thousands).
+
+    >>> rng = random.Random("0/a/b")
+    >>> randrange_draws("0/a/b", 100, 60) == tuple(rng.randrange(100) for _ in range(60))
+    True
+    """
+    if count <= 0:
+        return ()
+    rng = random.Random(seed)
+    bits = n.bit_length()
+    if count < _FEW_DRAWS or not 0 < bits <= 32:
+        return tuple(rng.randrange(n) for _ in range(count))
+    state = rng.getstate()[1]
+    gen = np.random.MT19937()
+    gen.state = {"bit_generator": "MT19937",
+                 "state": {"key": np.array(state[:624], dtype=np.uint32), "pos": state[624]}}
+    shift = np.uint64(32 - bits)
+    parts: list[np.ndarray] = []
+    left = count
+    while left > 0:
+        # at least half the words are kept (n > 2**(bits - 1)): twice as many is usually enough
+        words = gen.random_raw(2 * left + 16) >> shift
+        kept = words[words < n][:left]
+        parts.append(kept)
+        left -= len(kept)
+    return tuple(np.concatenate(parts).tolist())
+
+
 def _one(name: str, size: int) -> Layout:
     return (Segment(map=name, at=0, size=size),)
 
@@ -93,9 +133,7 @@ class _Planner:
     # -- building blocks -------------------------------------------------------------------
 
     def new_map(self, name: str, old: int, new: int) -> str:
-        # a string seed is hashed with sha512 by `random`, so maps do not depend on PYTHONHASHSEED
-        rng = random.Random(f"{self.seed}/{self.member.name}/{name}")
-        extra = tuple(rng.randrange(old) for _ in range(max(0, new - old)))
+        extra = randrange_draws(f"{self.seed}/{self.member.name}/{name}", old, new - old)
         self.maps[name] = WidenMap(old=old, new=new, extra=extra)
         return name
 

@@ -256,8 +256,14 @@ class _Builder:
     def _blocks(self, made: Sequence[int], kernel_of: Mapping[int, int], parts: Sequence[Part],
                 reads: Sequence[int]) -> tuple[tuple[int, ...], ...]:
         """Runs of made groups with one owner and kernel, merged while that costs little (MERGE_FACTOR)."""
+        # the columns each row group meets, once: a cluster of K members has K parts per step
+        cols_of: dict[int, set[int]] = {}
+        for p in parts:
+            for r in p.rows:
+                cols_of.setdefault(r, set()).update(p.cols)
+
         def cost(rows: Sequence[int]) -> int:
-            cols = {c for p in parts if set(p.rows) & set(rows) for c in p.cols}
+            cols = set().union(*(cols_of.get(g, ()) for g in rows))
             k = max(kernel_of[g] for g in rows) or 1
             return (sum(self.groups[g].size for g in rows) * sum(self.groups[c].size for c in cols)
                     * k ** self.rank)
@@ -488,18 +494,23 @@ def param_count(plan: SharePlan, stored: bool = False) -> int:
     total = 0
     for s in plan.layer_steps():
         out = sum(plan.group(g).size for g in s.makes)
+        # the parts that write each row group (a step has one part per member)
+        parts_of: dict[int, list[Part]] = {}
+        for p in s.parts:
+            for r in set(p.rows):
+                parts_of.setdefault(r, []).append(p)
         for block in s.blocks:
             rows = set(block)
             taps: dict[tuple[int, int], int] = {}
-            for p in s.parts:
-                for r in rows & set(p.rows):
+            for r in rows:
+                for p in parts_of.get(r, ()):
                     for c in p.cols:
                         # shared rows gather every member's kernel: the union is the largest one
                         t = (p.kernel or 1) ** plan.rank if s.kernel else 1
                         taps[(r, c)] = max(taps.get((r, c), 1), t)
             if stored:
                 cols = {c for (_, c) in taps}
-                k = max((p.kernel or 1) for p in s.parts if rows & set(p.rows)) if s.kernel else 1
+                k = max((p.kernel or 1) for r in rows for p in parts_of.get(r, ())) if s.kernel else 1
                 k = k**plan.rank if s.kernel else 1
                 total += sum(plan.group(r).size for r in rows) * sum(plan.group(c).size for c in cols) * k
             else:
