@@ -32,14 +32,24 @@ def net_to_json(net: Net, ensemble: Ensemble) -> dict[str, Any]:
     [[[3, 2], [3, 2]]]
     """
     cost = net_cost(net, ensemble)
+    return {"name": net.name, **net_structure(net), "params": cost.params, "macs": cost.macs}
+
+
+def net_structure(net: Net) -> dict[str, Any]:
+    """A net's layers as plain data: family, stem, blocks of [kernel, filters] (repeats expanded), dense.
+
+    What `mncompile.formats.plan_file.NetStructure` reads, for MotherNets and members alike.
+
+    >>> from mncompile.api import loads
+    >>> e = loads("ensemble e { input 1x8 classes 2 net a plain { block { 3:4 x2 } dense 5 } }")
+    >>> net_structure(e.nets[0])
+    {'family': 'plain', 'stem': None, 'blocks': [[[3, 4], [3, 4]]], 'dense': [5]}
+    """
     return {
-        "name": net.name,
         "family": net.family,
         "stem": [net.stem.kernel, net.stem.filters] if net.stem is not None else None,
         "blocks": [[[x.kernel, x.filters] for x in b.layers] for b in net.blocks],
         "dense": list(net.widths),
-        "params": cost.params,
-        "macs": cost.macs,
     }
 
 
@@ -63,8 +73,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         })
         for name in c.members:
             cost = net_cost(e.net(name), e)
-            member_rows[name] = {"name": name, "cluster": c.index, "params": cost.params,
-                                 "macs": cost.macs, "distance": distance(net_vector(e.net(name), pad), mvec)}
+            member_rows[name] = {"name": name, "cluster": c.index, **net_structure(e.net(name)),
+                                 "params": cost.params, "macs": cost.macs,
+                                 "distance": distance(net_vector(e.net(name), pad), mvec)}
     members: list[dict[str, Any]] = [member_rows[n.name] for n in e.nets]
     est = estimate(plan)
     cfg = e.config

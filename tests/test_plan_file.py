@@ -24,6 +24,14 @@ def test_every_generated_plan_reads_with_its_numbers(folder: str) -> None:
         assert c.mother.name == raw["mother"]["name"] and c.mother.macs == raw["mother"]["macs"]
         assert list(c.members) == raw["members"] and c.family == raw["family"]
     assert plan.member(data["members"][0]["name"]).params == data["members"][0]["params"]
+    # every net's layers, members and MotherNets alike, and the plan's identity
+    for raw in [*data["members"], *(c["mother"] for c in data["clusters"])]:
+        net = plan.nets[raw["name"]]
+        assert (net.family, net.dense) == (raw["family"], tuple(raw["dense"]))
+        assert [[list(layer) for layer in b] for b in net.blocks] == raw["blocks"]
+        assert net.stem == (tuple(raw["stem"]) if raw["stem"] is not None else None)
+    assert plan.digest == read_plan(json.loads(json.dumps(data, indent=4)), "p").digest
+    assert plan.digest != read_plan({**data, "seed": 99}, "p").digest
 
 
 def _plan() -> dict[str, Any]:
@@ -36,6 +44,8 @@ def _plan() -> dict[str, Any]:
     (lambda d: d["clusters"][0]["members"].pop(), "every member must be in exactly one cluster"),
     (lambda d: d.update(input=[0]), "invalid input shape"),
     (lambda d: d["members"][0].update(params="many"), "ValueError"),
+    (lambda d: d["members"][0].update(dense=["wide"]), "is not a whole number"),
+    (lambda d: d["members"][0].update(blocks=[[[3]]]), "a layer is [kernel, filters]"),
 ])
 def test_a_damaged_plan_is_one_message_naming_the_file(damage: Any, message: str) -> None:
     data = _plan()

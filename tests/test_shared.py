@@ -219,28 +219,30 @@ def test_load_ensemble_errors_name_the_file(tmp_path: Path) -> None:
         load_ensemble(tmp_path)
     bad = tmp_path / "ensemble.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(MNError, match="not a readable ensemble file") as err:
+    with pytest.raises(MNError, match="is corrupt or truncated") as err:
         load_ensemble(bad)
     assert str(bad) in err.value.message
     torch.save({"format": "something else"}, bad)
     with pytest.raises(MNError, match="not an mncompile ensemble file"):
         load_ensemble(tmp_path)
-    torch.save({"format": "mncompile-ensemble", "version": 1, "folder": str(tmp_path / "nowhere"),
-                "members": ["a"], "separate": {}, "shared": {}}, bad)
+    # version 2 (tests/test_ensemble_file.py has the rest): a checksum, then every field checked
+    torch.save({"format": "mncompile-ensemble", "version": 2, "members": ["a"]}, bad)
+    with pytest.raises(MNError, match="do not match the checksum"):
+        load_ensemble(bad)
+    # version 1 named the generated folder to import: only a folder passed as folder= is used
+    v1 = {"format": "mncompile-ensemble", "version": 1, "folder": str(tmp_path), "members": ["a"],
+          "separate": {}, "shared": {}}
+    torch.save(v1, bad)
+    with pytest.raises(MNError, match="version-1 ensemble file") as err:
+        load_ensemble(bad)
+    assert str(bad) in err.value.message and "folder=" in (err.value.hint or "")
     with pytest.raises(MNError, match="cannot load"):
-        load_ensemble(bad)
-    base = {"format": "mncompile-ensemble", "version": 1, "folder": str(tmp_path), "members": ["a"],
-            "separate": {}, "shared": {}}
-    for damage in ({"folder": None}, {"members": []}, {"separate": []}, {"shared": {"m": {}}},
-                   {"members": [1]}):
-        torch.save({**base, **damage}, bad)
+        load_ensemble(bad, folder=tmp_path / "nowhere")
+    for damage in ({"members": []}, {"separate": []}, {"shared": {"m": {}}}, {"members": [1]}):
+        torch.save({**v1, **damage}, bad)
         with pytest.raises(MNError, match="is damaged") as err:
-            load_ensemble(bad)
+            load_ensemble(bad, folder=tmp_path)
         assert str(bad) in err.value.message
-    del base["folder"]
-    torch.save(base, bad)
-    with pytest.raises(MNError, match="is damaged"):
-        load_ensemble(bad)
 
 
 def test_consolidate_refuses_members_from_another_compile() -> None:

@@ -179,7 +179,8 @@ def _train_and_evaluate(ctx: RunContext, folder: Path, models: Any,
     doc = build_results(method, outcome.phases, metrics, info=info)
     write_results(out, doc)
     write_history(out, outcome.phases)
-    unsaved = save_ensemble(out / FILE_NAME, folder, members, models, method, excluded)
+    # the plan it trained from: the file stores its nets' layers and its digest, not the folder
+    unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded)
     print(format_table(doc))
     print(extra_lines(doc))
     if unsaved is None:
