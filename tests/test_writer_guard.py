@@ -43,9 +43,10 @@ def test_the_golden_record_keeps_its_options(tmp_path: Path, monkeypatch: pytest
     # the golden options rewrite it byte for byte, mark included
     assert main([str(MNIST1D)]) == 0
     assert (record / ".mncompile-golden").read_text() == mark
-    for path in (ROOT / "generated" / "mnist1d").rglob("*"):
+    golden = ROOT / "generated" / "mnist1d"
+    for path in golden.rglob("*"):
         if path.is_file():
-            assert (record / path.relative_to(ROOT / "generated" / "mnist1d")).read_bytes() == path.read_bytes()
+            assert (record / path.relative_to(golden)).read_bytes() == path.read_bytes()
     assert main([str(MNIST1D), "--clusters", "2", "-o", str(tmp_path / "g2")]) == 0
     assert main([str(MNIST1D), "--clusters", "2", "--force"]) == 0
     assert not (record / ".mncompile-golden").exists()

@@ -150,7 +150,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
         _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
         try:
-            doc = _train_and_evaluate(ctx, Path(folder), models, methods)
+            doc = _train_and_evaluate(ctx, models, methods)
         except MNError:
             # a fresh run that failed before it had results leaves nothing behind
             run_folder.discard()
@@ -158,8 +158,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     return doc
 
 
-def _train_and_evaluate(ctx: RunContext, folder: Path, models: Any,
-                        methods: Mapping[str, Method] | None) -> dict[str, Any]:
+def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Method] | None) -> dict[str, Any]:
     """Run the method on the engine, evaluate its members, write results.json, history.csv, ensemble.pt."""
     from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
     from mncompile.runtime.results import build_results, format_table, write_history, write_results
@@ -187,6 +186,8 @@ def _train_and_evaluate(ctx: RunContext, folder: Path, models: Any,
         print(f"wrote {out / 'results.json'}, {out / 'history.csv'} and {out / FILE_NAME} "
               "(mncompile.runtime.load_ensemble reads it)")
     else:
+        # an ensemble.pt of an earlier run must not stand beside these results as if it were theirs
+        (out / FILE_NAME).unlink(missing_ok=True)
         print(f"wrote {out / 'results.json'} and {out / 'history.csv'}; no {FILE_NAME}: {unsaved}")
     return doc
 
