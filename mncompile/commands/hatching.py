@@ -16,15 +16,17 @@ from mncompile.exactness import NotExact, format_warning, not_exact, warning_to_
 from mncompile.formats.hatch_table import HatchTable
 from mncompile.ir import Ensemble, Net, Span
 from mncompile.passes.cluster import Plan
+from mncompile.quiet_gc import paused_gc
 
 
 def tables_for(e: Ensemble, plan: Plan | None = None, clusters: int | None = None,
                seed: int = 0) -> Mapping[str, HatchTable]:
     """The hatching tables of a checked ensemble for `plan`, or for the clustering it would get."""
     c = Compilation(e, clusters, seed)
-    if plan is None:
-        return run_pipeline(c, passes=(assign_clusters, plan_hatching_tables)).need_tables()
-    return plan_hatching_tables(replace(c, plan=plan, seed=plan.seed)).need_tables()
+    with paused_gc():  # as a compile: the collector's full passes would dominate a large spec
+        if plan is None:
+            return run_pipeline(c, passes=(assign_clusters, plan_hatching_tables)).need_tables()
+        return plan_hatching_tables(replace(c, plan=plan, seed=plan.seed)).need_tables()
 
 
 def warnings_for(e: Ensemble, tables: Mapping[str, HatchTable]) -> list[NotExact]:
