@@ -58,7 +58,8 @@ def format_error(err: MNError) -> str:
     span = err.span
     out: list[str] = []
     if span is None or span.line <= 0:
-        out.append(f"{source}: error: {err.message}")
+        # an error about no source text (a file, a call of the API) names no source
+        out.append(f"{source}: error: {err.message}" if err.source else f"error: {err.message}")
     else:
         out.append(f"{source}:{span.line}:{span.column}: error: {err.message}")
         lines = (err.text or "").split("\n")

@@ -551,3 +551,14 @@ def test_what_cannot_be_saved_is_said(tmp_path: Path) -> None:
     why = save_ensemble(tmp_path / "e.pt", plan, wrong, models, "x")
     assert why is not None and "does not have the tensors" in why
     assert save_ensemble(tmp_path / "e.pt", gen, members, models, "x") is None
+
+
+def test_an_api_error_names_no_pseudo_source() -> None:
+    """load_ensemble('missing') once said '<input>: error: ...' though no input was parsed."""
+    from mncompile.diagnostics import MNError
+    from mncompile.runtime import load_ensemble
+
+    with pytest.raises(MNError) as err:
+        load_ensemble("no/such/run")
+    assert str(err.value).startswith("error: 'no/such/run' does not exist")
+    assert "<input>" not in str(err.value)

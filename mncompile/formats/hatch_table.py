@@ -322,7 +322,7 @@ def load_table(table: HatchTable | Mapping[str, Any] | str | Path) -> HatchTable
     >>> load_table("no/such/table.json")
     Traceback (most recent call last):
     ...
-    mncompile.diagnostics.MNError: <input>: error: hatch table 'no/such/table.json' does not exist
+    mncompile.diagnostics.MNError: error: hatch table 'no/such/table.json' does not exist
       = help: compile the spec first: mncompile compile <spec>.mnet
     """
     if isinstance(table, HatchTable):
