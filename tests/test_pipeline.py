@@ -361,3 +361,17 @@ def test_methods_are_one_explicit_table() -> None:
     for name, spec in METHODS.items():
         assert spec.name == name and spec.help
         assert spec.run.__module__ == "mncompile.runtime.methods." + name.replace("-", "_")
+
+
+def test_hatched_max_epochs_0_evaluates_the_hatched_members_as_they_are(tmp_path: Path) -> None:
+    """The spec allows hatched_max_epochs 0 (check passes it); train.py used to refuse it."""
+    spec = _write_spec(tmp_path, SPECS["mlp"].replace("{ input 12 classes 4",
+                                                      "{ input 12 classes 4 train { hatched_max_epochs 0 }"))
+    assert cli_main(["check", str(spec)]) == 0
+    assert cli_main(["run", str(spec), "-o", str(tmp_path / "gen"), "--out", str(tmp_path / "out"),
+                     *[a for a in TINY if a not in ("--hatched-max-epochs", "1")]]) == 0
+    doc = _results(tmp_path)
+    hatched = [m for m, r in doc["models"].items() if r["phase"] == "members"]
+    assert hatched and all(doc["models"][m]["epochs"] == 0 for m in hatched)
+    assert all(doc["models"][m]["message"] == "max_epochs is 0: not trained" for m in hatched)
+    assert doc["info"]["config"]["hatched_max_epochs"] == 0

@@ -48,8 +48,9 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
-        if self.batch < 1 or self.max_epochs < 1:
-            raise MNError(f"batch and max_epochs must be positive, got {self.batch} and {self.max_epochs}")
+        if self.batch < 1 or self.max_epochs < 0:
+            raise MNError(f"batch must be positive and max_epochs at least 0, got {self.batch} and "
+                          f"{self.max_epochs}")
 
     @classmethod
     def from_config(cls, config: Any, phase: str = "mother") -> TrainSettings:

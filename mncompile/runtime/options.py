@@ -102,7 +102,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="stop when training accuracy has not improved for N epochs (0: never)")
     t.add_argument("--max-epochs", type=number(int, 1, highest=MAX_EPOCHS), metavar="N",
                    help="epoch cap of MotherNets and of nets trained from scratch")
-    t.add_argument("--hatched-max-epochs", type=number(int, 1, highest=MAX_EPOCHS), metavar="N",
+    t.add_argument("--hatched-max-epochs", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
                    help="epoch cap of hatched members")
     t.add_argument("--noise", type=number(float, 0.0, highest=MAX_NOISE), metavar="STD",
                    help="std of the noise added after hatching, relative to each tensor's std")
@@ -141,7 +141,7 @@ def resolve_config(train: Mapping[str, Any], args: argparse.Namespace) -> dict[s
     scale = float(getattr(args, "epochs_scale", 1.0) or 1.0)
     if scale != 1.0:
         for key in ("max_epochs", "hatched_max_epochs", "patience"):
-            if key == "patience" and base[key] <= 0:
+            if base[key] <= 0:  # patience 0 (never stop early), hatched_max_epochs 0 (no fine-tuning)
                 continue
             base[key] = max(1, math.ceil(base[key] * scale - 1e-9))
     if getattr(args, "seed", None) is not None:

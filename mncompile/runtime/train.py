@@ -314,6 +314,10 @@ def fit(
                 notes.append(f"{job.name}: resumed after epoch {st.next_epoch} ({st.result.status})")
         states.append(st)
 
+    for st in states:
+        if st.job.settings.max_epochs == 0 and not st.done:
+            # hatched_max_epochs 0: the hatched members are the ensemble as they are
+            st.result.status, st.result.message = "max_epochs", "max_epochs is 0: not trained"
     todo = [st for st in states if not st.done]
     if not todo:
         return {st.job.name: st.result for st in states}
