@@ -116,3 +116,20 @@ def test_resume_messages_say_what_is_there_and_what_differs(tmp_path: Path,
     assert _run(tmp_path, "--out", str(out), "--resume", "--lr", "0.07") == 2
     err = capsys.readouterr().err
     assert "differs from the one in" in err and "config.lr 0.1 -> 0.07" in err and "'batch'" not in err
+
+
+def test_huge_values_in_an_npz_leave_nothing_half_written(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The tester's second way to a half-written ckpt/: data that makes every model diverge."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "huge.npz"
+    np.savez(data, x_train=rng.normal(size=(48, 12)) * 1e30, y_train=rng.integers(0, 4, 48),
+             x_test=rng.normal(size=(24, 12)), y_test=rng.integers(0, 4, 24))
+    out = tmp_path / "out"
+    argv = [a for a in TINY if a not in ("--data", "synthetic")]
+    assert main(["run", str(_spec(tmp_path)), "-o", str(tmp_path / "gen"), *argv, "--data", f"npz:{data}",
+                 "--out", str(out)]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert not out.exists()
