@@ -298,3 +298,55 @@ def test_npz_messages_name_the_problem_and_never_advise_pickles(tmp_path: Path) 
             load_dataset(f"npz:{path}", (1, 4), 2)
         assert message in err.value.message, err.value.message
         assert "allow_pickle" not in str(err.value)
+
+
+def test_mnist1d_at_its_default_sizes_is_todays_data_bit_for_bit() -> None:
+    from mncompile.runtime.data import _mnist1d
+
+    x, y, xt, yt = _mnist1d(0)
+    ds = load_dataset("mnist1d", (1, 40), 10)
+    assert torch.equal(ds.x_train, torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 40))
+    assert torch.equal(ds.y_test, torch.as_tensor(yt))
+    small = load_dataset("mnist1d", (40,), 10, train_size=100, test_size=50)  # below: the first N
+    assert torch.equal(small.x_train, ds.x_train[:100].reshape(100, 40)) and len(small.y_test) == 50
+
+
+def test_mnist1d_beyond_its_split_is_generated_once_and_cached(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import mnist1d.data
+
+    from mncompile.runtime import data
+
+    monkeypatch.setenv("MNCOMPILE_CACHE", str(tmp_path / "cache"))
+    data._mnist1d.cache_clear()
+    ds = load_dataset("mnist1d", (1, 40), 10, seed=3, train_size=4003, test_size=1201)
+    assert (len(ds.y_train), len(ds.y_test)) == (4003, 1201)
+    assert "generating MNIST-1D: 4003 training and 1201 test examples" in capsys.readouterr().err
+    files = list((tmp_path / "cache").glob("mnist1d-*.npz"))
+    assert len(files) == 1
+    # the second load reads the cache: nothing is generated
+    data._mnist1d.cache_clear()
+    monkeypatch.setattr(mnist1d.data, "make_dataset", lambda *a, **k: pytest.fail("generated again"))
+    again = load_dataset("mnist1d", (1, 40), 10, seed=3, train_size=4003, test_size=1201)
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+    assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    monkeypatch.setenv("MNCOMPILE_CACHE", str(tmp_path / "cache"))
+    # a damaged cache file, and one whose key is another's, are generated again, never trusted
+    raw = bytearray(files[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    data._mnist1d.cache_clear()
+    fixed = load_dataset("mnist1d", (1, 40), 10, seed=3, train_size=4003, test_size=1201)
+    assert "damaged or stale; generating it again" in capsys.readouterr().err
+    assert torch.equal(fixed.x_train, ds.x_train)
+    other = load_dataset("mnist1d", (1, 40), 10, seed=4, train_size=4003, test_size=1201)
+    capsys.readouterr()
+    newest = max((tmp_path / "cache").glob("mnist1d-*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    oldest = [p for p in (tmp_path / "cache").glob("mnist1d-*.npz") if p != newest][0]
+    oldest.write_bytes(newest.read_bytes())  # seed 4's arrays under seed 3's name
+    data._mnist1d.cache_clear()
+    swapped = load_dataset("mnist1d", (1, 40), 10, seed=3, train_size=4003, test_size=1201)
+    assert "damaged or stale" in capsys.readouterr().err
+    assert torch.equal(swapped.x_train, ds.x_train) and not torch.equal(other.x_train, ds.x_train)

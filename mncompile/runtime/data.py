@@ -98,12 +98,19 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...])
     return (x_train - mean) / std, (x_test - mean) / std
 
 
+#: MNIST-1D's own split: 4000 training and 1000 test examples (make_dataset's defaults)
+MNIST1D_SIZES = (4000, 1000)
+
+
 @functools.lru_cache(maxsize=4)
-def _mnist1d(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _mnist1d(seed: int, num_samples: int | None = None,
+             train_split: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = seed
+    if num_samples is not None:
+        args.num_samples, args.train_split = num_samples, train_split
     # make_dataset seeds numpy's global RNG; give the caller theirs back untouched
     state = np.random.get_state()
     try:
@@ -111,6 +118,72 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     finally:
         np.random.set_state(state)
     return d["x"], d["y"], d["x_test"], d["y_test"]
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: $MNCOMPILE_CACHE, else $XDG_CACHE_HOME/mncompile, else
+    ~/.cache/mncompile."""
+    if os.environ.get("MNCOMPILE_CACHE"):
+        return Path(os.environ["MNCOMPILE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mncompile"
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _mnist1d_sized(seed: int, train: int, test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-1D with `train` + `test` examples: make_dataset(num_samples, train_split), cached on disk.
+
+    make_dataset draws num_samples // 10 examples per class, so the count is rounded up to a
+    multiple of 10 and the splits are cut to the sizes asked for. The cache file is keyed by the
+    arguments and the mnist1d version, and holds a digest of its arrays: a file that does not
+    match its key or its digest is generated again, never trusted.
+    """
+    import hashlib
+    import importlib.metadata
+    import json
+    import sys
+
+    from mncompile.runtime.checkpoint import atomic_write
+
+    total = -(-(train + test) // 10) * 10
+    # int(total * split) is make_dataset's cut; + 0.5 makes it exactly `train` whatever the rounding
+    split = (train + 0.5) / total
+    key = json.dumps({"dataset": "mnist1d", "version": importlib.metadata.version("mnist1d"), "seed": seed,
+                      "num_samples": total, "train_split": split}, sort_keys=True)
+    path = cache_dir() / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    names = ("x", "y", "x_test", "y_test")
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in names}
+                stored_key, digest = bytes(z["key"]).decode(), str(z["digest"])
+            if stored_key == key and digest == _arrays_digest(arrays):
+                return tuple(arrays[k] for k in names)  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - a damaged cache file is regenerated, whatever is wrong
+            pass
+        print(f"note: the cached MNIST-1D at {path} is damaged or stale; generating it again",
+              file=sys.stderr, flush=True)
+    print(f"generating MNIST-1D: {train} training and {test} test examples (seed {seed}; cached in "
+          f"{path.parent})", file=sys.stderr, flush=True)
+    xtr, ytr, xte, yte = _mnist1d(seed, total, split)
+    arrays = {"x": xtr[:train], "y": ytr[:train], "x_test": xte[:test], "y_test": yte[:test]}
+    try:
+        payload = {**arrays, "key": np.frombuffer(key.encode(), dtype=np.uint8),
+                   "digest": np.array(_arrays_digest(arrays))}
+        atomic_write(path, lambda f: np.savez(f, **payload))
+    except OSError as err:  # a read-only home: the data is still usable, only not cached
+        print(f"note: cannot cache MNIST-1D in {path.parent} ({err.strerror or err})", file=sys.stderr)
+    return tuple(arrays[k] for k in names)  # type: ignore[return-value]
 
 
 def _digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -341,8 +414,10 @@ def load_dataset(
     Names: `mnist1d` (generated with MNIST-1D's default arguments and `seed`; pass seed 42 for
     the canonical set), `digits` (scikit-learn; seeded 80/20 split), `cifar10`, `cifar100`, `svhn`
     (files under `data_dir` as torchvision downloads them; `augment` is on), `npz:PATH`, and
-    `synthetic`. `train_size`/`test_size` set the synthetic sizes (default 512/256) and, for the
-    other datasets, keep only the first examples of each split (for quick runs).
+    `synthetic`. `train_size`/`test_size` set the synthetic sizes (default 512/256); for MNIST-1D
+    above its own 4000/1000 they generate that many examples (`make_dataset` with num_samples =
+    train + test, cached on disk: `cache_dir()`); otherwise they keep only the first examples of
+    each split (for quick runs).
     A shape or class count that does not match the spec raises `MNError` naming both.
     """
     input_shape = tuple(int(d) for d in input_shape)
@@ -350,7 +425,12 @@ def load_dataset(
     image_shape: tuple[int, ...] | None = None
     if name == "mnist1d":
         _check_classes(name, 10, classes)
-        xtr, ytr, xte, yte = _mnist1d(seed)
+        train, test = train_size or MNIST1D_SIZES[0], test_size or MNIST1D_SIZES[1]
+        if train > MNIST1D_SIZES[0] or test > MNIST1D_SIZES[1]:
+            # more than MNIST-1D's own split: generate that many (below it: its first examples)
+            xtr, ytr, xte, yte = _mnist1d_sized(seed, train, test)
+        else:
+            xtr, ytr, xte, yte = _mnist1d(seed)
     elif name == "digits":
         _check_classes(name, 10, classes)
         xtr, ytr, xte, yte = _digits(seed)

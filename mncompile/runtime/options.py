@@ -60,9 +60,11 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    "(default: the spec's `data`, else mnist1d)")
     g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
     g.add_argument("--train-size", type=number(int, 2, highest=MAX_EXAMPLES), metavar="N",
-                   help="use only the first N training examples (synthetic: generate N)")
+                   help="use only the first N training examples; mnist1d above its 4000: generate N "
+                   "(cached on disk); synthetic: generate N")
     g.add_argument("--test-size", type=number(int, 1, highest=MAX_EXAMPLES), metavar="N",
-                   help="use only the first N test examples (synthetic: generate N)")
+                   help="use only the first N test examples; mnist1d above its 1000: generate N "
+                   "(cached on disk); synthetic: generate N")
     g.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
                    help="seed of generated data (mnist1d, synthetic) and the digits split (default 0)")
     g.add_argument("--device", choices=DEVICES, default="auto",
