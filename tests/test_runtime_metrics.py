@@ -237,3 +237,25 @@ def test_terminal_table() -> None:
     assert "time 5.5s (mothernets 2.0s, hatching 0.5s, members 3.0s)" in text
     assert "$0.0014 on M1 (one K80 GPU, AWS P2.xlarge / Azure NC6, $0.90/h)" in text
     assert "$0.0047 on M2 (one V100 GPU, AWS P3.2xlarge / Azure NCv3, $3.06/h)" in text
+
+
+@pytest.mark.parametrize(("errors", "n"), [(0, 100), (1, 100), (25, 1000), (80, 8000), (999, 1000), (7, 7)])
+def test_wilson_interval_matches_scipy(errors: int, n: int) -> None:
+    from scipy.stats import binomtest
+
+    from mncompile.runtime.metrics import wilson
+
+    ci = binomtest(errors, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson(errors, n)
+    assert lo == pytest.approx(ci.low, abs=1e-12) and hi == pytest.approx(ci.high, abs=1e-12)
+    assert lo <= errors / n <= hi
+
+
+def test_results_carry_the_error_interval() -> None:
+    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m = ensemble_metrics(probs, labels, names=["a"])
+    assert m["error"] == 0.25 and m["test_examples"] == 4
+    from mncompile.runtime.metrics import wilson
+
+    assert m["error_interval"] == list(wilson(1, 4)) == m["members"]["a"]["error_interval"]

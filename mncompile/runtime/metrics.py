@@ -94,10 +94,45 @@ def vote(probs: torch.Tensor) -> torch.Tensor:
     return torch.where(top, avg, torch.full_like(avg, -1.0)).argmax(1)
 
 
-def member_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, NLL, Brier score and ECE of one model's probabilities [N, C]."""
+#: the normal quantile of a two-sided 95 % interval
+Z95 = 1.959963984540054
+
+
+def wilson(errors: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of an error rate `errors / n` (95 % by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 errors.
+
+    >>> lo, hi = wilson(25, 1000)
+    >>> round(lo, 4), round(hi, 4)
+    (0.017, 0.0366)
+    >>> wilson(0, 100)[0], round(wilson(0, 100)[1], 4)
+    (0.0, 0.037)
+    """
+    if n < 1:
+        raise ValueError("an interval needs at least one example")
+    p = errors / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # exact at the ends, where the two terms cancel analytically but not in floating point
+    lo = 0.0 if errors == 0 else max(0.0, centre - half)
+    hi = 1.0 if errors == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def error_interval(acc: float, n: int) -> list[float]:
+    """[low, high] of the 95 % Wilson interval of the error 1 - `acc` over `n` test examples."""
+    lo, hi = wilson(round((1.0 - acc) * n), n)
+    return [lo, hi]
+
+
+def member_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Accuracy (with its error's 95 % Wilson interval), NLL, Brier score and ECE of one model's [N, C]."""
+    acc = accuracy(probs, labels)
     return {
-        "accuracy": accuracy(probs, labels),
+        "accuracy": acc,
+        "error_interval": error_interval(acc, len(labels)),
         "nll": nll(probs, labels),
         "brier": brier(probs, labels),
         "ece": ece(probs, labels),
@@ -178,6 +213,8 @@ def ensemble_metrics(
         "diversity": diversity(correct_class_probs(probs, labels)) if probs.shape[1] > 0 else None,
     }
     out["error"] = 1.0 - out["accuracy"]
+    out["error_interval"] = error_interval(out["accuracy"], len(labels))
+    out["test_examples"] = len(labels)
     return _finite(out)
 
 

@@ -198,6 +198,10 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"ensemble of {ens.get('size')}: accuracy {_pct(ens['accuracy'])}% (averaging), "
             f"{_pct(ens.get('accuracy_vote'))}% (vote), oracle {_pct(ens.get('oracle_accuracy'))}%"
         )
+        if ens.get("error_interval"):
+            lo, hi = ens["error_interval"]
+            out.append(f"  error {_pct(ens.get('error'))}%, 95% Wilson interval {_pct(lo)}-{_pct(hi)}% over "
+                       f"{ens.get('test_examples')} test examples")
         out.append(
             f"  nll {_num(ens.get('nll'))}  brier {_num(ens.get('brier'))}  ece {_num(ens.get('ece'))}  "
             f"disagreement {_num(ens.get('disagreement'))}"
