@@ -6,8 +6,8 @@ Regenerate all of it after changing the compiler (run from the repository root):
 
 tests/test_golden.py compiles every example again and fails on any difference, so the record
 always shows what the current compiler writes. Default options: one MotherNet per architecture
-class, seed 0. Each folder carries the mark `.mncompile-golden` (its spec, g and seed), so that a
-compile into it with other options (`mncompile examples/mnist1d.mnet --clusters 2` in the
+class, seed 0. The index `generated/.mncompile-golden.json` names each folder's spec, g and
+seed, so that a compile into one with other options (`mncompile examples/mnist1d.mnet --clusters 2` in the
 repository) is refused instead of rewriting the record.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mncompile.api import load
 from mncompile.compiler import compile_ensemble
-from mncompile.writer import GOLDEN, golden_mark, write_folder
+from mncompile.writer import GOLDEN, golden_index, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -32,21 +32,23 @@ def example_specs(examples: Path = EXAMPLES) -> list[Path]:
     return sorted(examples.glob("*.mnet"))
 
 
-def golden_files(spec: Path) -> tuple[str, dict[str, str]]:
-    """The ensemble name and the files the record holds for one spec, its golden mark included."""
+def golden_files(spec: Path) -> tuple[str, dict[str, str], dict[str, object]]:
+    """The ensemble name, the files the record holds for one spec, and its entry in the index."""
     e = load(spec)
     out = compile_ensemble(e, clusters=None, seed=0, source_name=spec.name)
-    return e.name, {**out.files, GOLDEN: golden_mark(spec.name, out.plan.g, 0)}
+    return e.name, out.files, {"spec": spec.name, "g": out.plan.g, "seed": 0}
 
 
 def regenerate(examples: Path = EXAMPLES, generated: Path = GENERATED) -> list[Path]:
     """Compile every example into `generated/<name>/`; returns the folders written."""
     written = []
+    index: dict[str, dict[str, object]] = {}
     for spec in example_specs(examples):
-        name, files = golden_files(spec)
+        name, files, index[name] = golden_files(spec)
         # the record may be rewritten whatever it held: it is this command's own output
         write_folder(generated / name, files, force=True)
         written.append(generated / name)
+    (generated / GOLDEN).write_text(golden_index(index), encoding="utf-8")
     return written
 
 

@@ -42,9 +42,12 @@ def test_golden_record_is_current(spec: Path, fresh: Path) -> None:
 
 
 def test_no_stale_folders_in_the_record(fresh: Path) -> None:
-    expected = {p.name for p in fresh.iterdir()}
-    assert not [p for p in fresh.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    expected = {p.name for p in fresh.iterdir() if p.is_dir()}
+    assert not [p for p in expected if p.startswith(".")], "temporary folders left behind"
     assert {p.name for p in GENERATED.iterdir() if p.is_dir()} == expected, FIX
+    # the index of the record's folders, their specs and options, is current too
+    index = ".mncompile-golden.json"
+    assert (GENERATED / index).read_text() == (fresh / index).read_text(), FIX
 
 
 def test_golden_record_has_no_weights_and_stays_small() -> None:
