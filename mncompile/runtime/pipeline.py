@@ -169,8 +169,9 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     members = _kept(outcome.members, engine.failed)
     metrics, excluded = evaluate(members, ctx.dataset, ctx.device)
     info = {**ctx.info, **outcome.info}
-    if engine.name != "local":
-        info.update({"engine": engine.name, engine.name: engine.info()})
+    engine_info = engine.info()
+    if engine_info:  # what an engine records of itself (the local one: nothing)
+        info.update({"engine": engine.name, engine.name: engine_info})
     if engine.failed:
         info["failed_members"] = {m: e for m, e in engine.failed.items() if m in outcome.members}
     if excluded:
