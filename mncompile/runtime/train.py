@@ -1,4 +1,8 @@
-"""Training loops: one model, or several in lockstep over one shared stream of mini-batches.
+"""The one epoch loop, `fit`: one model, or several in lockstep over one shared batch stream.
+
+Every method and both engines train through `fit`; `train_lockstep`, `train_model` and
+`train_sequential` are its plain cross-entropy forms. A job's hooks (`jobs.Job`) change the
+forward pass, the loss or the per-iteration learning rate.
 
 SGD with momentum and weight decay; a cosine (or constant) learning rate per epoch over
 `max_epochs`; early stopping when the training accuracy has not improved by more than `tolerance`
@@ -6,7 +10,7 @@ SGD with momentum and weight decay; a cosine (or constant) learning rate per epo
 accuracy is the running accuracy over the epoch's mini-batches in train mode (augmented, as
 Keras reports it), so measuring it costs no extra pass.
 
-The shared scan (`train_lockstep`): each epoch draws one permutation and, per batch, one load and
+The shared scan: each epoch draws one permutation and, per batch, one load and
 one augmentation, and feeds that batch to every model still training. A model that stops early
 or diverges drops out; the rest go on. The stream of epoch `e` depends only on (seed, e), never on
 which models are active, so `train_sequential` (one model at a time) gives bit-identical weights
