@@ -22,7 +22,7 @@ PIN = Path(__file__).resolve().parent / "data" / "runtime_pin.json"
 METHODS = ("mothernets", "shared-mothernets", "full-data", "bagging", "distill", "snapshot", "fge", "treenet")
 OPTIONS = ["--train-size", "600", "--test-size", "300", "--epochs-scale", "0.1", "--quiet"]
 #: wall times and versions: the only fields allowed to differ between two runs
-VOLATILE = frozenset({"seconds", "total_seconds", "cost_usd"})
+VOLATILE = frozenset({"seconds", "total_seconds", "cost_usd", "val_seconds", "validation_seconds"})
 METHOD_INFO = ("hatch", "shared", "snapshot", "fge", "treenet", "distill", "bagging")
 
 

@@ -149,7 +149,8 @@ def _phases() -> list[PhaseRecord]:
         "a",
         "max_epochs",
         "reached",
-        [EpochRecord(1, 0.1, 0.9, 0.6, 0.55, 1.5), EpochRecord(2, 0.05, 0.7, 0.7, 0.6, 1.5)],
+        [EpochRecord(1, 0.1, 0.9, 0.6, 0.55, 1.5, 0.8, 0.5, 0.25),
+         EpochRecord(2, 0.05, 0.7, 0.7, 0.6, 1.5, 0.85, 0.55, 0.25)],
     )
     b = ModelResult("b", "diverged", "loss nan", [EpochRecord(1, 0.1, float("nan"), 0.1, None, 1.5)])
     return [
@@ -171,7 +172,10 @@ def test_results_document(tmp_path: Path) -> None:
     assert r["models"]["a"] == {
         "phase": "members", "status": "max_epochs", "message": "reached", "epochs": 2, "seconds": 3.0,
         "final_train_loss": 0.7, "final_train_acc": 0.7, "best_train_acc": 0.7, "final_test_acc": 0.6,
+        "final_val_loss": 0.85, "final_val_acc": 0.55, "best_val_loss": 0.8, "val_seconds": 0.5,
     }  # fmt: skip
+    # validation passes are reported beside the training time, never in it
+    assert r["validation_seconds"] == 0.5 and r["phases"][2]["val_seconds"] == 0.5
     assert r["models"]["b"]["final_train_loss"] is None and r["models"]["b"]["best_train_acc"] is None
     assert r["members"]["b"]["accuracy"] == pytest.approx(2 / 3) and "members" not in r["ensemble"]
     assert r["ensemble"]["accuracy"] == 1.0 and r["info"]["dataset"] == "synthetic"

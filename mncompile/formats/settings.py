@@ -36,6 +36,8 @@ TRAIN_DEFAULTS: dict[str, float | int | str] = {
 INT_KEYS: frozenset[str] = frozenset({"batch", "patience", "max_epochs", "hatched_max_epochs", "seed"})
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 NOISE_MODES: tuple[str, ...] = ("gaussian", "symmetric")
+#: the largest share of the training set `--val-fraction` may hold out for validation
+MAX_VAL_FRACTION = 0.5
 
 #: datasets the runtime knows: flat feature count, class count (None: any), and the shapes in words
 DATASETS: dict[str, tuple[int | None, int | None, str]] = {

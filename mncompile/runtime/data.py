@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mncompile.diagnostics import MNError
-from mncompile.formats.settings import DATASETS
+from mncompile.formats.settings import DATASETS, MAX_VAL_FRACTION
 
 KNOWN = (*DATASETS, "npz:PATH")
 SYNTHETIC_SIZES = (512, 256)
@@ -37,7 +37,11 @@ PAD = 4  # pixels of zero padding for the random crop (the usual CIFAR recipe)
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test tensors of one task; `image_shape` is the shape augmentation works in."""
+    """Train, validation and test tensors of one task; `image_shape` is the shape augmentation works in.
+
+    The validation split (`x_val`, `y_val`) is held out of the training set by `load_dataset`'s
+    `val_fraction`; it is empty (0 examples) when there is none, the paper's setting.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -47,6 +51,13 @@ class Dataset:
     classes: int
     augment: bool = False
     image_shape: tuple[int, ...] | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there is a validation split to watch."""
+        return self.y_val is not None and len(self.y_val) > 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +72,8 @@ class Dataset:
             y_train=self.y_train.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
+            x_val=None if self.x_val is None else self.x_val.to(device),
+            y_val=None if self.y_val is None else self.y_val.to(device),
         )
 
 
@@ -90,12 +103,49 @@ def _check_classes(name: str, native: int, classes: int) -> None:
         )
 
 
-def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...]) -> tuple:
-    """Both splits shifted and scaled by the training split's statistics over `axes`."""
+def _standardise(x_train: np.ndarray, *others: np.ndarray, axes: tuple[int, ...]) -> tuple:
+    """Every split shifted and scaled by the training split's statistics over `axes`."""
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True)
     std = np.where(std > 1e-8, std, 1.0)
-    return (x_train - mean) / std, (x_test - mean) / std
+    return tuple((x - mean) / std for x in (x_train, *others))
+
+
+def validation_split(y: np.ndarray, fraction: float, seed: int, classes: int,
+                     name: str = "the data") -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of a seeded, stratified split holding out `fraction` of each class.
+
+    Each class gives round(fraction * its count) examples to the validation split, drawn by a
+    generator of `seed` alone, so the split is the same for every training seed. Both index
+    arrays are sorted, keeping the examples' order. MNError when `fraction` is outside
+    (0, MAX_VAL_FRACTION] or a class would be left without training examples.
+
+    >>> tr, va = validation_split(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.25, 0, 2)
+    >>> len(tr), len(va), sorted(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[va].tolist())
+    (7, 3, [0, 1, 1])
+    """
+    if not (0 < fraction <= MAX_VAL_FRACTION) or not math.isfinite(fraction):
+        raise MNError(f"--val-fraction must be above 0 and at most {MAX_VAL_FRACTION}, got {fraction}",
+                      hint="0 (no split, the paper's setting) is given as --val-fraction 0")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5A11D])))
+    val: list[np.ndarray] = []
+    for c in range(classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) == 0:
+            continue
+        k = int(math.floor(fraction * len(idx) + 0.5))
+        if k >= len(idx):
+            raise MNError(
+                f"--val-fraction {fraction} leaves class {c} of {name} without training examples "
+                f"(it has {len(idx)}, all of which would go to validation)",
+                hint="use a smaller --val-fraction or more training examples (--train-size)")
+        val.append(rng.permutation(idx)[:k])
+    held = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    if len(held) == 0:
+        raise MNError(f"--val-fraction {fraction} of {len(y)} training examples holds out none",
+                      hint="use a larger --val-fraction or more training examples (--train-size)")
+    keep = np.setdiff1d(np.arange(len(y)), held, assume_unique=True)
+    return keep, held
 
 
 #: MNIST-1D's own split: 4000 training and 1000 test examples (make_dataset's defaults)
@@ -408,6 +458,7 @@ def load_dataset(
     *,
     train_size: int | None = None,
     test_size: int | None = None,
+    val_fraction: float = 0.0,
 ) -> Dataset:
     """Load dataset `name` as CPU tensors shaped [N, *input_shape], checked against the spec.
 
@@ -417,11 +468,14 @@ def load_dataset(
     `synthetic`. `train_size`/`test_size` set the synthetic sizes (default 512/256); for MNIST-1D
     above its own 4000/1000 they generate that many examples (`make_dataset` with num_samples =
     train + test, cached on disk: `cache_dir()`); otherwise they keep only the first examples of
-    each split (for quick runs).
+    each split (for quick runs). `val_fraction` > 0 then holds out that share of the training
+    examples, stratified by class and seeded by `seed` (`validation_split`); standardised data
+    (digits, CIFAR, SVHN) is scaled by the statistics of the examples left for training.
     A shape or class count that does not match the spec raises `MNError` naming both.
     """
     input_shape = tuple(int(d) for d in input_shape)
     augment = False
+    standardise: tuple[int, ...] | None = None  # the axes of per-channel statistics, when scaled
     image_shape: tuple[int, ...] | None = None
     if name == "mnist1d":
         _check_classes(name, 10, classes)
@@ -434,14 +488,15 @@ def load_dataset(
     elif name == "digits":
         _check_classes(name, 10, classes)
         xtr, ytr, xte, yte = _digits(seed)
-        xtr, xte = _standardise(xtr, xte, axes=(0, 1))
         xtr, xte = xtr.reshape(-1, 1, 8, 8), xte.reshape(-1, 1, 8, 8)
+        standardise = (0, 1, 2, 3)  # one mean and std over every pixel
     elif name in ("cifar10", "cifar100", "svhn"):
         _check_classes(name, 100 if name == "cifar100" else 10, classes)
         # check the shape before reading 170 MB, so a wrong spec fails at once
         _fit(name, np.empty((0, 3, 32, 32)), input_shape)
         xtr, ytr, xte, yte = _svhn(data_dir) if name == "svhn" else _cifar(name, data_dir)
-        xtr, xte = _standardise(xtr.astype(np.float32) / 255, xte.astype(np.float32) / 255, axes=(0, 2, 3))
+        xtr, xte = xtr.astype(np.float32) / 255, xte.astype(np.float32) / 255
+        standardise = (0, 2, 3)
         augment, image_shape = True, (3, 32, 32)
     elif name.startswith("npz:"):
         xtr, ytr, xte, yte = _npz(name[4:], classes)
@@ -458,17 +513,28 @@ def load_dataset(
     if name != "synthetic":
         xtr, ytr = xtr[:train_size], ytr[:train_size]
         xte, yte = xte[:test_size], yte[:test_size]
-    xtr = _fit(name, xtr, input_shape)
-    xte = _fit(name, xte, input_shape)
+    xva, yva = xtr[:0], ytr[:0]
+    if val_fraction:
+        keep, held = validation_split(np.asarray(ytr), val_fraction, seed, classes, f"dataset '{name}'")
+        xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
+    if standardise is not None:
+        xtr, xva, xte = _standardise(xtr, xva, xte, axes=standardise)
+    xtr, xva, xte = (_fit(name, x, input_shape) for x in (xtr, xva, xte))
+
+    def tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+
     return Dataset(
         name=name,
-        x_train=torch.as_tensor(np.ascontiguousarray(xtr), dtype=torch.float32),
-        y_train=torch.as_tensor(np.ascontiguousarray(ytr), dtype=torch.int64),
-        x_test=torch.as_tensor(np.ascontiguousarray(xte), dtype=torch.float32),
-        y_test=torch.as_tensor(np.ascontiguousarray(yte), dtype=torch.int64),
+        x_train=tensor(xtr, torch.float32),
+        y_train=tensor(ytr, torch.int64),
+        x_test=tensor(xte, torch.float32),
+        y_test=tensor(yte, torch.int64),
         classes=classes,
         augment=augment,
         image_shape=image_shape,
+        x_val=tensor(xva, torch.float32),
+        y_val=tensor(yva, torch.int64),
     )
 
 

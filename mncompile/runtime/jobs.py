@@ -25,14 +25,18 @@ if TYPE_CHECKING:
     from mncompile.runtime.data import Dataset
 
 STATUSES = ("training", "converged", "max_epochs", "diverged")
+#: what early stopping watches: the running training accuracy (the paper's rule), or the loss on
+#: the validation split (`--val-fraction`)
+STOP_RULES = ("train-acc", "val-loss")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """The settings of one training phase (a MotherNet or a hatched member, say).
 
-    `patience` <= 0 turns early stopping off; `tolerance` is the absolute gain in training
-    accuracy (a fraction) an epoch must beat the best by to count as an improvement.
+    `patience` <= 0 turns early stopping off. `stop` says what it watches (`STOP_RULES`):
+    `train-acc`, the paper's rule, or `val-loss`; `tolerance` is the absolute gain an epoch must
+    beat the best by to count as an improvement (a fraction of accuracy, or nats of loss).
     """
 
     # the defaults are those of the train keys' one table, mncompile.formats.settings
@@ -44,8 +48,11 @@ class TrainSettings:
     max_epochs: int = int(TRAIN_DEFAULTS["max_epochs"])
     schedule: str = str(TRAIN_DEFAULTS["schedule"])
     tolerance: float = 1e-4
+    stop: str = "train-acc"
 
     def __post_init__(self) -> None:
+        if self.stop not in STOP_RULES:
+            raise MNError(f"unknown stopping rule '{self.stop}'", hint="use " + " or ".join(STOP_RULES))
         if self.schedule not in SCHEDULES:
             raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
         if self.batch < 1 or self.max_epochs < 0:
@@ -53,10 +60,11 @@ class TrainSettings:
                           f"{self.max_epochs}")
 
     @classmethod
-    def from_config(cls, config: Any, phase: str = "mother") -> TrainSettings:
+    def from_config(cls, config: Any, phase: str = "mother", stop: str = "train-acc") -> TrainSettings:
         """The settings of `phase` ('mother' or 'hatched') from a TrainConfig or a plain mapping.
 
         'hatched' takes `hatched_lr` and `hatched_max_epochs`; everything else is shared.
+        `stop` is the early-stopping rule of the run (`STOP_RULES`).
         """
 
         def get(key: str) -> Any:
@@ -73,6 +81,7 @@ class TrainSettings:
             patience=int(get("patience")),
             max_epochs=int(get("hatched_max_epochs" if hatched else "max_epochs")),
             schedule=str(get("schedule")),
+            stop=stop,
         )
 
     def lr_at(self, epoch: int) -> float:
@@ -82,7 +91,11 @@ class TrainSettings:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.max_epochs))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.stop == "train-acc":
+            # the paper's rule: the identity a checkpoint was written with before there was a choice
+            del d["stop"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class EpochRecord:
 
     In lockstep, `seconds` is the wall time of the shared epoch (every active model's steps plus
     the one data pass), so the seconds of models trained together must not be added up.
+    `val_loss`, `val_acc` are measured on the validation split after the epoch (None without
+    one), in eval mode; `val_seconds` is that pass's time, which is not training time.
     """
 
     epoch: int
@@ -99,6 +114,9 @@ class EpochRecord:
     train_acc: float
     test_acc: float | None
     seconds: float
+    val_loss: float | None = None
+    val_acc: float | None = None
+    val_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +138,11 @@ class ModelResult:
     @property
     def seconds(self) -> float:
         return sum(r.seconds for r in self.history)
+
+    @property
+    def val_seconds(self) -> float:
+        """Time spent on validation passes (not counted in `seconds`)."""
+        return sum(r.val_seconds for r in self.history)
 
     @property
     def ok(self) -> bool:

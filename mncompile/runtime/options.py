@@ -12,8 +12,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mncompile.diagnostics import MNError
-from mncompile.formats.settings import NOISE_MODES, SCHEDULES, TRAIN_DEFAULTS, validate_train
+from mncompile.formats.settings import (
+    MAX_VAL_FRACTION,
+    NOISE_MODES,
+    SCHEDULES,
+    TRAIN_DEFAULTS,
+    validate_train,
+)
 from mncompile.runtime.engines import ENGINES
+from mncompile.runtime.jobs import STOP_RULES
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import add_method_arguments
 from mncompile.validators import number
@@ -31,6 +38,27 @@ MAX_EPOCHS_SCALE = 100.0
 MAX_LR = 1e4
 MAX_NOISE = 10.0
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_VAL_FRACTION = 0.0
+
+
+def val_fraction_arg(text: str) -> float:
+    value = number(float, 0.0, highest=MAX_VAL_FRACTION)(text)
+    if value != 0 and value < 1e-6:
+        raise argparse.ArgumentTypeError(f"{text} is too small a share to hold out; use 0 for no split")
+    return value
+
+
+def stop_rule(args: argparse.Namespace) -> str:
+    """The run's early-stopping rule: --stop, else val-loss with a validation split, else train-acc.
+
+    MNError when val-loss is asked for without a validation split.
+    """
+    fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
+    rule = getattr(args, "stop", None) or ("val-loss" if fraction > 0 else "train-acc")
+    if rule == "val-loss" and fraction <= 0:
+        raise MNError("--stop val-loss needs a validation split, but --val-fraction is 0",
+                      hint="give --val-fraction F (0 < F <= 0.5), or use --stop train-acc")
+    return rule
 
 
 def _gpus_per_model(text: str) -> int | None:
@@ -66,7 +94,16 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="use only the first N test examples; mnist1d above its 1000: generate N "
                    "(cached on disk); synthetic: generate N")
     g.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
-                   help="seed of generated data (mnist1d, synthetic) and the digits split (default 0)")
+                   help="seed of generated data (mnist1d, synthetic), the digits split and the validation "
+                   "split (default 0)")
+    g.add_argument("--val-fraction", type=val_fraction_arg, default=DEFAULT_VAL_FRACTION, metavar="F",
+                   help="hold out this share of each class of the training set for validation, seeded by "
+                   f"--data-seed; above 0, at most {MAX_VAL_FRACTION}; 0: no split, the paper's setting "
+                   f"(default {DEFAULT_VAL_FRACTION})")
+    g.add_argument("--stop", choices=STOP_RULES, default=None,
+                   help="what early stopping watches: val-loss (the validation split's loss) or train-acc "
+                   "(the running training accuracy, the paper's rule); default val-loss with a validation "
+                   "split, else train-acc")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
     g.add_argument("--out", metavar="DIR",
@@ -101,7 +138,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     t.add_argument("--weight-decay", type=number(float, 0.0, highest=1.0), metavar="WD",
                    help="SGD weight decay, from 0 to 1")
     t.add_argument("--patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
-                   help="stop when training accuracy has not improved for N epochs (0: never)")
+                   help="stop when what --stop watches has not improved for N epochs (0: never)")
     t.add_argument("--max-epochs", type=number(int, 1, highest=MAX_EPOCHS), metavar="N",
                    help="epoch cap of MotherNets and of nets trained from scratch")
     t.add_argument("--hatched-max-epochs", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",

@@ -35,6 +35,7 @@ from mncompile.runtime.options import (
     build_parser,
     resolve_config,
     resume_command,
+    stop_rule,
 )
 from mncompile.runtime.rundir import RunFolder, default_out
 
@@ -123,14 +124,16 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     from mncompile.runtime.train import resolve_device
 
     device = resolve_device(args.device)
+    val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
+    stop = stop_rule(args)
     dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
-                           train_size=args.train_size, test_size=args.test_size)
+                           train_size=args.train_size, test_size=args.test_size, val_fraction=val_fraction)
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(
         folder=Path(folder), models=models, plan=plan, tables=tables, dataset=dataset, config=config,
-        mother_settings=TrainSettings.from_config(config, "mother"),
-        hatched_settings=TrainSettings.from_config(config, "hatched"),
+        mother_settings=TrainSettings.from_config(config, "mother", stop),
+        hatched_settings=TrainSettings.from_config(config, "hatched", stop),
         out=out, device=device, seed=int(config["seed"]), progress=progress, engine=engine,
         resume=args.resume, method=args.method, noise=float(config["noise"]), noise_mode=args.noise_mode,
     )
@@ -138,6 +141,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
+        "val_fraction": val_fraction, "val_size": 0 if dataset.y_val is None else len(dataset.y_val),
+        "stop": stop,
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
@@ -145,7 +150,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     })
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
-                                       "clustering_seed")}
+                                       "clustering_seed", "val_fraction", "stop")}
     force = bool(getattr(args, "force", False))
     with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
         _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
@@ -179,18 +184,40 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     doc = build_results(method, outcome.phases, metrics, info=info)
     write_results(out, doc)
     write_history(out, outcome.phases)
+    curves = _learning_curves(out, doc)
     # the plan it trained from: the file stores its nets' layers and its digest, not the folder
     unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded)
     print(format_table(doc))
     print(extra_lines(doc))
+    wrote = f"{out / 'results.json'}, {out / 'history.csv'}" + (f", {curves}" if curves else "")
     if unsaved is None:
-        print(f"wrote {out / 'results.json'}, {out / 'history.csv'} and {out / FILE_NAME} "
-              "(mncompile.runtime.load_ensemble reads it)")
+        print(f"wrote {wrote} and {out / FILE_NAME} (mncompile.runtime.load_ensemble reads it)")
     else:
         # an ensemble.pt of an earlier run must not stand beside these results as if it were theirs
         (out / FILE_NAME).unlink(missing_ok=True)
-        print(f"wrote {out / 'results.json'} and {out / 'history.csv'}; no {FILE_NAME}: {unsaved}")
+        print(f"wrote {wrote}; no {FILE_NAME}: {unsaved}")
     return doc
+
+
+def _learning_curves(out: Path, doc: Mapping[str, Any]) -> Path | None:
+    """OUT/learning_curves.png from history.csv, when matplotlib is installed (else a note)."""
+    import csv
+    import importlib.util
+
+    path = out / "learning_curves.png"
+    if importlib.util.find_spec("matplotlib") is None:
+        path.unlink(missing_ok=True)
+        print('note: no learning_curves.png: pip install "mncompile[plots]" for it', file=sys.stderr)
+        return None
+    from mncompile.runtime.figures import plot_run_curves
+
+    with open(out / "history.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    info = doc.get("info", {})
+    title = (f"{info.get('ensemble')}: {doc['method']} on {info.get('dataset')}, seed {info.get('seed')} "
+             f"({info.get('train_size')} train / {info.get('val_size', 0)} validation examples)")
+    plot_run_curves(rows, path, title=title)
+    return path
 
 
 def _kept(members: Mapping[str, nn.Module], failed: Mapping[str, str]) -> dict[str, nn.Module]:

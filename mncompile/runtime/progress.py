@@ -83,11 +83,13 @@ class Progress:
         acc: float,
         test_acc: float | None,
         seconds: float,
+        val_acc: float | None = None,
     ) -> None:
         """Report model `name`'s finished epoch (1-based)."""
         if self.quiet:
             return
         test = f"  test {test_acc * 100:.2f}%" if test_acc is not None else ""
+        test += f"  val {val_acc * 100:.2f}%" if val_acc is not None else ""
         if self._bar is not None:
             self._latest[name] = f"{acc * 100:.1f}%"
             if len(self._latest) == 1:

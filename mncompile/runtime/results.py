@@ -29,7 +29,8 @@ from mncompile.runtime.checkpoint import atomic_write_text
 from mncompile.runtime.jobs import ModelResult
 
 SCHEMA_VERSION = 1
-HISTORY_COLUMNS = ("phase", "model", "epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds")
+HISTORY_COLUMNS = ("phase", "model", "epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds",
+                   "val_loss", "val_acc", "val_seconds")
 
 
 @dataclass
@@ -62,6 +63,10 @@ def _model_entry(phase: str, r: ModelResult) -> dict[str, Any]:
         "final_train_acc": last.train_acc if last else None,
         "best_train_acc": r.best_train_acc,
         "final_test_acc": last.test_acc if last else None,
+        "final_val_loss": last.val_loss if last else None,
+        "final_val_acc": last.val_acc if last else None,
+        "best_val_loss": min((h.val_loss for h in r.history if h.val_loss is not None), default=None),
+        "val_seconds": r.val_seconds,
     }
 
 
@@ -93,11 +98,14 @@ def build_results(
             "schema_version": SCHEMA_VERSION,
             "method": method,
             "info": dict(info or {}),
-            "phases": [{"name": p.name, "seconds": p.seconds, "models": list(p.models)} for p in phases],
+            "phases": [{"name": p.name, "seconds": p.seconds, "models": list(p.models),
+                        "val_seconds": sum(r.val_seconds for r in p.models.values())} for p in phases],
             "models": models,
             "members": members,
             "ensemble": metrics,
             "total_seconds": total,
+            # validation passes are not training: their time is reported beside it
+            "validation_seconds": sum(r.val_seconds for p in phases for r in p.models.values()),
             "cost_usd": cost_usd(total),
         }
     )
@@ -144,7 +152,7 @@ def history_rows(phases: Sequence[PhaseRecord]) -> list[dict[str, Any]]:
 
 
 def write_history(out_dir: str | os.PathLike[str], phases: Sequence[PhaseRecord]) -> Path:
-    """Write `OUT/history.csv` atomically; an empty test_acc means it was not measured."""
+    """Write `OUT/history.csv` atomically; an empty test_acc or val_loss means it was not measured."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -209,8 +217,10 @@ def format_table(results: Mapping[str, Any]) -> str:
     out.append("")
     phases = ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in results["phases"])
     cost = results["cost_usd"]
+    val = results.get("validation_seconds") or 0.0
+    val_note = f"; validation passes {val:.1f}s besides" if val else ""
     out.append(
-        f"time {results['total_seconds']:.1f}s ({phases}); cost at the paper's cloud rates: "
+        f"time {results['total_seconds']:.1f}s ({phases}){val_note}; cost at the paper's cloud rates: "
         + ", ".join(f"${c['usd']:.4f} on {m} ({RATE_MACHINES.get(m, m)}, ${c['usd_per_hour']:.2f}/h)"
                     for m, c in cost.items())
     )

@@ -5,10 +5,12 @@ Every method and both engines train through `fit`; `train_lockstep`, `train_mode
 forward pass, the loss or the per-iteration learning rate.
 
 SGD with momentum and weight decay; a cosine (or constant) learning rate per epoch over
-`max_epochs`; early stopping when the training accuracy has not improved by more than `tolerance`
-(default 1e-4, an absolute fraction: 0.01 percentage points) for `patience` epochs. The training
-accuracy is the running accuracy over the epoch's mini-batches in train mode (augmented, as
-Keras reports it), so measuring it costs no extra pass.
+`max_epochs`; early stopping when the watched quantity has not improved by more than `tolerance`
+(default 1e-4) for `patience` epochs. It watches the training accuracy (`stop="train-acc"`, the
+paper's rule) or the validation loss (`stop="val-loss"`). The training accuracy is the running
+accuracy over the epoch's mini-batches in train mode (augmented, as Keras reports it), so
+measuring it costs no extra pass. With a validation split (`Dataset.x_val`), every model is
+evaluated on it after every epoch, in eval mode; that pass is timed apart from training.
 
 The shared scan: each epoch draws one permutation and, per batch, one load and
 one augmentation, and feeds that batch to every model still training. A model that stops early
@@ -118,7 +120,7 @@ class _State:
     optimizer: torch.optim.Optimizer
     result: ModelResult
     ckpt: Path | None = None
-    best: float = -1.0
+    best: float = -math.inf
     stale: int = 0
 
     @property
@@ -238,9 +240,16 @@ class StoppingState(Protocol):
 
 
 def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: float, loss: float, acc: float,
-                 test_acc: float | None, seconds: float) -> EpochRecord:
-    """Append epoch `epoch` (0-based) to the history; stop on divergence, patience or max_epochs."""
-    rec = EpochRecord(epoch + 1, lr, loss, acc, test_acc, seconds)
+                 test_acc: float | None, seconds: float, val: tuple[float, float, float] | None = None
+                 ) -> EpochRecord:
+    """Append epoch `epoch` (0-based) to the history; stop on divergence, patience or max_epochs.
+
+    `val` is the epoch's (validation loss, accuracy, seconds). Early stopping watches what
+    `settings.stop` names: the training accuracy, or the validation loss (kept as its negative
+    in `best`, so that higher is better for both).
+    """
+    val_loss, val_acc, val_seconds = val if val is not None else (None, None, 0.0)
+    rec = EpochRecord(epoch + 1, lr, loss, acc, test_acc, seconds, val_loss, val_acc, val_seconds)
     st.result.history.append(rec)
     s = settings
     if not math.isfinite(loss):
@@ -250,19 +259,67 @@ def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: flo
             "its weights are not usable (try a lower learning rate)"
         )
         return rec
-    if acc > st.best + s.tolerance:
-        st.best, st.stale = acc, 0
+    by_val = s.stop == "val-loss"
+    if by_val and val_loss is None:
+        raise MNError("early stopping on validation loss needs a validation split",
+                      hint="give --val-fraction above 0, or use --stop train-acc")
+    watched = -val_loss if by_val and val_loss is not None and math.isfinite(val_loss) else (
+        -math.inf if by_val else acc)
+    if watched > st.best + s.tolerance:
+        st.best, st.stale = watched, 0
     else:
         st.stale += 1
     if s.patience > 0 and st.stale >= s.patience:
         st.result.status = "converged"
         st.result.message = (
+            f"validation loss has not improved for {s.patience} epochs (best {-st.best:.4f})" if by_val else
             f"training accuracy has not improved for {s.patience} epochs (best {st.best * 100:.2f}%)"
         )
     elif epoch + 1 >= s.max_epochs:
         st.result.status = "max_epochs"
         st.result.message = f"reached max_epochs {s.max_epochs}"
     return rec
+
+
+def _heads(out: Any) -> list[torch.Tensor]:
+    """A model's outputs as a list of [N, C] logits: one for a plain net, one per head for several."""
+    if isinstance(out, (tuple, list)):
+        return [o for part in out for o in _heads(part)]
+    return list(out) if out.dim() == 3 else [out]
+
+
+@torch.no_grad()
+def validate(job: Job, data: Dataset, device: torch.device,
+             batch_size: int = 1024) -> tuple[float, float, float]:
+    """(loss, accuracy, seconds) of `job`'s model on the validation split, in eval mode.
+
+    The loss is cross-entropy (averaged over the heads of a model with several, as TreeNets'
+    branches), whatever the job trains on: a distilled student is judged on the labels.
+    """
+    assert data.x_val is not None and data.y_val is not None
+    start = time.perf_counter()
+    model = job.model
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    try:
+        for i in range(0, len(data.y_val), batch_size):
+            x = prepare_input(data.x_val[i : i + batch_size], device)
+            y = data.y_val[i : i + batch_size]
+            with _autocast(device):
+                out = job.forward(model, x) if job.forward is not None else model(x)
+            heads = _heads(out)
+            for h in heads:
+                loss += F.cross_entropy(h.float(), y, reduction="sum").double() / len(heads)
+                correct += (h.argmax(1) == y).sum().double() / len(heads)
+    finally:
+        model.train(was_training)
+    n = len(data.y_val)
+    value, acc = float(loss) / n, float(correct) / n
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value, acc, time.perf_counter() - start
 
 
 def fit(
@@ -385,10 +442,13 @@ def fit(
                 t, seconds = shard.reduce(totals[id(st)], elapsed)
                 loss_sum, correct, seen = (float(v) for v in t)
                 test_acc = _test_accuracy(st.job.model, data, dev) if evaluate_test else None
+                # the validation pass is timed on its own: it is not training time
+                val = validate(st.job, data, dev) if data.has_val else None
                 rec = record_epoch(st, st.job.settings, epoch, first_lr.get(st.job.name, 0.0),
-                                   loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds)
+                                   loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds, val)
                 progress.epoch(st.job.name, rec.epoch, st.job.settings.max_epochs, lr=rec.lr,
-                               loss=rec.train_loss, acc=rec.train_acc, test_acc=rec.test_acc, seconds=seconds)
+                               loss=rec.train_loss, acc=rec.train_acc, test_acc=rec.test_acc, seconds=seconds,
+                               val_acc=rec.val_acc)
                 if st.done:
                     progress.note(f"{st.job.name}: {st.result.status}: {st.result.message}")
                 if st.ckpt is not None and shard.writes:

@@ -1,0 +1,240 @@
+"""The plots of `mncompile bench` (and the learning curves of one run), with matplotlib's Agg backend.
+
+- `plot_frontier`: ensemble test error against training time, one marker per (method, g), the
+  95 % Wilson interval as a bar and the spread over seeds as caps, the Pareto front drawn
+  (the paper's Figure 4);
+- `plot_breakdown`: training time per phase (and per member where members trained one at a
+  time) as stacked horizontal bars (Figure 5);
+- `plot_diversity`: member variance, member covariance and ensemble variance over trainings
+  (Figure 8);
+- `plot_learning_curves`: validation accuracy (training accuracy without a validation split)
+  per epoch per model; a hatched member's curve starts where its MotherNet's ended.
+
+Every label sits in a legend or on an axis, never on top of the data, and figures are saved with
+a tight bounding box, so no label overlaps another or is cut off at an edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mncompile.runtime.frontier import Row
+
+MARKERS = "osD^vP*Xh<>p8"
+
+
+def _locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        from mncompile.diagnostics import MNError
+
+        raise MNError("the plots need matplotlib, which is not installed",
+                      hint='pip install "mncompile[plots]"') from e
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: float | None = None) -> None:
+    """Figure 4: ensemble test error (%) against mean training time (s), the Pareto front drawn."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [(row, _mean(row.seconds), _mean(row.errors)) for row in rows if row.errors and row.seconds]
+    for k, (row, x, y) in enumerate(pts):
+        color, marker = f"C{k % 10}", MARKERS[k % len(MARKERS)]
+        lo, hi = row.interval
+        if not math.isnan(lo):
+            ax.errorbar(x, y * 100, yerr=[[max(0.0, y - lo) * 100], [max(0.0, hi - y) * 100]], fmt="none",
+                        ecolor=color, elinewidth=5, alpha=0.25)
+        std = _std(row.errors)
+        ax.errorbar(x, y * 100, yerr=None if math.isnan(std) else std * 100, fmt=marker, color=color,
+                    markersize=7, capsize=4, label=row.label + ("  (front)" if row.pareto else ""))
+    front = sorted((x, y) for row, x, y in pts if row.pareto)
+    if front:
+        ax.plot([x for x, _ in front], [y * 100 for _, y in front], color="black", linestyle="--",
+                linewidth=1, label="Pareto front")
+    if single_best is not None:
+        ax.axhline(single_best * 100, color="grey", linewidth=1, linestyle=":",
+                   label="best single member (full-data)")
+    xs = [x for _, x, _ in pts]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 8:
+        ax.set_xscale("log")
+    ax.set_xlabel("training time (s, wall clock, mean over seeds; validation excluded)")
+    ax.set_ylabel("ensemble test error (%)")
+    ax.set_title(title + "\nbars: 95 % Wilson interval over the test set; caps: std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _save(fig, path)
+
+
+def plot_breakdown(labels: Sequence[str], bars: Sequence[Mapping[tuple[str, str], Sequence[float]]],
+                   path: Path, *, title: str) -> None:
+    """Figure 5: stacked horizontal bars of training time per phase (and member), one per (method, g).
+
+    `bars[i]` maps (phase, part) to that segment's seconds over the seeds of point `labels[i]`;
+    each segment is their mean, and is named inside only when its name fits in it.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.8))
+    phase_colors: dict[str, str] = {}
+    texts = []
+    for y, seg in enumerate(bars):
+        left = 0.0
+        for k, ((phase, part), secs) in enumerate(seg.items()):
+            color = phase_colors.setdefault(phase, f"C{len(phase_colors) % 10}")
+            w = _mean(secs)
+            ax.barh(y, w, left=left, color=color, edgecolor="white", linewidth=0.8,
+                    alpha=1.0 if k % 2 == 0 else 0.75, height=0.7)
+            if part:
+                texts.append((ax.text(left + w / 2, y, part, ha="center", va="center", fontsize=7,
+                                      color="white"), left, w))
+            left += w
+    ax.set_yticks(range(len(labels)), list(labels))
+    ax.invert_yaxis()
+    ax.set_xlabel("training time (s, wall clock, mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    for phase, color in phase_colors.items():
+        ax.barh(0, 0, color=color, label=phase)
+    ax.legend(fontsize=8, title="phase", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    # a name that does not fit inside its segment is dropped (the legend and y labels still say it)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for text, left, w in texts:
+        box = text.get_window_extent(renderer)
+        x0, x1 = ax.transData.transform([(left, 0), (left + w, 0)])[:, 0]
+        if box.width > (x1 - x0) * 0.95:
+            text.remove()
+    _save(fig, path)
+
+
+def plot_diversity(labels: Sequence[str], diversity: Sequence[Mapping[str, Any]], path: Path, *,
+                   title: str) -> None:
+    """Figure 8: member variance, member covariance and ensemble variance of Y, per (method, g)."""
+    plt = _pyplot()
+    keys = (("member_variance", "member variance"), ("member_covariance", "member covariance"),
+            ("ensemble_variance", "ensemble variance"))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(diversity) + 1.8))
+    h = 0.8 / len(keys)
+    for k, (key, name) in enumerate(keys):
+        ys = [i + (k - 1) * h for i in range(len(diversity))]
+        ax.barh(ys, [float(d[key]) for d in diversity], height=h, color=f"C{k}", label=name)
+    ax.set_yticks(range(len(diversity)), list(labels))
+    ax.invert_yaxis()
+    ax.set_xlabel("moment of Y (probability of the correct class) over the seeds' trainings")
+    ax.set_title(title + "\nlower covariance: members err differently, averaging helps more", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def curves(history: Sequence[Mapping[str, str]]) -> tuple[dict[str, tuple[list[int], list[float]]], bool]:
+    """Per model, (epochs, accuracies) from history.csv rows, and whether they are validation accuracies.
+
+    Epochs count from the run's start: a model of a later phase starts after the longest model
+    of the phases before it (a hatched member after its MotherNet).
+    """
+    val = any(r.get("val_acc") for r in history)
+    key = "val_acc" if val else "train_acc"
+    phases: dict[str, int] = {}
+    for r in history:
+        phases[r["phase"]] = max(phases.get(r["phase"], 0), int(r["epoch"]))
+    offsets, total = {}, 0
+    for phase, n in phases.items():
+        offsets[phase], total = total, total + n
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in history:
+        if not r.get(key):
+            continue
+        xs, ys = out.setdefault(r["model"], ([], []))
+        xs.append(offsets[r["phase"]] + int(r["epoch"]))
+        ys.append(float(r[key]) * 100)
+    return out, val
+
+
+def plot_learning_curves(rows: Sequence[Row], path: Path, *, title: str) -> None:
+    """Accuracy per epoch per model: one panel per (method, g), its first seed; one color per model."""
+    plt = _pyplot()
+    panels = [(row, next(r for r in row.runs if r.history))
+              for row in rows if any(r.history for r in row.runs)]
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows + 0.8), squeeze=False,
+                             sharey=True)
+    colors: dict[str, str] = {}
+    any_val = False
+    for ax, (row, run) in zip(axes.flat, panels, strict=False):
+        per_model, val = curves(run.history or [])
+        any_val |= val
+        for model, (xs, ys) in per_model.items():
+            color = colors.setdefault(model, f"C{len(colors) % 10}")
+            style = "-" if len(colors) <= 10 else "--"
+            # a marker on every epoch: a member fine-tuned for one epoch is one point, not nothing
+            ax.plot(xs, ys, style, marker=".", markersize=4, color=color, linewidth=1.2, label=model)
+        ax.set_title(f"{row.label} (seed {run.seed})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(_locator()(integer=True))
+        ax.set_xlabel("epoch (from the run's start)", fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    what = "validation" if any_val else "training (no validation split)"
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for hnd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    fig.suptitle(title, fontsize=10)
+    legend_rows = math.ceil(len(labels) / 6)
+    bottom = (0.3 * legend_rows + 0.2) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+    _save(fig, path)
+
+
+def plot_run_curves(history: Sequence[Mapping[str, str]], path: Path, *, title: str) -> None:
+    """One run's learning curves (`mncompile run`, train.py): accuracy per epoch per model."""
+    plt = _pyplot()
+    per_model, val = curves(history)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (model, (xs, ys)) in enumerate(per_model.items()):
+        ax.plot(xs, ys, "-" if k < 10 else "--", marker=".", markersize=4, color=f"C{k % 10}",
+                linewidth=1.2, label=model)
+    ax.xaxis.set_major_locator(_locator()(integer=True))
+    ax.set_xlabel("epoch (from the run's start; a hatched member continues its MotherNet)")
+    ax.set_ylabel(("validation" if val else "training (no validation split)") + " accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _save(fig, path)
