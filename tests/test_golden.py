@@ -53,5 +53,6 @@ def test_no_stale_folders_in_the_record(fresh: Path) -> None:
 def test_golden_record_has_no_weights_and_stays_small() -> None:
     files = [p for p in GENERATED.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
-    assert total < 4_000_000, f"generated/ holds {total} bytes"
+    # eleven examples of tables and code (D5's tables are the largest, 1.7 MB): no weights
+    assert total < 6_000_000, f"generated/ holds {total} bytes"
     assert not {p.suffix for p in files} & {".pt", ".pth", ".bin", ".npz", ".safetensors", ".ckpt"}
