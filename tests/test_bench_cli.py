@@ -36,19 +36,24 @@ def test_bench_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     printed = capsys.readouterr().out
     assert rc == 0
     methods = ["bagging", "distill", "fge", "full-data", "snapshot", "treenet"]
-    # default clusters: one per architecture class (1) and m (3); 2 seeds each; MotherNets at
-    # each g, Shared-MotherNets where a cluster is shared (g = 1: at g = 3 every net is alone)
-    assert "18 runs" in printed and "[bench 18/18] treenet seed 1" in printed and "ETA" in printed
-    assert "shared-mothernets skipped at g = 3" in printed
-    for name in ("frontier.csv", "frontier.md", "frontier.png", "breakdown.png", "diversity.csv"):
+    # default clusters: one per architecture class (1), the midpoint (2) and m (3), where g = m
+    # is left out because full-data trains the same nets; 2 seeds each; MotherNets and
+    # Shared-MotherNets at each g
+    assert "20 runs" in printed and "[bench 20/20] treenet seed 1" in printed and "ETA" in printed
+    assert "mothernets at g = 3 = m left out" in printed and "mothernets-g3" not in printed
+    for name in ("frontier.csv", "frontier.md", "frontier.png", "breakdown.png", "diversity.csv",
+                 "diversity.png", "learning_curves.png"):
         assert (out / name).is_file(), name
-    for png in ("frontier.png", "breakdown.png"):
+    for png in ("frontier.png", "breakdown.png", "diversity.png", "learning_curves.png"):
         assert (out / png).read_bytes().startswith(PNG)
     rows = list(csv.DictReader((out / "frontier.csv").open()))
     labels = [(r["method"], r["g"]) for r in rows]
-    shared = [("shared-mothernets", "1")]
-    assert labels == ([("mothernets", "1"), ("mothernets", "3")] + [(m, "") for m in methods[:4]]
+    shared = [("shared-mothernets", "1"), ("shared-mothernets", "2")]
+    assert labels == ([("mothernets", "1"), ("mothernets", "2")] + [(m, "") for m in methods[:4]]
                       + shared + [(m, "") for m in methods[4:]])
+    for r in rows:  # every error has its Wilson interval over the 20 test examples
+        assert r["test_examples"] == "20"
+        assert float(r["error_low"]) <= float(r["error_mean"]) <= float(r["error_high"])
     assert all(r["seeds"] == "2" for r in rows)
     assert any(r["pareto"] == "yes" for r in rows)
     for r in rows:
@@ -63,17 +68,15 @@ def test_bench_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # treenet got the bench's --shared-layers
     doc = json.loads((out / "runs" / "treenet" / "seed0" / "results.json").read_text())
     assert doc["info"]["treenet"]["shared_layers"] == 2
-    # MotherNets at g = m trains every net alone, with the same seeds as full-data: same ensemble
-    a = json.loads((out / "runs" / "mothernets-g3" / "seed0" / "results.json").read_text())
-    b = json.loads((out / "runs" / "full-data" / "seed0" / "results.json").read_text())
-    assert a["members"] == b["members"]
     c = json.loads((out / "runs" / "shared-mothernets-g1" / "seed0" / "results.json").read_text())
     assert c["info"]["shared"]["clusters"]["mothernet1"]["shared"]
     div = list(csv.DictReader((out / "diversity.csv").open()))
     assert len(div) == len(rows) and all(float(d["member_variance"]) >= 0 for d in div)
     md = (out / "frontier.md").read_text()
     assert "| mothernets g=1 | 2 |" in md and "Diversity over trainings" in md
-    assert (out / "code" / "g1" / "models.py").is_file() and (out / "code" / "g3" / "plan.json").is_file()
+    assert "## Oracle accuracy (Table 3)" in md and "## Calibration" in md and "15 equal-width" in md
+    assert "mncompile bench" in md and "--seeds 2" in md
+    assert (out / "code" / "g1" / "models.py").is_file() and (out / "code" / "g2" / "plan.json").is_file()
 
     # --resume keeps the finished runs and rewrites the same table
     before = (out / "frontier.csv").read_text()
@@ -87,7 +90,7 @@ def test_bench_one_seed_has_no_diversity_and_honours_methods_and_clusters(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "b1"
-    assert cli_main(["bench", str(_spec(tmp_path)), *TINY, "--methods", "mothernets,snapshot",
+    assert cli_main(["bench", str(_spec(tmp_path)), *TINY, "--methods", "mothernets,snapshot", "--seeds", "1",
                      "--clusters", "2", "--out", str(out), "--epochs-scale", "0.5"]) == 0
     rows = list(csv.DictReader((out / "frontier.csv").open()))
     assert [(r["method"], r["g"]) for r in rows] == [("mothernets", "2"), ("snapshot", "")]
@@ -166,3 +169,41 @@ def test_time_segments_split_only_members_trained_one_at_a_time() -> None:
                 {"m": 1.5, "a": 2.0, "b": 2.0})
     assert time_segments(lock) == [("mothernets", "m", 1.5), ("hatching", "", 0.01),
                                    ("members", "2 in lockstep", 2.0)]
+
+
+def test_mothernets_at_g_m_is_full_data_so_bench_runs_it_once(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path)
+    assert cli_main(["bench", str(spec), *TINY, "--seeds", "1", "--methods", "mothernets", "--clusters", "3",
+                     "--out", "a"]) == 0
+    assert cli_main(["bench", str(spec), *TINY, "--seeds", "1", "--methods", "full-data", "--out", "b"]) == 0
+    # one MotherNet per net hatches each net as itself, trained with the same seeds: the same ensemble
+    a = json.loads((tmp_path / "a" / "runs" / "mothernets-g3" / "seed0" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "runs" / "full-data" / "seed0" / "results.json").read_text())
+    assert a["members"] == b["members"]
+
+
+def _row(method: str, error: float, seconds: float, n: int = 1000) -> Any:
+    from mncompile.runtime.frontier import Row
+
+    doc = _doc(error, seconds, [], {})
+    doc["ensemble"]["test_examples"] = n
+    return Row(method, None, [Run(method, None, 0, doc)])
+
+
+def test_the_pareto_column_strikes_a_point_only_when_the_intervals_are_apart() -> None:
+    from mncompile.runtime.frontier import interval_front
+
+    # 1.0 % vs 1.2 % on 1000 examples: the Wilson intervals overlap, so the slower, better point
+    # and the faster, worse one both stay; 1.0 % vs 3.0 % are apart, so the slow 3 % is off the front
+    rows = [_row("fast", 0.012, 10.0), _row("slow", 0.010, 30.0), _row("worse", 0.030, 40.0)]
+    assert interval_front(rows) == [0, 1]
+    # a faster point whose interval overlaps does not strike a slower one off
+    rows = [_row("a", 0.010, 5.0), _row("b", 0.011, 6.0)]
+    assert interval_front(rows) == [0, 1]
+    # on 100,000 examples the same 1.0 % vs 1.2 % are apart
+    rows = [_row("a", 0.010, 5.0, 100_000), _row("b", 0.012, 6.0, 100_000)]
+    assert interval_front(rows) == [0]
+    lo, hi = rows[0].interval
+    assert lo < 0.010 < hi

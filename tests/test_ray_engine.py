@@ -441,6 +441,7 @@ def test_bench_trains_every_method_on_ray(tmp_path: Path, ray_cluster: Any,
     spec = _spec(tmp_path, MLP3)
     out = tmp_path / "bench"
     assert cli_main(["bench", str(spec), "--data", "synthetic", "--train-size", "64", "--test-size", "32",
+                     "--seeds", "1",
                      "--methods", "mothernets,full-data,snapshot", "--clusters", "1",
                      "--epochs-scale", "0.01", "--engine", "ray", "--gpus-per-model", "1",
                      "--out", str(out)]) == 0

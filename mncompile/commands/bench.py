@@ -3,9 +3,12 @@
 The spec is compiled once per g into OUT/code/g<k>/; each (method, g, seed) then runs in-process
 through the training pipeline (`pipeline.execute`, exactly what train.py does) into
 OUT/runs/<method>[-g<k>]/seed<s>/ (results.json, history.csv, log.txt, y.npy). MotherNets (and
-Shared-MotherNets) run at every g; the other methods do not depend on g and run once per seed. Finally
-`runtime/frontier.py` writes OUT/frontier.csv, frontier.md, frontier.png, breakdown.png and,
-with two seeds or more, diversity.csv. Importing this module does not import torch.
+Shared-MotherNets) run at every g, except g = m when full-data runs (one MotherNet per net trains
+the very nets full-data trains); the other methods do not depend on g and run once per seed, 3
+seeds by default. Finally `runtime/frontier.py` and `runtime/figures.py` write OUT/frontier.csv,
+frontier.md (the frontier with intervals, Table 3, calibration, diversity), frontier.png,
+breakdown.png, learning_curves.png and, with two seeds or more, diversity.csv and diversity.png.
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -21,15 +24,23 @@ from typing import Any
 
 from mncompile.api import load
 from mncompile.diagnostics import MNError
-from mncompile.validators import positive, positive_ints
+from mncompile.validators import number, positive, positive_ints
 
 NAME = "bench"
 HELP = "train the ensemble with MotherNets at several g and with the baselines; write the frontier"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mncompile.runtime.jobs import STOP_RULES
     from mncompile.runtime.methods.options import add_method_arguments
-    from mncompile.runtime.options import DEVICES, add_engine_arguments
+    from mncompile.runtime.options import (
+        DEFAULT_VAL_FRACTION,
+        DEVICES,
+        MAX_EXAMPLES,
+        MAX_SEED,
+        add_engine_arguments,
+        val_fraction_arg,
+    )
 
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--data", metavar="NAME",
@@ -38,17 +49,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", metavar="A,B,...",
                    help="methods to run (default: every registered method that applies to the ensemble)")
     p.add_argument("--clusters", "-g", type=positive_ints, metavar="G,...",
-                   help="the g of the MotherNets runs (default: the number of architecture classes, and m)")
-    p.add_argument("--seeds", type=positive(int), default=1, metavar="N",
-                   help="trainings per point, seeds S..S+N-1 (default 1; 2 or more adds the diversity table)")
+                   help="the g of the MotherNets runs (default: the number of architecture classes, the "
+                   "midpoint to m, and m; g = m is left out when full-data runs: it trains the same nets)")
+    p.add_argument("--seeds", type=positive(int), default=3, metavar="N",
+                   help="trainings per point, seeds S..S+N-1 (default 3: mean and std over seeds; 2 or more "
+                   "adds the diversity table)")
     p.add_argument("--seed", type=int, metavar="S", help="the first seed (default: the spec's seed)")
     p.add_argument("--epochs-scale", type=positive(float), default=1.0, metavar="F",
                    help="multiply max_epochs, hatched_max_epochs and patience by F (default 1)")
     p.add_argument("--out", metavar="DIR", help="the bench folder (default bench-out/<ensemble>)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
-    p.add_argument("--train-size", type=positive(int), metavar="N", help="use only N training examples")
-    p.add_argument("--test-size", type=positive(int), metavar="N", help="use only N test examples")
-    p.add_argument("--data-seed", type=int, default=0, metavar="S", help="seed of generated data (default 0)")
+    p.add_argument("--train-size", type=number(int, 2, highest=MAX_EXAMPLES), metavar="N",
+                   help="training examples: the first N; mnist1d above its 4000: generate N (cached)")
+    p.add_argument("--test-size", type=number(int, 1, highest=MAX_EXAMPLES), metavar="N",
+                   help="test examples: the first N; mnist1d above its 1000: generate N (cached)")
+    p.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
+                   help="seed of generated data and of the validation split (default 0)")
+    p.add_argument("--val-fraction", type=val_fraction_arg, default=DEFAULT_VAL_FRACTION, metavar="F",
+                   help="share of each class held out for validation, as train.py's option (default "
+                   f"{DEFAULT_VAL_FRACTION}; 0: none, the paper's setting)")
+    p.add_argument("--stop", choices=STOP_RULES,
+                   help="what early stopping watches, as train.py's option (default val-loss with a "
+                   "validation split, else train-acc)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
@@ -176,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     e = load(args.spec)
     m = len(e.nets)
     n_classes = len(arch_classes(e))
-    clusters = args.clusters or sorted({n_classes, m})
+    clusters = args.clusters or sorted({n_classes, (n_classes + m) // 2, m})
     bad = [g for g in clusters if not n_classes <= g <= m]
     if bad:
         raise MNError(f"--clusters {bad[0]} is not possible for this ensemble",
@@ -184,6 +206,11 @@ def run(args: argparse.Namespace) -> int:
                       f"to {m} (one per net)")
     families = {family for family, _ in arch_classes(e)}
     methods = _choose_methods(args, families)
+    if "full-data" in methods and m in clusters and len(clusters) > 1:
+        # one MotherNet per net hatches each net as itself: the same training as full-data
+        clusters = [g for g in clusters if g != m]
+        print(f"bench: mothernets at g = {m} = m left out (it trains exactly what full-data does)",
+              flush=True)
     first_seed = args.seed if args.seed is not None else int(e.config.seed)
     seeds = [first_seed + i for i in range(args.seeds)]
     out = Path(args.out) if args.out else Path("bench-out") / e.name
@@ -206,9 +233,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = _plan_runs(methods, clusters, seeds, shareable)
     common = ["--data", data, "--epochs-scale", str(args.epochs_scale), "--device", args.device,
-              "--data-seed", str(args.data_seed)]
+              "--data-seed", str(args.data_seed), "--val-fraction", str(args.val_fraction)]
     for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),
-                        ("--test-size", args.test_size)):
+                        ("--test-size", args.test_size), ("--stop", args.stop)):
         if value is not None:
             common += [flag, str(value)]
     engine = _engine_argv(args)
@@ -227,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             import numpy as np
 
             doc = load_results(run_dir / "results.json")
-            runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy")))
+            runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
             continue
         elapsed = time.perf_counter() - start
@@ -245,18 +272,54 @@ def run(args: argparse.Namespace) -> int:
         except MNError as err:
             raise MNError(f"{name} seed {seed}: {err.message}", hint=err.hint) from None
         walls.append(time.perf_counter() - t0)
-        runs.append(Run(method, g, seed, doc, y))
+        runs.append(Run(method, g, seed, doc, y, _history(run_dir)))
         print(f"{where}: ensemble error {doc['ensemble']['error'] * 100:.2f}%, "
               f"training {doc['total_seconds']:.1f}s "
               f"(wall {walls[-1]:.1f}s)", flush=True)
 
-    notes = [f"`mncompile bench {Path(args.spec).name} --data {data} --epochs-scale {args.epochs_scale} "
-             f"--seeds {args.seeds}`: {e.name}, {m} members, g in {clusters}, seeds {seeds}.",
+    import torch
+
+    sizes = runs[0].doc["info"] if runs else {}
+    where = (f"{sizes.get('train_size')} train / {sizes.get('val_size', 0)} validation / "
+             f"{sizes.get('test_size')} test examples")
+    notes = [f"`{_command(args)}`",
+             "",
+             f"{e.name}: {m} members; {data}, {where} (data seed {args.data_seed}); g in "
+             f"{', '.join(map(str, clusters))}; seeds {', '.join(map(str, seeds))}; early stopping on "
+             f"{sizes.get('stop', '-')}; device {sizes.get('device', args.device)}, torch "
+             f"{torch.__version__} at {torch.get_num_threads()} thread(s).",
              "Training time is wall clock on this machine; cost prices it at the paper's hourly rates."]
-    paths = write_frontier(out, runs, title=f"{e.name} on {data}", notes=notes)
+    title = f"{e.name} ({m} members) on {data}, {sizes.get('test_size')} test examples"
+    paths = write_frontier(out, runs, title=title, notes=notes)
     print((out / "frontier.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _history(run_dir: Path) -> list[dict[str, str]] | None:
+    """A run's history.csv rows (for the learning curves), or None when it has none."""
+    import csv
+
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that repeats this bench (and, with --resume, continues it)."""
+    import shlex
+
+    parts = ["mncompile", "bench", args.spec]
+    for flag in ("data", "methods", "seeds", "seed", "epochs_scale", "train_size", "test_size", "data_seed",
+                 "val_fraction", "stop", "device", "engine"):
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "engine" and value == "local"):
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.clusters:
+        parts += ["--clusters", ",".join(map(str, args.clusters))]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

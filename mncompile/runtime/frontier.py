@@ -1,19 +1,20 @@
-"""The accuracy / training-time frontier of `mncompile bench`: aggregation, tables and plots.
+"""The accuracy / training-time frontier of `mncompile bench`: aggregation and tables.
 
 Input: one `results.json` per (method, g, seed) run (and, for diversity, each run's Y: every
-member's test-set probability of the correct class, [K, N]). Output, in the bench folder:
+member's test-set probability of the correct class, [K, N]; for learning curves, its
+history.csv rows). Output, in the bench folder (the plots are drawn by `runtime/figures.py`):
 
-- `frontier.csv` / `frontier.md`: per (method, g): seeds, ensemble error mean and std, oracle
-  accuracy, mean member error, training time and its cloud cost at the paper's two rates, and
-  whether the point is on the Pareto front (no other point is both faster and more accurate);
-- `frontier.png`: ensemble test error against training time, the Pareto front drawn (Figure 4);
-- `breakdown.png`: training time per phase, and per member where members were trained one at a
-  time (Figure 5); models trained in lockstep share their epochs' wall time, so a lockstep phase
-  is one segment, never split by a guess;
-- `diversity.csv` and a table in `frontier.md` when there are two seeds or more: member variance,
-  pairwise covariance and ensemble variance of Y over the trainings (Figure 8, Section 3.4).
+- `frontier.csv` / `frontier.md`: per (method, g): seeds, ensemble error as mean and std over
+  the seeds and its 95 % Wilson interval over the test examples, oracle accuracy, mean member
+  error, NLL, Brier, ECE, training time (validation passes apart) and its cloud cost at the
+  paper's two rates, and whether the point is on the Pareto front (`interval_front`);
+- `frontier.md` also holds Table 3 (oracle accuracy), the calibration table and, with two seeds
+  or more, the diversity table (Figure 8, Section 3.4), which `diversity.csv` repeats;
+- `frontier.png` (Figure 4), `breakdown.png` (Figure 5), `diversity.png` (Figure 8) and
+  `learning_curves.png`: see `runtime/figures.py`.
 
-Plots use matplotlib's Agg backend. Only the diversity table imports torch.
+The Wilson interval of a point is that of its mean error over its N test examples: the sampling
+error of one test set of that size, which the spread over seeds (training noise) does not show.
 
 >>> pareto_front([(1.0, 0.3), (2.0, 0.2), (3.0, 0.25), (0.5, 0.5)])
 [3, 0, 1]
@@ -33,8 +34,11 @@ from typing import Any
 from mncompile.formats.settings import RATES_USD_PER_HOUR
 
 RATES = tuple(RATES_USD_PER_HOUR.items())
-CSV_COLUMNS = ("method", "g", "seeds", "error_mean", "error_std", "oracle_accuracy", "member_error",
-               "seconds_mean", "seconds_std", "usd_m1", "usd_m2", "pareto")
+CSV_COLUMNS = ("method", "g", "seeds", "error_mean", "error_std", "error_low", "error_high", "test_examples",
+               "oracle_accuracy", "member_error", "nll", "brier", "ece", "seconds_mean", "seconds_std",
+               "val_seconds_mean", "usd_m1", "usd_m2", "pareto")
+#: the bins of the expected calibration error (runtime/metrics.py)
+ECE_BINS = 15
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -62,6 +66,7 @@ class Run:
     seed: int
     doc: dict[str, Any]
     y: Any = None  # numpy [K, N] or None
+    history: list[dict[str, str]] | None = None  # history.csv's rows, for the learning curves
 
     @property
     def label(self) -> str:
@@ -101,6 +106,32 @@ class Row:
     def oracle(self) -> float:
         return _mean(self._values(lambda d: d["ensemble"].get("oracle_accuracy")))
 
+    def ensemble_mean(self, key: str) -> float:
+        """The mean over seeds of an `ensemble` metric (nll, brier, ece, ...)."""
+        return _mean(self._values(lambda d: d["ensemble"].get(key)))
+
+    def ensemble_std(self, key: str) -> float:
+        return _std(self._values(lambda d: d["ensemble"].get(key)))
+
+    @property
+    def val_seconds(self) -> float:
+        return _mean(self._values(lambda d: d.get("validation_seconds", 0.0)))
+
+    @property
+    def test_examples(self) -> int | None:
+        ns = {int(n) for n in (r.doc["ensemble"].get("test_examples") for r in self.runs) if n}
+        return ns.pop() if len(ns) == 1 else None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95 % Wilson interval of the mean error over the test examples; (nan, nan) unknown."""
+        n, err = self.test_examples, _mean(self.errors)
+        if n is None or math.isnan(err):
+            return math.nan, math.nan
+        from mncompile.runtime.metrics import wilson
+
+        return wilson(round(err * n), n)
+
     @property
     def member_error(self) -> float:
         def mean_member(d: Mapping[str, Any]) -> float | None:
@@ -111,11 +142,15 @@ class Row:
 
     def summary(self) -> dict[str, Any]:
         secs = _mean(self.seconds)
+        lo, hi = self.interval
         return {
             "method": self.method, "g": "" if self.g is None else self.g, "seeds": len(self.runs),
             "error_mean": _mean(self.errors), "error_std": _std(self.errors),
+            "error_low": lo, "error_high": hi, "test_examples": self.test_examples or "",
             "oracle_accuracy": self.oracle, "member_error": self.member_error,
-            "seconds_mean": secs, "seconds_std": _std(self.seconds),
+            "nll": self.ensemble_mean("nll"), "brier": self.ensemble_mean("brier"),
+            "ece": self.ensemble_mean("ece"),
+            "seconds_mean": secs, "seconds_std": _std(self.seconds), "val_seconds_mean": self.val_seconds,
             "usd_m1": secs * RATES[0][1] / 3600, "usd_m2": secs * RATES[1][1] / 3600,
             "pareto": self.pareto,
         }
@@ -130,14 +165,38 @@ def _std(xs: Sequence[float]) -> float:
     return statistics.stdev(xs) if len(xs) >= 2 else math.nan
 
 
+def dominates(b: Row, a: Row) -> bool:
+    """Whether `b` beats `a` beyond doubt: faster on mean training time over the seeds, and more
+    accurate with the two 95 % error intervals apart (b's upper end below a's lower end).
+
+    Without intervals (no test-example count) the mean errors are compared.
+    """
+    if not (_mean(b.seconds) < _mean(a.seconds)):
+        return False
+    (a_lo, _), (_, b_hi) = a.interval, b.interval
+    if math.isnan(a_lo) or math.isnan(b_hi):
+        return _mean(b.errors) < _mean(a.errors)
+    return b_hi < a_lo
+
+
+def interval_front(rows: Sequence[Row]) -> list[int]:
+    """Indices of the rows that no other row `dominates`: the Pareto column, interval-aware.
+
+    A point stays on the front unless another is both faster and more accurate by more than the
+    test set's sampling error, so a point within the interval of a faster one is not struck off
+    by a difference the test set cannot resolve.
+    """
+    return [i for i, a in enumerate(rows) if not any(dominates(b, a) for j, b in enumerate(rows) if j != i)]
+
+
 def aggregate(runs: Sequence[Run]) -> list[Row]:
-    """Runs grouped by (method, g) in first-seen order, with the Pareto flags set."""
+    """Runs grouped by (method, g) in first-seen order, with the Pareto flags set (`interval_front`)."""
     rows: dict[tuple[str, int | None], Row] = {}
     for r in runs:
         rows.setdefault((r.method, r.g), Row(r.method, r.g)).runs.append(r)
     out = list(rows.values())
     scored = [row for row in out if row.errors and row.seconds]
-    for i in pareto_front([(_mean(r.seconds), _mean(r.errors)) for r in scored]):
+    for i in interval_front(scored):
         scored[i].pareto = True
     return out
 
@@ -195,19 +254,53 @@ def diversity_table(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def _interval(row: Row) -> str:
+    lo, hi = row.interval
+    return "-" if math.isnan(lo) else f"{lo * 100:.2f}-{hi * 100:.2f}"
+
+
+def _secs(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}")
+
+
 def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]] | None, *,
                       title: str, notes: Sequence[str] = ()) -> str:
-    """frontier.md: the frontier table, the diversity table (if any) and how they were made."""
+    """frontier.md: the frontier, Table 3, calibration, diversity (if any) and how they were made."""
     lines = [f"# {title}", ""]
     lines += list(notes) + ([""] if notes else [])
+    ns = sorted({row.test_examples for row in rows if row.test_examples})
+    n_text = f"{ns[0]:,}" if len(ns) == 1 else "the"
+    lines += [f"Errors are mean ± std over the seeds; the 95 % interval is the Wilson score interval of "
+              f"the mean error over {n_text} test examples. A point is on the Pareto front unless another "
+              "is faster (mean training time) and more accurate with the two intervals apart. Training "
+              "time leaves out validation passes, listed beside it.", ""]
     body = []
     for row in rows:
         s = row.summary()
-        body.append([row.label, str(s["seeds"]), _pct(s["error_mean"], s["error_std"]),
-                     _pct(s["oracle_accuracy"]), _pct(s["member_error"]), _fmt(s["seconds_mean"], 4),
+        body.append([row.label, str(s["seeds"]), _pct(s["error_mean"], s["error_std"]), _interval(row),
+                     _pct(s["member_error"]), _secs(s["seconds_mean"], s["seconds_std"]),
+                     "-" if not s["val_seconds_mean"] else f"{s['val_seconds_mean']:.1f}",
                      f"{s['usd_m1']:.4f}", f"{s['usd_m2']:.4f}", "yes" if row.pareto else ""])
-    lines += _md_table(["method", "seeds", "ensemble error %", "oracle accuracy %", "mean member error %",
-                        "training s", *(f"USD at {rate:.2f}/h" for _, rate in RATES), "Pareto"], body)
+    lines += _md_table(["method", "seeds", "ensemble error %", "95% interval %", "mean member error %",
+                        "training s", "validation s", *(f"USD at {rate:.2f}/h" for _, rate in RATES),
+                        "Pareto"], body)
+    lines += ["", "## Oracle accuracy (Table 3)", "",
+              "An example counts as right when any member gets it right: the accuracy a perfect "
+              "selector of members would reach. Mean ± std over the seeds.", ""]
+    lines += _md_table(["method", "oracle accuracy %", "ensemble accuracy %", "mean member accuracy %"],
+                       [[row.label, _pct(row.oracle, _std(row._values(
+                           lambda d: d["ensemble"].get("oracle_accuracy")))),
+                         _pct(1 - _mean(row.errors), _std(row.errors)), _pct(1 - row.member_error)]
+                        for row in rows])
+    lines += ["", "## Calibration", "",
+              "Of the averaged ensemble on the test set, mean ± std over the seeds. NLL: mean -log p(label); "
+              f"Brier: mean sum over classes of (p - onehot)^2; ECE: {ECE_BINS} equal-width confidence bins "
+              "over (0, 1].", ""]
+    lines += _md_table(["method", "NLL", "Brier", "ECE"],
+                       [[row.label, *(_num(row.ensemble_mean(k), row.ensemble_std(k))
+                                      for k in ("nll", "brier", "ece"))] for row in rows])
     if diversity:
         lines += ["", "## Diversity over trainings (Section 3.4, Figure 8)", "",
                   "Y = each member's test probability of the correct class; moments over the seeds' "
@@ -220,6 +313,12 @@ def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]
     return "\n".join(lines) + "\n"
 
 
+def _num(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
+
+
 def diversity_csv(diversity: Sequence[Mapping[str, Any]]) -> str:
     cols = ("method", "g", "seeds", "members", "member_variance", "member_covariance", "ensemble_variance")
     buf = io.StringIO()
@@ -228,49 +327,6 @@ def diversity_csv(diversity: Sequence[Mapping[str, Any]]) -> str:
     for d in diversity:
         w.writerow({k: _fmt(d[k], 6) if d[k] is not None else "" for k in cols})
     return buf.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: float | None = None) -> None:
-    """Ensemble test error (%) against training time (s), error bars over seeds, Pareto front drawn."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5))
-    pts = [(row, _mean(row.seconds), _mean(row.errors)) for row in rows if row.errors and row.seconds]
-    markers = "osD^vP*Xh<>p"
-    methods = list(dict.fromkeys(row.method for row, _, _ in pts))
-    for row, x, y in pts:
-        k = methods.index(row.method)
-        std = _std(row.errors)
-        ax.errorbar(x, y * 100, yerr=None if math.isnan(std) else std * 100, fmt=markers[k % len(markers)],
-                    color=f"C{k % 10}", markersize=7, capsize=3,
-                    label=row.method if row is next(r for r, _, _ in pts if r.method == row.method) else None)
-        ax.annotate(row.label if row.g is not None else row.method, (x, y * 100), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    front = sorted(((x, y) for row, x, y in pts if row.pareto))
-    if front:
-        ax.plot([x for x, _ in front], [y * 100 for _, y in front], "o", markersize=13,
-                markerfacecolor="none", markeredgecolor="black", linewidth=0)
-        ax.step([x for x, _ in front], [y * 100 for _, y in front], where="post", color="black",
-                linestyle="--", linewidth=1, label="Pareto front")
-    if single_best is not None:
-        ax.axhline(single_best * 100, color="grey", linewidth=1, linestyle=":",
-                   label="best single member (full-data)")
-    ax.set_xlabel("training time (s, wall clock)")
-    ax.set_ylabel("ensemble test error (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def time_segments(doc: Mapping[str, Any]) -> list[tuple[str, str, float]]:
@@ -292,42 +348,13 @@ def time_segments(doc: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     return out
 
 
-def plot_breakdown(rows: Sequence[Row], path: Path, *, title: str) -> None:
-    """Stacked bars of training time per phase (and member), one bar per (method, g): Figure 5.
-
-    Each segment is the mean over the seeds of that phase's (or model's) seconds.
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 5))
-    phase_colors: dict[str, str] = {}
-    bars: list[dict[tuple[str, str], list[float]]] = []
-    for row in rows:
-        seg: dict[tuple[str, str], list[float]] = {}
-        for r in row.runs:
-            for phase, part, s in time_segments(r.doc):
-                seg.setdefault((phase, part), []).append(s)
-        bars.append(seg)
-    # a segment is labelled only when it is tall enough on the shared axis to hold its label
-    tallest = max((sum(_mean(v) for v in seg.values()) for seg in bars), default=0.0)
-    for x, seg in enumerate(bars):
-        bottom = 0.0
-        for k, ((phase, part), secs) in enumerate(seg.items()):
-            color = phase_colors.setdefault(phase, f"C{len(phase_colors) % 10}")
-            h = _mean(secs)
-            ax.bar(x, h, bottom=bottom, color=color, edgecolor="white", linewidth=0.8,
-                   alpha=1.0 if k % 2 == 0 else 0.75)
-            if part and tallest > 0 and h / tallest > 0.05:
-                ax.text(x, bottom + h / 2, part, ha="center", va="center", fontsize=7, color="white")
-            bottom += h
-    for phase, color in phase_colors.items():
-        ax.bar(0, 0, color=color, label=phase)
-    ax.set_xticks(range(len(rows)), [row.label for row in rows], rotation=30, ha="right")
-    ax.set_ylabel("training time (s, wall clock)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, title="phase")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def segments(row: Row) -> dict[tuple[str, str], list[float]]:
+    """(phase, part) -> seconds over the row's seeds (`time_segments` of each run)."""
+    seg: dict[tuple[str, str], list[float]] = {}
+    for r in row.runs:
+        for phase, part, s in time_segments(r.doc):
+            seg.setdefault((phase, part), []).append(s)
+    return seg
 
 
 def single_best_error(runs: Sequence[Run]) -> float | None:
@@ -343,6 +370,7 @@ def single_best_error(runs: Sequence[Run]) -> float | None:
 
 def write_frontier(out: Path, runs: Sequence[Run], *, title: str, notes: Sequence[str] = ()) -> list[Path]:
     """Every file of the module docstring into `out`; returns their paths."""
+    from mncompile.runtime import figures
     from mncompile.runtime.checkpoint import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -351,9 +379,15 @@ def write_frontier(out: Path, runs: Sequence[Run], *, title: str, notes: Sequenc
     paths = [out / "frontier.csv", out / "frontier.md", out / "frontier.png", out / "breakdown.png"]
     atomic_write_text(paths[0], frontier_csv(rows))
     atomic_write_text(paths[1], frontier_markdown(rows, div, title=title, notes=notes))
-    plot_frontier(rows, paths[2], title=title, single_best=single_best_error(runs))
-    plot_breakdown(rows, paths[3], title=f"{title}: where the time goes")
+    figures.plot_frontier(rows, paths[2], title=title, single_best=single_best_error(runs))
+    figures.plot_breakdown([row.label for row in rows], [segments(row) for row in rows], paths[3],
+                           title=f"{title}: where the training time goes")
     if div:
-        paths.append(out / "diversity.csv")
-        atomic_write_text(paths[-1], diversity_csv(div))
+        paths += [out / "diversity.csv", out / "diversity.png"]
+        atomic_write_text(paths[-2], diversity_csv(div))
+        figures.plot_diversity([label(d["method"], d["g"] or None) for d in div], div, paths[-1],
+                               title=f"{title}: diversity over trainings")
+    if any(r.history for r in runs):
+        paths.append(out / "learning_curves.png")
+        figures.plot_learning_curves(rows, paths[-1], title=f"{title}: learning curves")
     return paths
