@@ -56,7 +56,8 @@ def _weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def _comparable(doc: dict) -> dict:
     """results.json without wall times (and the fields that only hold them)."""
-    models = {n: {k: v for k, v in m.items() if k != "seconds"} for n, m in doc["models"].items()}
+    models = {n: {k: v for k, v in m.items() if k not in ("seconds", "val_seconds")}
+              for n, m in doc["models"].items()}
     return {"members": doc["members"], "ensemble": doc["ensemble"], "models": models,
             "phases": [p["name"] for p in doc["phases"]]}
 

@@ -29,7 +29,10 @@ def test_run_then_train_py_on_mnist1d(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "wrote generated/mnist1d" in printed and "ensemble of 5" in printed
     gen, out = tmp_path / "generated" / "mnist1d", tmp_path / "runs" / "mnist1d" / "mothernets"
     doc = _results(out)
-    assert doc["info"]["dataset"] == "mnist1d" and doc["info"]["train_size"] == 256
+    # the default validation split holds out a tenth of each class of the 256
+    info = doc["info"]
+    assert info["dataset"] == "mnist1d" and info["train_size"] + info["val_size"] == 256
+    assert info["val_fraction"] == 0.1 and abs(info["val_size"] - 26) <= 5
     assert doc["info"]["config"]["max_epochs"] == 3 and doc["info"]["config"]["hatched_max_epochs"] == 1
     assert sorted(doc["members"]) == ["c24", "c24d2", "c32", "c32k7", "c32w"]
     assert {p["name"] for p in doc["phases"]} == {"mothernets", "hatching", "members"}

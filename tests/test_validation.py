@@ -31,9 +31,9 @@ def test_the_split_is_stratified_disjoint_and_seeded(counts: list[int], fraction
     try:
         train, val = validation_split(y, fraction, seed, len(counts))
     except MNError as err:
-        # refused only when a class would go wholly to validation, or nothing would
+        # refused only when a class would go wholly to validation
         ks = [int(np.floor(fraction * n + 0.5)) for n in counts]
-        assert any(k >= n for k, n in zip(ks, counts, strict=True)) or sum(ks) == 0, err.message
+        assert any(k >= n for k, n in zip(ks, counts, strict=True)), err.message
         return
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(y)
     assert (np.diff(train) > 0).all() and (np.diff(val) > 0).all()
@@ -52,6 +52,9 @@ def test_the_split_depends_on_the_data_seed_only() -> None:
     assert a.y_val.bincount().min() >= 39  # stratified: about 40 of each class
     whole = load_dataset("mnist1d", (1, 40), 10, seed=0)
     assert not whole.has_val and len(whole.y_train) == 4000
+    # too few examples to hold out any: no split, and training goes on without one
+    tiny = load_dataset("synthetic", (4,), 3, seed=0, train_size=6, val_fraction=0.1)
+    assert not tiny.has_val and len(tiny.y_train) == 6
     # held-out examples are not trained on, and the test set is untouched
     assert (a.x_test == whole.x_test).all()
     rows = {tuple(r) for r in whole.x_train.reshape(4000, -1).tolist()}
@@ -130,7 +133,8 @@ def test_a_run_records_validation_per_epoch_and_times_it_apart(tmp_path: Path,
 
 def test_the_paper_setting_has_no_validation_columns(tmp_path: Path, one_torch_thread: None) -> None:
     code, doc, rows = _run(tmp_path, "--val-fraction", "0", "--method", "snapshot")
-    assert code == 0 and doc["info"]["stop"] == "train-acc" and doc["info"]["val_size"] == 0
+    assert code == 0 and doc["info"]["train_size"] == 400
+    assert doc["info"]["stop"] == "train-acc" and doc["info"]["val_size"] == 0
     assert all(r["val_loss"] == "" and r["val_acc"] == "" for r in rows)
     assert doc["validation_seconds"] == 0
 
@@ -141,6 +145,7 @@ def test_the_paper_setting_has_no_validation_columns(tmp_path: Path, one_torch_t
     (["--val-fraction", "nan"], "--val-fraction"),
     (["--val-fraction", "0", "--stop", "val-loss"], "needs a validation split"),
     (["--train-size", "12", "--val-fraction", "0.5"], "without training examples"),
+    (["--train-size", "4", "--val-fraction", "0.1", "--stop", "val-loss"], "holds out no examples"),
 ])
 def test_bad_validation_options_exit_2_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        argv: list[str], message: str) -> None:
@@ -154,3 +159,12 @@ def test_bad_validation_options_exit_2_before_training(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (out / "results.json").exists() and not (out / "ckpt").exists()
+
+
+def test_the_default_holds_out_a_tenth_and_stops_on_training_accuracy(tmp_path: Path,
+                                                                     one_torch_thread: None) -> None:
+    code, doc, rows = _run(tmp_path, "--method", "full-data")
+    assert code == 0 and doc["info"]["val_fraction"] == 0.1 and doc["info"]["stop"] == "train-acc"
+    info = doc["info"]  # a tenth of each class, rounded per class
+    assert abs(info["val_size"] - 40) <= 5 and info["train_size"] + info["val_size"] == 400
+    assert all(r["val_acc"] for r in rows)

@@ -69,8 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each class held out for validation, as train.py's option (default "
                    f"{DEFAULT_VAL_FRACTION}; 0: none, the paper's setting)")
     p.add_argument("--stop", choices=STOP_RULES,
-                   help="what early stopping watches, as train.py's option (default val-loss with a "
-                   "validation split, else train-acc)")
+                   help="what early stopping watches, as train.py's option (default train-acc)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")

@@ -117,8 +117,9 @@ def validation_split(y: np.ndarray, fraction: float, seed: int, classes: int,
 
     Each class gives round(fraction * its count) examples to the validation split, drawn by a
     generator of `seed` alone, so the split is the same for every training seed. Both index
-    arrays are sorted, keeping the examples' order. MNError when `fraction` is outside
-    (0, MAX_VAL_FRACTION] or a class would be left without training examples.
+    arrays are sorted, keeping the examples' order; too few examples to hold out any give an
+    empty validation split. MNError when `fraction` is outside (0, MAX_VAL_FRACTION] or a class
+    would be left without training examples.
 
     >>> tr, va = validation_split(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.25, 0, 2)
     >>> len(tr), len(va), sorted(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[va].tolist())
@@ -141,11 +142,8 @@ def validation_split(y: np.ndarray, fraction: float, seed: int, classes: int,
                 hint="use a smaller --val-fraction or more training examples (--train-size)")
         val.append(rng.permutation(idx)[:k])
     held = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
-    if len(held) == 0:
-        raise MNError(f"--val-fraction {fraction} of {len(y)} training examples holds out none",
-                      hint="use a larger --val-fraction or more training examples (--train-size)")
-    keep = np.setdiff1d(np.arange(len(y)), held, assume_unique=True)
-    return keep, held
+    keep = np.setdiff1d(np.arange(len(y)), held.astype(np.int64), assume_unique=True)
+    return keep, held.astype(np.int64)
 
 
 #: MNIST-1D's own split: 4000 training and 1000 test examples (make_dataset's defaults)
@@ -516,6 +514,11 @@ def load_dataset(
     xva, yva = xtr[:0], ytr[:0]
     if val_fraction:
         keep, held = validation_split(np.asarray(ytr), val_fraction, seed, classes, f"dataset '{name}'")
+        if len(held) == 0:
+            import sys
+
+            print(f"note: --val-fraction {val_fraction} of {len(ytr)} training examples holds out none; "
+                  "training without a validation split", file=sys.stderr, flush=True)
         xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
     if standardise is not None:
         xtr, xva, xte = _standardise(xtr, xva, xte, axes=standardise)

@@ -236,5 +236,8 @@ def plot_run_curves(history: Sequence[Mapping[str, str]], path: Path, *, title: 
     ax.set_ylabel(("validation" if val else "training (no validation split)") + " accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if per_model:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.text(0.5, 0.5, "no epochs were trained", ha="center", va="center", transform=ax.transAxes)
     _save(fig, path)

@@ -11,7 +11,7 @@ types, engines (`runtime/engines/`) run them through the one epoch loop (`runtim
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +176,9 @@ class Job:
     loss, where `aux` is what `fit`'s `batch_hook` returned for this batch; `correct(out, y)`
     the number of right predictions (a float for several outputs); `lr(iteration)` the learning
     rate of a 0-based global iteration (default: `settings.lr_at(epoch)`); `after_step(iteration)`
-    runs after that iteration's optimizer step. `extra` names settings beyond `settings` that a
+    runs after that iteration's optimizer step. `heads(out)` splits an output of several heads
+    into their [batch, classes] logits for the validation pass (default: `out` is one head).
+    `extra` names settings beyond `settings` that a
     checkpoint must have been written with to be resumed. `data`, when given, is this job's own
     training set (bagging's bootstrap sample): it cannot share a batch stream with the others.
     A `required` job's failure stops the run (a MotherNet: nothing could hatch from it).
@@ -190,6 +192,7 @@ class Job:
     correct: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
     lr: Callable[[int], float] | None = None
     after_step: Callable[[int], None] | None = None
+    heads: Callable[[Any], Sequence[torch.Tensor]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     data: Dataset | None = None
     required: bool = False

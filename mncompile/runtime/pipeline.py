@@ -125,9 +125,10 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
 
     device = resolve_device(args.device)
     val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
-    stop = stop_rule(args)
+    stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
     dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
                            train_size=args.train_size, test_size=args.test_size, val_fraction=val_fraction)
+    stop = stop_rule(args, 0 if dataset.y_val is None else len(dataset.y_val))
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(

@@ -281,11 +281,14 @@ def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: flo
     return rec
 
 
-def _heads(out: Any) -> list[torch.Tensor]:
-    """A model's outputs as a list of [N, C] logits: one for a plain net, one per head for several."""
-    if isinstance(out, (tuple, list)):
-        return [o for part in out for o in _heads(part)]
-    return list(out) if out.dim() == 3 else [out]
+def _heads(job: Job, out: Any) -> Sequence[torch.Tensor]:
+    """A job's output as its heads' [N, C] logits: `job.heads` splits one of several heads."""
+    if job.heads is not None:
+        return job.heads(out)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(f"job '{job.name}' gives an output that is not [batch, classes] logits; "
+                         "its Job needs a `heads` hook to be validated")
+    return [out]
 
 
 @torch.no_grad()
@@ -309,7 +312,7 @@ def validate(job: Job, data: Dataset, device: torch.device,
             y = data.y_val[i : i + batch_size]
             with _autocast(device):
                 out = job.forward(model, x) if job.forward is not None else model(x)
-            heads = _heads(out)
+            heads = _heads(job, out)
             for h in heads:
                 loss += F.cross_entropy(h.float(), y, reduction="sum").double() / len(heads)
                 correct += (h.argmax(1) == y).sum().double() / len(heads)

@@ -65,6 +65,11 @@ def heads_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.argmax(2) == y[:, None]).double().sum() / out.shape[1]
 
 
+def split_heads(out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The K heads' logits [batch, classes] of an output [batch, K, classes]."""
+    return out.unbind(1)
+
+
 def run(ctx: RunContext) -> Outcome:
     """MotherNets, hatching, consolidation, then joint training of each shared model."""
     from mncompile.runtime.results import PhaseRecord
@@ -138,6 +143,7 @@ def run(ctx: RunContext) -> Outcome:
         members.update(separate)
     if shared_models:
         jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=joint_loss, correct=heads_correct,
+                    heads=split_heads,
                     extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
         records += ctx.engine.run(ctx, Phase("shared", jobs))
         for model in shared_models.values():

@@ -201,7 +201,7 @@ def run(ctx: RunContext) -> Outcome:
     for m, lost in tree.dropped.items():
         ctx.progress.note(f"treenet: {m} loses {', '.join(lost)} (the trunk has fewer layers there)")
     model = tree.module()
-    job = Job("treenet", model, ctx.mother_settings, forward=forward, loss=loss, correct=correct,
+    job = Job("treenet", model, ctx.mother_settings, forward=forward, loss=loss, correct=correct, heads=list,
               required=True, extra={"method": "treenet", "shared_layers": len(tree.positions)})
     records = ctx.engine.run(ctx, Phase("treenet", [job]))
     params = sum(p.numel() for p in model.parameters())
