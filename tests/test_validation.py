@@ -168,3 +168,17 @@ def test_the_default_holds_out_a_tenth_and_stops_on_training_accuracy(tmp_path: 
     info = doc["info"]  # a tenth of each class, rounded per class
     assert abs(info["val_size"] - 40) <= 5 and info["train_size"] + info["val_size"] == 400
     assert all(r["val_acc"] for r in rows)
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_val_loss_without_a_split_fails_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    spec = tmp_path / "s.mnet"
+    spec.write_text("ensemble s { input 40 classes 10 net a mlp { dense 8 } net b mlp { dense 12 } }\n")
+    out = tmp_path / "out"
+    argv = [command, str(spec), "--stop", "val-loss", "--val-fraction", "0", "--out", str(out)]
+    argv += ["-o", str(tmp_path / "gen")] if command == "run" else []
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs a validation split" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "gen").exists()

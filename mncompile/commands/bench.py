@@ -191,10 +191,12 @@ def run(args: argparse.Namespace) -> int:
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
+    from mncompile.runtime.options import stop_rule
     from mncompile.runtime.results import load_results
     from mncompile.writer import write_folder
 
     e = load(args.spec)
+    stop_rule(args)  # --stop val-loss with --val-fraction 0 fails before anything is written
     m = len(e.nets)
     n_classes = len(arch_classes(e))
     clusters = args.clusters or sorted({n_classes, (n_classes + m) // 2, m})
@@ -288,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
              f"{sizes.get('stop', '-')}; device {sizes.get('device', args.device)}, torch "
              f"{torch.__version__} at {torch.get_num_threads()} thread(s).",
              "Training time is wall clock on this machine; cost prices it at the paper's hourly rates."]
-    title = f"{e.name} ({m} members) on {data}, {sizes.get('test_size')} test examples"
+    title = f"ensemble '{e.name}' ({m} members); data {data}, {sizes.get('test_size')} test examples"
     paths = write_frontier(out, runs, title=title, notes=notes)
     print((out / "frontier.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths))

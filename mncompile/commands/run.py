@@ -50,7 +50,13 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mncompile.runtime.options import stop_rule
+
     e = load(args.spec, max_params=args.max_params)
+    try:
+        stop_rule(args)  # options that cannot train together fail before anything is written
+    except MNError as err:
+        raise err.with_source("mncompile run", "") from None
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,
                          args.max_params)
     print(f"wrote {dest}; training with method {args.method}", flush=True)

@@ -215,8 +215,9 @@ def _learning_curves(out: Path, doc: Mapping[str, Any]) -> Path | None:
     with open(out / "history.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     info = doc.get("info", {})
-    title = (f"{info.get('ensemble')}: {doc['method']} on {info.get('dataset')}, seed {info.get('seed')} "
-             f"({info.get('train_size')} train / {info.get('val_size', 0)} validation examples)")
+    title = (f"ensemble '{info.get('ensemble')}' trained with {doc['method']}, seed {info.get('seed')}; "
+             f"data {info.get('dataset')}: {info.get('train_size')} train / {info.get('val_size', 0)} "
+             "validation examples")
     plot_run_curves(rows, path, title=title)
     return path
 
