@@ -1,8 +1,8 @@
 """The plots of `mncompile bench` (and the learning curves of one run), with matplotlib's Agg backend.
 
 - `plot_frontier`: ensemble test error against training time, one marker per (method, g), the
-  95 % Wilson interval as a bar and the spread over seeds as caps, the Pareto front drawn
-  (the paper's Figure 4);
+  95 % Wilson interval as a bar and the spread over seeds as caps, the front of the means as a
+  staircase and the points of the Pareto column ringed (the paper's Figure 4);
 - `plot_breakdown`: training time per phase (and per member where members trained one at a
   time) as stacked horizontal bars (Figure 5);
 - `plot_diversity`: member variance, member covariance and ensemble variance over trainings
@@ -64,8 +64,13 @@ def _save(fig: Any, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: float | None = None) -> None:
-    """Figure 4: ensemble test error (%) against mean training time (s), the Pareto front drawn."""
+def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: float | None = None,
+                  staircase: Sequence[Row] = ()) -> None:
+    """Figure 4: ensemble test error (%) against mean training time (s), the fronts drawn.
+
+    `staircase` holds the rows on the front of the means (`frontier.pareto_front`); the rows
+    flagged `pareto` (the interval-aware column) are ringed.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     pts = [(row, _mean(row.seconds), _mean(row.errors)) for row in rows if row.errors and row.seconds]
@@ -77,11 +82,20 @@ def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: f
                         ecolor=color, elinewidth=5, alpha=0.25)
         std = _std(row.errors)
         ax.errorbar(x, y * 100, yerr=None if math.isnan(std) else std * 100, fmt=marker, color=color,
-                    markersize=7, capsize=4, label=row.label + ("  (front)" if row.pareto else ""))
-    front = sorted((x, y) for row, x, y in pts if row.pareto)
-    if front:
-        ax.plot([x for x, _ in front], [y * 100 for _, y in front], color="black", linestyle="--",
-                linewidth=1, label="Pareto front")
+                    markersize=7, capsize=4, label=row.label)
+    # the front of the means, as a staircase; the points no other beats beyond the intervals
+    # (the Pareto column) are ringed: with overlapping intervals that set need not be a staircase
+    strict = sorted((x, y) for row, x, y in pts if any(row is r for r in staircase))
+    if strict:
+        # the front holds to the right of its last point: nothing slower beats it there
+        strict.append((max(x for _, x, _ in pts), strict[-1][1]))
+        ax.step([x for x, _ in strict], [y * 100 for _, y in strict], where="post", color="black",
+                linestyle="--", linewidth=1, label="front of the means")
+    ringed = [(x, y) for row, x, y in pts if row.pareto]
+    if ringed:
+        ax.plot([x for x, _ in ringed], [y * 100 for _, y in ringed], "o", markersize=14,
+                markerfacecolor="none", markeredgecolor="black", linewidth=0,
+                label="not beaten beyond the intervals")
     if single_best is not None:
         ax.axhline(single_best * 100, color="grey", linewidth=1, linestyle=":",
                    label="best single member (full-data)")

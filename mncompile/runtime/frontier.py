@@ -379,7 +379,10 @@ def write_frontier(out: Path, runs: Sequence[Run], *, title: str, notes: Sequenc
     paths = [out / "frontier.csv", out / "frontier.md", out / "frontier.png", out / "breakdown.png"]
     atomic_write_text(paths[0], frontier_csv(rows))
     atomic_write_text(paths[1], frontier_markdown(rows, div, title=title, notes=notes))
-    figures.plot_frontier(rows, paths[2], title=title, single_best=single_best_error(runs))
+    scored = [row for row in rows if row.errors and row.seconds]
+    means = pareto_front([(_mean(r.seconds), _mean(r.errors)) for r in scored])
+    figures.plot_frontier(rows, paths[2], title=title, single_best=single_best_error(runs),
+                          staircase=[scored[i] for i in means])
     figures.plot_breakdown([row.label for row in rows], [segments(row) for row in rows], paths[3],
                            title=f"{title}: where the training time goes")
     if div:
