@@ -207,3 +207,26 @@ def test_the_pareto_column_strikes_a_point_only_when_the_intervals_are_apart() -
     assert interval_front(rows) == [0]
     lo, hi = rows[0].interval
     assert lo < 0.010 < hi
+
+
+def test_resume_refuses_finished_runs_made_with_other_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path)
+    argv = ["bench", str(spec), *TINY, "--seeds", "1", "--methods", "snapshot", "--out", "o"]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    # the same bench with another split must not average its runs with the kept one
+    assert cli_main([*argv, "--resume", "--val-fraction", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "val_fraction 0.1 (this bench: 0.0)" in err and "Traceback" not in err
+
+
+def test_a_one_member_ensemble_benches_without_covariance(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, "ensemble one { input 1x16 classes 3 train { batch 16 max_epochs 2 }\n"
+                           "  net a plain { block { 3:4 } dense 8 } }")
+    assert cli_main(["bench", str(spec), *TINY, "--seeds", "2", "--methods", "full-data", "--out", "o"]) == 0
+    md = (tmp_path / "o" / "frontier.md").read_text()
+    assert "None" not in md and (tmp_path / "o" / "diversity.png").is_file()

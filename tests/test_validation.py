@@ -182,3 +182,34 @@ def test_val_loss_without_a_split_fails_before_anything_is_written(
     err = capsys.readouterr().err
     assert "needs a validation split" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "gen").exists()
+
+
+def test_a_multi_head_output_without_a_heads_hook_is_a_clear_error() -> None:
+    import torch
+
+    from mncompile.runtime.data import Dataset
+    from mncompile.runtime.jobs import Job
+    from mncompile.runtime.train import validate
+
+    x = torch.randn(6, 4)
+    data = Dataset("t", x, torch.zeros(6, dtype=torch.long), x, torch.zeros(6, dtype=torch.long), 2,
+                   x_val=x, y_val=torch.zeros(6, dtype=torch.long))
+    job = Job("two", torch.nn.Linear(4, 2), TrainSettings(), forward=lambda m, t: torch.stack([m(t), m(t)]))
+    with pytest.raises(MNError, match="not \\[batch, classes\\] logits"):
+        validate(job, data, torch.device("cpu"))
+    job.heads = list
+    loss, acc, _ = validate(job, data, torch.device("cpu"))
+    assert loss > 0 and 0 <= acc <= 1
+
+
+def test_a_run_recorded_before_the_split_resumes_as_the_paper_setting(tmp_path: Path) -> None:
+    from mncompile.runtime.pipeline import _check_run_record
+
+    path = tmp_path / "ckpt" / "m" / "run.json"
+    path.parent.mkdir(parents=True)
+    record = {"seed": 0, "val_fraction": 0.0, "stop": "train-acc"}
+    path.write_text(json.dumps({"seed": 0}))  # written before val_fraction and stop existed
+    _check_run_record(path, record, resume=True)
+    path.write_text(json.dumps({"seed": 0}))
+    with pytest.raises(MNError, match="val_fraction"):
+        _check_run_record(path, {**record, "val_fraction": 0.1}, resume=True)

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from mncompile.writer import write_folder
 
     e = load(args.spec)
-    stop_rule(args)  # --stop val-loss with --val-fraction 0 fails before anything is written
+    stop = stop_rule(args)  # --stop val-loss with --val-fraction 0 fails before anything is written
     m = len(e.nets)
     n_classes = len(arch_classes(e))
     clusters = args.clusters or sorted({n_classes, (n_classes + m) // 2, m})
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                       f"to {m} (one per net)")
     families = {family for family, _ in arch_classes(e)}
     methods = _choose_methods(args, families)
-    if "full-data" in methods and m in clusters and len(clusters) > 1:
+    if not args.clusters and "full-data" in methods and m in clusters and len(clusters) > 1:
         # one MotherNet per net hatches each net as itself: the same training as full-data
         clusters = [g for g in clusters if g != m]
         print(f"bench: mothernets at g = {m} = m left out (it trains exactly what full-data does)",
@@ -255,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
             import numpy as np
 
             doc = load_results(run_dir / "results.json")
+            _check_kept(doc, run_dir, {"dataset": data, "data_seed": args.data_seed,
+                                       "epochs_scale": args.epochs_scale, "val_fraction": args.val_fraction,
+                                       "stop": stop})
             runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
             continue
@@ -295,6 +298,19 @@ def run(args: argparse.Namespace) -> int:
     print((out / "frontier.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) -> None:
+    """Refuse to keep a finished run made with other data or training options than this bench's.
+
+    A run from before the validation split had none (val_fraction 0) and stopped on training
+    accuracy.
+    """
+    info = {"val_fraction": 0.0, "stop": "train-acc", **(doc.get("info") or {})}
+    diff = [f"{k} {info.get(k)!r} (this bench: {v!r})" for k, v in expected.items() if info.get(k) != v]
+    if diff:
+        raise MNError(f"--resume: the finished run in {run_dir} was made with " + ", ".join(diff),
+                      hint="resume with the options of the first bench, or give another --out")
 
 
 def _history(run_dir: Path) -> list[dict[str, str]] | None:

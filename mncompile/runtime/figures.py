@@ -102,7 +102,8 @@ def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: f
     xs = [x for _, x, _ in pts]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 8:
         ax.set_xscale("log")
-    ax.set_xlabel("training time (s, wall clock, mean over seeds; validation excluded)")
+    ax.set_xlabel("training time (s, wall clock, mean over seeds; validation passes excluded "
+                  "on the local engine)")
     ax.set_ylabel("ensemble test error (%)")
     ax.set_title(title + "\nbars: 95 % Wilson interval over the test set; caps: std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
@@ -160,7 +161,9 @@ def plot_diversity(labels: Sequence[str], diversity: Sequence[Mapping[str, Any]]
     h = 0.8 / len(keys)
     for k, (key, name) in enumerate(keys):
         ys = [i + (k - 1) * h for i in range(len(diversity))]
-        ax.barh(ys, [float(d[key]) for d in diversity], height=h, color=f"C{k}", label=name)
+        # one member has no covariance: its bar is left out (None)
+        ax.barh(ys, [math.nan if d[key] is None else float(d[key]) for d in diversity], height=h,
+                color=f"C{k}", label=name)
     ax.set_yticks(range(len(diversity)), list(labels))
     ax.invert_yaxis()
     ax.set_xlabel("moment of Y (probability of the correct class) over the seeds' trainings")
@@ -204,13 +207,15 @@ def plot_learning_curves(rows: Sequence[Row], path: Path, *, title: str) -> None
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows + 0.8), squeeze=False,
                              sharey=True)
     colors: dict[str, str] = {}
+    styles: dict[str, str] = {}
     any_val = False
     for ax, (row, run) in zip(axes.flat, panels, strict=False):
         per_model, val = curves(run.history or [])
         any_val |= val
         for model, (xs, ys) in per_model.items():
             color = colors.setdefault(model, f"C{len(colors) % 10}")
-            style = "-" if len(colors) <= 10 else "--"
+            # past ten models the colours repeat, so the style tells them apart, the same everywhere
+            style = styles.setdefault(model, ("-", "--", ":", "-.")[(len(styles) // 10) % 4])
             # a marker on every epoch: a member fine-tuned for one epoch is one point, not nothing
             ax.plot(xs, ys, style, marker=".", markersize=4, color=color, linewidth=1.2, label=model)
         ax.set_title(f"{row.label} (seed {run.seed})", fontsize=9)
@@ -229,9 +234,13 @@ def plot_learning_curves(rows: Sequence[Row], path: Path, *, title: str) -> None
                 handles.append(hnd)
                 labels.append(lab)
     fig.suptitle(title, fontsize=10)
-    legend_rows = math.ceil(len(labels) / 6)
-    bottom = (0.3 * legend_rows + 0.2) / fig.get_figheight()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8,
+    # the legend gets its own band below the panels, as tall as its rows: never over the data
+    ncol = min(8, max(1, len(labels)))
+    legend_rows = math.ceil(len(labels) / ncol)
+    band = 0.22 * legend_rows + 0.2
+    fig.set_figheight(fig.get_figheight() + band)
+    bottom = band / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7,
                bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
     _save(fig, path)

@@ -275,7 +275,8 @@ def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]
     lines += [f"Errors are mean ± std over the seeds; the 95 % interval is the Wilson score interval of "
               f"the mean error over {n_text} test examples. A point is on the Pareto front unless another "
               "is faster (mean training time) and more accurate with the two intervals apart. Training "
-              "time leaves out validation passes, listed beside it.", ""]
+              "time leaves out validation passes, listed beside it (on the local engine; with "
+              "--engine ray a phase's wall time holds them).", ""]
     body = []
     for row in rows:
         s = row.summary()
@@ -308,7 +309,8 @@ def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]
         lines += _md_table(
             ["method", "seeds", "members", "member variance", "member covariance", "ensemble variance"],
             [[label(d["method"], d["g"] or None), str(d["seeds"]), str(d["members"]),
-              _fmt(d["member_variance"]), _fmt(d["member_covariance"]), _fmt(d["ensemble_variance"])]
+              *("-" if d[k] is None else _fmt(d[k])
+                for k in ("member_variance", "member_covariance", "ensemble_variance"))]
              for d in diversity])
     return "\n".join(lines) + "\n"
 

@@ -66,6 +66,10 @@ def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: what a run record written before `val_fraction` and `stop` existed meant by leaving them out
+RECORD_BEFORE_VALIDATION = {"val_fraction": 0.0, "stop": "train-acc"}
+
+
 def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
     """On --resume, refuse a run whose data or settings differ from the run that wrote the checkpoints."""
     import shutil
@@ -83,7 +87,8 @@ def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
             old = None
         if not isinstance(old, dict):
             raise MNError(f"'{path}' is damaged", hint="delete it (and OUT/ckpt) to start over")
-        before, now = _flat(old), _flat(record)
+        # a run from before the validation split had none and stopped on training accuracy
+        before, now = _flat({**RECORD_BEFORE_VALIDATION, **old}), _flat(record)
         diff = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         if diff:
             parts = ", ".join(f"{k} {before.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}" for k in diff)
@@ -185,9 +190,9 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     doc = build_results(method, outcome.phases, metrics, info=info)
     write_results(out, doc)
     write_history(out, outcome.phases)
-    curves = _learning_curves(out, doc)
     # the plan it trained from: the file stores its nets' layers and its digest, not the folder
     unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded)
+    curves = _learning_curves(out, doc)
     print(format_table(doc))
     print(extra_lines(doc))
     wrote = f"{out / 'results.json'}, {out / 'history.csv'}" + (f", {curves}" if curves else "")
@@ -212,13 +217,23 @@ def _learning_curves(out: Path, doc: Mapping[str, Any]) -> Path | None:
         return None
     from mncompile.runtime.figures import plot_run_curves
 
-    with open(out / "history.csv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(out / "history.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        print(f"note: no learning_curves.png: cannot read history.csv ({err})", file=sys.stderr)
+        return None
     info = doc.get("info", {})
     title = (f"ensemble '{info.get('ensemble')}' trained with {doc['method']}, seed {info.get('seed')}; "
              f"data {info.get('dataset')}: {info.get('train_size')} train / {info.get('val_size', 0)} "
              "validation examples")
-    plot_run_curves(rows, path, title=title)
+    try:
+        plot_run_curves(rows, path, title=title)
+    except Exception as err:  # noqa: BLE001 - a plot must never cost the run its results
+        path.unlink(missing_ok=True)
+        print(f"note: no learning_curves.png: drawing it failed ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        return None
     return path
 
 

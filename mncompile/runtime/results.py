@@ -65,7 +65,8 @@ def _model_entry(phase: str, r: ModelResult) -> dict[str, Any]:
         "final_test_acc": last.test_acc if last else None,
         "final_val_loss": last.val_loss if last else None,
         "final_val_acc": last.val_acc if last else None,
-        "best_val_loss": min((h.val_loss for h in r.history if h.val_loss is not None), default=None),
+        "best_val_loss": min((h.val_loss for h in r.history
+                              if h.val_loss is not None and math.isfinite(h.val_loss)), default=None),
         "val_seconds": r.val_seconds,
     }
 

@@ -286,8 +286,11 @@ def _heads(job: Job, out: Any) -> Sequence[torch.Tensor]:
     if job.heads is not None:
         return job.heads(out)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(f"job '{job.name}' gives an output that is not [batch, classes] logits; "
-                         "its Job needs a `heads` hook to be validated")
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MNError(f"model '{job.name}' gives outputs of shape {shape}, not [batch, classes] logits, so "
+                      "its validation pass cannot score them",
+                      hint="give its Job a `heads` hook that splits the output into [batch, classes] "
+                      "logits, or train with --val-fraction 0")
     return [out]
 
 
