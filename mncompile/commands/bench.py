@@ -325,18 +325,25 @@ def _history(run_dir: Path) -> list[dict[str, str]] | None:
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The command line that repeats this bench (and, with --resume, continues it)."""
+    """The command line that repeats this bench (and, with --resume, continues it): every option
+    of the bench's parser whose value is not its default, with the seeds written out."""
     import shlex
 
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
     parts = ["mncompile", "bench", args.spec]
-    for flag in ("data", "methods", "seeds", "seed", "epochs_scale", "train_size", "test_size", "data_seed",
-                 "val_fraction", "stop", "device", "engine"):
-        value = getattr(args, flag, None)
-        if value is not None and not (flag == "engine" and value == "local"):
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.clusters:
-        parts += ["--clusters", ",".join(map(str, args.clusters))]
-    return " ".join(shlex.quote(p) for p in parts)
+    for action in p._actions:
+        if not action.option_strings or action.dest in ("resume", "verbose"):
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or (value == action.default and action.dest != "seeds"):
+            continue
+        flag = max(action.option_strings, key=len)
+        if value is True:
+            parts.append(flag)
+        else:
+            parts += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return " ".join(shlex.quote(str(x)) for x in parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
