@@ -44,11 +44,14 @@ def test_the_split_is_stratified_disjoint_and_seeded(counts: list[int], fraction
     assert (again[1] == val).all()
 
 
-def test_the_split_depends_on_the_data_seed_only() -> None:
+def test_the_split_is_a_function_of_the_data_seed() -> None:
     a = load_dataset("mnist1d", (1, 40), 10, seed=0, val_fraction=0.1)
     b = load_dataset("mnist1d", (1, 40), 10, seed=0, val_fraction=0.1)
     assert a.x_val is not None and b.x_val is not None and a.y_val is not None
     assert (a.x_val == b.x_val).all() and len(a.y_val) == 400 and len(a.y_train) == 3600
+    assert a.val_size == 400
+    y = np.repeat(np.arange(10), 40)
+    assert not (validation_split(y, 0.1, 0, 10)[1] == validation_split(y, 0.1, 1, 10)[1]).all()
     assert a.y_val.bincount().min() >= 39  # stratified: about 40 of each class
     whole = load_dataset("mnist1d", (1, 40), 10, seed=0)
     assert not whole.has_val and len(whole.y_train) == 4000

@@ -306,7 +306,9 @@ def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) ->
     A run from before the validation split had none (val_fraction 0) and stopped on training
     accuracy.
     """
-    info = {"val_fraction": 0.0, "stop": "train-acc", **(doc.get("info") or {})}
+    from mncompile.runtime.options import BEFORE_VALIDATION
+
+    info = {**BEFORE_VALIDATION, **(doc.get("info") or {})}
     diff = [f"{k} {info.get(k)!r} (this bench: {v!r})" for k, v in expected.items() if info.get(k) != v]
     if diff:
         raise MNError(f"--resume: the finished run in {run_dir} was made with " + ", ".join(diff),

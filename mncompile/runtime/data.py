@@ -55,9 +55,14 @@ class Dataset:
     y_val: torch.Tensor | None = None
 
     @property
+    def val_size(self) -> int:
+        """The number of validation examples (0: no split)."""
+        return 0 if self.y_val is None else len(self.y_val)
+
+    @property
     def has_val(self) -> bool:
         """Whether there is a validation split to watch."""
-        return self.y_val is not None and len(self.y_val) > 0
+        return self.val_size > 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:

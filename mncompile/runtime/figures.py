@@ -48,17 +48,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
-
-
-def _std(xs: Sequence[float]) -> float:
-    if len(xs) < 2:
-        return math.nan
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
 def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
@@ -73,14 +62,14 @@ def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: f
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    pts = [(row, _mean(row.seconds), _mean(row.errors)) for row in rows if row.errors and row.seconds]
+    pts = [(row, row.mean_seconds, row.mean_error) for row in rows if row.errors and row.seconds]
     for k, (row, x, y) in enumerate(pts):
         color, marker = f"C{k % 10}", MARKERS[k % len(MARKERS)]
         lo, hi = row.interval
         if not math.isnan(lo):
             ax.errorbar(x, y * 100, yerr=[[max(0.0, y - lo) * 100], [max(0.0, hi - y) * 100]], fmt="none",
                         ecolor=color, elinewidth=5, alpha=0.25)
-        std = _std(row.errors)
+        std = row.error_std
         ax.errorbar(x, y * 100, yerr=None if math.isnan(std) else std * 100, fmt=marker, color=color,
                     markersize=7, capsize=4, label=row.label)
     # the front of the means, as a staircase; the points no other beats beyond the intervals
@@ -111,12 +100,12 @@ def plot_frontier(rows: Sequence[Row], path: Path, *, title: str, single_best: f
     _save(fig, path)
 
 
-def plot_breakdown(labels: Sequence[str], bars: Sequence[Mapping[tuple[str, str], Sequence[float]]],
+def plot_breakdown(labels: Sequence[str], bars: Sequence[Mapping[tuple[str, str], float]],
                    path: Path, *, title: str) -> None:
     """Figure 5: stacked horizontal bars of training time per phase (and member), one per (method, g).
 
-    `bars[i]` maps (phase, part) to that segment's seconds over the seeds of point `labels[i]`;
-    each segment is their mean, and is named inside only when its name fits in it.
+    `bars[i]` maps (phase, part) to that segment's mean seconds over the seeds of point
+    `labels[i]`; a segment is named inside only when its name fits in it.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.8))
@@ -124,9 +113,8 @@ def plot_breakdown(labels: Sequence[str], bars: Sequence[Mapping[tuple[str, str]
     texts = []
     for y, seg in enumerate(bars):
         left = 0.0
-        for k, ((phase, part), secs) in enumerate(seg.items()):
+        for k, ((phase, part), w) in enumerate(seg.items()):
             color = phase_colors.setdefault(phase, f"C{len(phase_colors) % 10}")
-            w = _mean(secs)
             ax.barh(y, w, left=left, color=color, edgecolor="white", linewidth=0.8,
                     alpha=1.0 if k % 2 == 0 else 0.75, height=0.7)
             if part:
@@ -179,7 +167,10 @@ def curves(history: Sequence[Mapping[str, str]]) -> tuple[dict[str, tuple[list[i
     Epochs count from the run's start: a model of a later phase starts after the longest model
     of the phases before it (a hatched member after its MotherNet).
     """
-    val = any(r.get("val_acc") for r in history)
+    def given(value: Any) -> bool:
+        return value is not None and value != ""
+
+    val = any(given(r.get("val_acc")) for r in history)
     key = "val_acc" if val else "train_acc"
     phases: dict[str, int] = {}
     for r in history:
@@ -189,7 +180,7 @@ def curves(history: Sequence[Mapping[str, str]]) -> tuple[dict[str, tuple[list[i
         offsets[phase], total = total, total + n
     out: dict[str, tuple[list[int], list[float]]] = {}
     for r in history:
-        if not r.get(key):
+        if not given(r.get(key)):
             continue
         xs, ys = out.setdefault(r["model"], ([], []))
         xs.append(offsets[r["phase"]] + int(r["epoch"]))

@@ -103,6 +103,18 @@ class Row:
         return self._values(lambda d: d["total_seconds"])
 
     @property
+    def mean_error(self) -> float:
+        return _mean(self.errors)
+
+    @property
+    def error_std(self) -> float:
+        return _std(self.errors)
+
+    @property
+    def mean_seconds(self) -> float:
+        return _mean(self.seconds)
+
+    @property
     def oracle(self) -> float:
         return _mean(self._values(lambda d: d["ensemble"].get("oracle_accuracy")))
 
@@ -350,13 +362,13 @@ def time_segments(doc: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     return out
 
 
-def segments(row: Row) -> dict[tuple[str, str], list[float]]:
-    """(phase, part) -> seconds over the row's seeds (`time_segments` of each run)."""
+def segments(row: Row) -> dict[tuple[str, str], float]:
+    """(phase, part) -> mean seconds over the row's seeds (`time_segments` of each run)."""
     seg: dict[tuple[str, str], list[float]] = {}
     for r in row.runs:
         for phase, part, s in time_segments(r.doc):
             seg.setdefault((phase, part), []).append(s)
-    return seg
+    return {k: _mean(v) for k, v in seg.items()}
 
 
 def single_best_error(runs: Sequence[Run]) -> float | None:
@@ -382,7 +394,7 @@ def write_frontier(out: Path, runs: Sequence[Run], *, title: str, notes: Sequenc
     atomic_write_text(paths[0], frontier_csv(rows))
     atomic_write_text(paths[1], frontier_markdown(rows, div, title=title, notes=notes))
     scored = [row for row in rows if row.errors and row.seconds]
-    means = pareto_front([(_mean(r.seconds), _mean(r.errors)) for r in scored])
+    means = pareto_front([(r.mean_seconds, r.mean_error) for r in scored])
     figures.plot_frontier(rows, paths[2], title=title, single_best=single_best_error(runs),
                           staircase=[scored[i] for i in means])
     figures.plot_breakdown([row.label for row in rows], [segments(row) for row in rows], paths[3],

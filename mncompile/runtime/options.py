@@ -44,6 +44,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: the paper's training-accuracy rule, since stopping on validation loss measured no better.
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_STOP = "train-acc"
+#: what a run recorded before `val_fraction` and `stop` existed did: no split, the paper's rule
+BEFORE_VALIDATION: dict[str, Any] = {"val_fraction": 0.0, "stop": "train-acc"}
 
 
 def val_fraction_arg(text: str) -> float:

@@ -30,6 +30,7 @@ from mncompile.runtime.folder import load_folder
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import method_options
 from mncompile.runtime.options import (
+    BEFORE_VALIDATION,
     DEFAULT_DATA,
     add_run_arguments,
     build_parser,
@@ -66,10 +67,6 @@ def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: what a run record written before `val_fraction` and `stop` existed meant by leaving them out
-RECORD_BEFORE_VALIDATION = {"val_fraction": 0.0, "stop": "train-acc"}
-
-
 def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
     """On --resume, refuse a run whose data or settings differ from the run that wrote the checkpoints."""
     import shutil
@@ -88,7 +85,7 @@ def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
         if not isinstance(old, dict):
             raise MNError(f"'{path}' is damaged", hint="delete it (and OUT/ckpt) to start over")
         # a run from before the validation split had none and stopped on training accuracy
-        before, now = _flat({**RECORD_BEFORE_VALIDATION, **old}), _flat(record)
+        before, now = _flat({**BEFORE_VALIDATION, **old}), _flat(record)
         diff = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         if diff:
             parts = ", ".join(f"{k} {before.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}" for k in diff)
@@ -133,7 +130,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
     dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
                            train_size=args.train_size, test_size=args.test_size, val_fraction=val_fraction)
-    stop = stop_rule(args, 0 if dataset.y_val is None else len(dataset.y_val))
+    stop = stop_rule(args, dataset.val_size)
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(
@@ -147,7 +144,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
-        "val_fraction": val_fraction, "val_size": 0 if dataset.y_val is None else len(dataset.y_val),
+        "val_fraction": val_fraction, "val_size": dataset.val_size,
         "stop": stop,
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
@@ -172,7 +169,13 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
 def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Method] | None) -> dict[str, Any]:
     """Run the method on the engine, evaluate its members, write results.json, history.csv, ensemble.pt."""
     from mncompile.runtime.ensemble import FILE_NAME, save_ensemble
-    from mncompile.runtime.results import build_results, format_table, write_history, write_results
+    from mncompile.runtime.results import (
+        build_results,
+        format_table,
+        history_rows,
+        write_history,
+        write_results,
+    )
 
     engine, out, method = ctx.engine, ctx.out, ctx.method
     run = (methods or {}).get(method) or METHODS[method].run
@@ -192,7 +195,7 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     write_history(out, outcome.phases)
     # the plan it trained from: the file stores its nets' layers and its digest, not the folder
     unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded)
-    curves = _learning_curves(out, doc)
+    curves = _learning_curves(out, doc, history_rows(outcome.phases))
     print(format_table(doc))
     print(extra_lines(doc))
     wrote = f"{out / 'results.json'}, {out / 'history.csv'}" + (f", {curves}" if curves else "")
@@ -205,9 +208,8 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     return doc
 
 
-def _learning_curves(out: Path, doc: Mapping[str, Any]) -> Path | None:
-    """OUT/learning_curves.png from history.csv, when matplotlib is installed (else a note)."""
-    import csv
+def _learning_curves(out: Path, doc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path | None:
+    """OUT/learning_curves.png of history.csv's `rows`, when matplotlib is installed (else a note)."""
     import importlib.util
 
     path = out / "learning_curves.png"
@@ -217,12 +219,6 @@ def _learning_curves(out: Path, doc: Mapping[str, Any]) -> Path | None:
         return None
     from mncompile.runtime.figures import plot_run_curves
 
-    try:
-        with open(out / "history.csv", encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        print(f"note: no learning_curves.png: cannot read history.csv ({err})", file=sys.stderr)
-        return None
     info = doc.get("info", {})
     title = (f"ensemble '{info.get('ensemble')}' trained with {doc['method']}, seed {info.get('seed')}; "
              f"data {info.get('dataset')}: {info.get('train_size')} train / {info.get('val_size', 0)} "

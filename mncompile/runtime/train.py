@@ -263,8 +263,11 @@ def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: flo
     if by_val and val_loss is None:
         raise MNError("early stopping on validation loss needs a validation split",
                       hint="give --val-fraction above 0, or use --stop train-acc")
-    watched = -val_loss if by_val and val_loss is not None and math.isfinite(val_loss) else (
-        -math.inf if by_val else acc)
+    if by_val:
+        assert val_loss is not None
+        watched = -val_loss if math.isfinite(val_loss) else -math.inf
+    else:
+        watched = acc
     if watched > st.best + s.tolerance:
         st.best, st.stale = watched, 0
     else:
@@ -363,6 +366,9 @@ def fit(
     if not jobs:
         return {}
     batch = sizes.pop()
+    if not data.has_val and any(j.settings.stop == "val-loss" for j in jobs):
+        raise MNError("early stopping on validation loss needs a validation split",
+                      hint="give --val-fraction above 0, or use --stop train-acc")
     data = data.to(dev)
     states: list[_State] = []
     notes: list[str] = []
