@@ -156,6 +156,9 @@ def test_aggregate_means_stds_and_pareto_flags() -> None:
     s = rows[0].summary()
     assert s["error_mean"] == pytest.approx(0.15) and s["error_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert s["seconds_mean"] == 11.0 and s["member_error"] == pytest.approx(0.3) and s["seeds"] == 2
+    # the best member errs 0.2 in both seeds: gains 0.2 - 0.1 and 0.2 - 0.2
+    assert s["best_member_error"] == pytest.approx(0.2)
+    assert s["gain"] == pytest.approx(0.05) and s["gain_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert [r.pareto for r in rows] == [True, True, False]
     assert rows[1].summary()["error_std"] != rows[1].summary()["error_std"]  # NaN: one seed
 

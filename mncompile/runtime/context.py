@@ -37,11 +37,25 @@ class Outcome:
 
     `members` maps each ensemble member's name to a trained module (input -> logits); the
     pipeline evaluates them on the test set. `info` is added to results.json's `info`.
+    `members_of` names the members a trained model gives where they are not the model itself
+    (a Shared-MotherNet's heads): if that model diverged, they are left out of the ensemble.
     """
 
     phases: list[PhaseRecord]
     members: dict[str, nn.Module]
     info: dict[str, Any] = field(default_factory=dict)
+    members_of: dict[str, list[str]] = field(default_factory=dict)
+
+    def diverged(self) -> dict[str, str]:
+        """The members whose training diverged, with the message: they are left out of the ensemble."""
+        out: dict[str, str] = {}
+        for record in self.phases:
+            for name, result in record.models.items():
+                if result.status == "diverged":
+                    for m in self.members_of.get(name, [name]):
+                        if m in self.members:
+                            out[m] = f"{name}: {result.message}" if m != name else str(result.message)
+        return out
 
 
 @dataclass

@@ -35,8 +35,8 @@ from mncompile.formats.settings import RATES_USD_PER_HOUR
 
 RATES = tuple(RATES_USD_PER_HOUR.items())
 CSV_COLUMNS = ("method", "g", "seeds", "error_mean", "error_std", "error_low", "error_high", "test_examples",
-               "oracle_accuracy", "member_error", "nll", "brier", "ece", "seconds_mean", "seconds_std",
-               "val_seconds_mean", "usd_m1", "usd_m2", "pareto")
+               "oracle_accuracy", "member_error", "best_member_error", "gain", "gain_std", "nll", "brier",
+               "ece", "seconds_mean", "seconds_std", "val_seconds_mean", "usd_m1", "usd_m2", "pareto")
 #: the bins of the expected calibration error (runtime/metrics.py)
 ECE_BINS = 15
 
@@ -152,6 +152,21 @@ class Row:
 
         return _mean(self._values(mean_member))
 
+    @property
+    def gains(self) -> list[float]:
+        """Per seed: the best member's error minus the ensemble's (what averaging the members bought)."""
+        def gain(d: Mapping[str, Any]) -> float | None:
+            accs = [m["accuracy"] for m in d["members"].values() if m.get("accuracy") is not None]
+            err = d["ensemble"].get("error")
+            return (1 - max(accs)) - err if accs and err is not None else None
+
+        return self._values(gain)
+
+    @property
+    def best_member_error(self) -> float:
+        return _mean(self._values(lambda d: 1 - max((m["accuracy"] for m in d["members"].values()
+                                                     if m.get("accuracy") is not None), default=math.nan)))
+
     def summary(self) -> dict[str, Any]:
         secs = _mean(self.seconds)
         lo, hi = self.interval
@@ -160,6 +175,8 @@ class Row:
             "error_mean": _mean(self.errors), "error_std": _std(self.errors),
             "error_low": lo, "error_high": hi, "test_examples": self.test_examples or "",
             "oracle_accuracy": self.oracle, "member_error": self.member_error,
+            "best_member_error": self.best_member_error, "gain": _mean(self.gains),
+            "gain_std": _std(self.gains),
             "nll": self.ensemble_mean("nll"), "brier": self.ensemble_mean("brier"),
             "ece": self.ensemble_mean("ece"),
             "seconds_mean": secs, "seconds_std": _std(self.seconds), "val_seconds_mean": self.val_seconds,
@@ -286,18 +303,21 @@ def frontier_markdown(rows: Sequence[Row], diversity: Sequence[Mapping[str, Any]
     n_text = f"{ns[0]:,}" if len(ns) == 1 else "the"
     lines += [f"Errors are mean ± std over the seeds; the 95 % interval is the Wilson score interval of "
               f"the mean error over {n_text} test examples. A point is on the Pareto front unless another "
-              "is faster (mean training time) and more accurate with the two intervals apart. Training "
+              "is faster (mean training time) and more accurate with the two intervals apart. The "
+              "ensemble gain is the best member's error minus the ensemble's, in points. Training "
               "time leaves out validation passes, listed beside it (on the local engine; with "
               "--engine ray a phase's wall time holds them).", ""]
     body = []
     for row in rows:
         s = row.summary()
         body.append([row.label, str(s["seeds"]), _pct(s["error_mean"], s["error_std"]), _interval(row),
-                     _pct(s["member_error"]), _secs(s["seconds_mean"], s["seconds_std"]),
+                     _pct(s["member_error"]), _pct(s["gain"], s["gain_std"]),
+                     _secs(s["seconds_mean"], s["seconds_std"]),
                      "-" if not s["val_seconds_mean"] else f"{s['val_seconds_mean']:.1f}",
                      f"{s['usd_m1']:.4f}", f"{s['usd_m2']:.4f}", "yes" if row.pareto else ""])
     lines += _md_table(["method", "seeds", "ensemble error %", "95% interval %", "mean member error %",
-                        "training s", "validation s", *(f"USD at {rate:.2f}/h" for _, rate in RATES),
+                        "ensemble gain pt", "training s", "validation s",
+                        *(f"USD at {rate:.2f}/h" for _, rate in RATES),
                         "Pareto"], body)
     lines += ["", "## Oracle accuracy (Table 3)", "",
               "An example counts as right when any member gets it right: the accuracy a perfect "

@@ -29,6 +29,17 @@ STATUSES = ("training", "converged", "max_epochs", "diverged")
 #: the validation split (`--val-fraction`)
 STOP_RULES = ("train-acc", "val-loss")
 
+#: the loss-explosion guard (`blown_up`): an epoch whose training loss is above both
+#: BLOWUP_RATIO x the best loss before it and BLOWUP_FLOOR counts as blown up, and
+#: BLOWUP_EPOCHS such epochs in a row mark the model diverged. The best loss before a model's
+#: first epoch is ln C, a uniform guess's: a net that explodes from its first epoch on is
+#: caught too. The floor is ln 2: a mean cross-entropy above it means the geometric mean of
+#: the probability given to the right class is below one half, so a hatched member (which
+#: starts near zero loss) is not stopped by a short spike that stays below it.
+BLOWUP_RATIO = 4.0
+BLOWUP_FLOOR = math.log(2.0)
+BLOWUP_EPOCHS = 3
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -159,6 +170,43 @@ class ModelResult:
         return max(finite) if finite else None
 
 
+def blown_up(losses: Sequence[float], lrs: Sequence[float] | None = None,
+             classes: int | None = None) -> tuple[int, float] | None:
+    """(first 1-based epoch, best loss it is judged by) of a blow-up `losses` end in, or None.
+
+    `losses` are a model's per-epoch training losses (a mean per example and head), `lrs` the
+    learning rates the epochs began with (default: all equal), `classes` the number of classes
+    (its ln is the loss before any epoch; None: no such bound). The last BLOWUP_EPOCHS epochs
+    have blown up when each is above max(BLOWUP_RATIO x best, BLOWUP_FLOOR), where best is the
+    lowest of ln C and the losses of the epochs before them that began at a learning rate at
+    least as high: a loss that rises after a warm restart (snapshot, FGE) is judged against the
+    epochs trained at such a rate, never against the end of a decayed cycle.
+
+    >>> blown_up([0.013, 0.26, 2.30, 1.07, 0.4], classes=10)  # a spike that recovers
+    >>> blown_up([0.24, 1.30, 1.45, 0.98], classes=10)        # a collapse: each > 4 x 0.24
+    (2, 0.24)
+    >>> blown_up([2.2, 1.5, 1.2, 1.1], classes=10)            # a net learning from scratch
+    >>> blown_up([3512.0, 6.8e5, 4.2e7], classes=10)          # exploding from the first epoch
+    (1, 2.302585092994046)
+    >>> blown_up([2.0, 0.05, 0.9, 0.8, 0.8], lrs=[0.2, 0.01, 0.2, 0.15, 0.1])  # a warm restart
+    """
+    if len(losses) < BLOWUP_EPOCHS:
+        return None
+    rates = list(lrs) if lrs is not None else [0.0] * len(losses)
+    start = len(losses) - BLOWUP_EPOCHS
+    prior = math.log(classes) if classes is not None and classes > 1 else math.inf
+    worst = math.inf
+    for i in range(start, len(losses)):
+        best = min([prior, *(loss for loss, lr in zip(losses[:start], rates[:start], strict=True)
+                             if lr >= rates[i])])
+        if not math.isfinite(best):
+            return None
+        worst = min(worst, best)
+        if not losses[i] > max(BLOWUP_RATIO * best, BLOWUP_FLOOR):
+            return None
+    return start + 1, worst
+
+
 def group_seconds(results: Mapping[str, ModelResult]) -> float:
     """Wall time of models trained together in lockstep: each shared epoch counted once."""
     per_epoch: dict[int, float] = {}
@@ -177,11 +225,14 @@ class Job:
     the number of right predictions (a float for several outputs); `lr(iteration)` the learning
     rate of a 0-based global iteration (default: `settings.lr_at(epoch)`); `after_step(iteration)`
     runs after that iteration's optimizer step. `heads(out)` splits an output of several heads
-    into their [batch, classes] logits for the validation pass (default: `out` is one head).
-    `extra` names settings beyond `settings` that a
+    into their [batch, classes] logits for the validation pass (default: `out` is one head);
+    the loss of such a job is the sum of its heads' losses, and its history records the mean.
+    `scale_grads(model)` runs after each backward pass, before the optimizer step (a
+    Shared-MotherNet's per-unit gradient scaling). `extra` names settings beyond `settings` that a
     checkpoint must have been written with to be resumed. `data`, when given, is this job's own
     training set (bagging's bootstrap sample): it cannot share a batch stream with the others.
     A `required` job's failure stops the run (a MotherNet: nothing could hatch from it).
+    `lr_flag` is the option that sets its learning rate, which a diverged model's message names.
     """
 
     name: str
@@ -193,13 +244,16 @@ class Job:
     lr: Callable[[int], float] | None = None
     after_step: Callable[[int], None] | None = None
     heads: Callable[[Any], Sequence[torch.Tensor]] | None = None
+    scale_grads: Callable[[nn.Module], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     data: Dataset | None = None
     required: bool = False
+    lr_flag: str = "--lr"
 
     @property
     def plain(self) -> bool:
         """Cross-entropy on `model(x)` with the settings' schedule: no hook of its own."""
-        return all(h is None for h in (self.forward, self.loss, self.correct, self.lr, self.after_step))
+        return all(h is None for h in (self.forward, self.loss, self.correct, self.lr, self.after_step,
+                                        self.scale_grads))
 
 

@@ -213,6 +213,9 @@ def ensemble_metrics(
         "diversity": diversity(correct_class_probs(probs, labels)) if probs.shape[1] > 0 else None,
     }
     out["error"] = 1.0 - out["accuracy"]
+    # the ensemble gain: the best member's error minus the ensemble's (what averaging bought)
+    out["best_member_error"] = 1.0 - max(m["accuracy"] for m in out["members"].values())
+    out["gain"] = out["best_member_error"] - out["error"]
     out["error_interval"] = error_interval(out["accuracy"], len(labels))
     out["test_examples"] = len(labels)
     return _finite(out)

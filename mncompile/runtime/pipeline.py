@@ -181,13 +181,23 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     run = (methods or {}).get(method) or METHODS[method].run
     outcome = run(ctx)
     members = _kept(outcome.members, engine.failed)
-    metrics, excluded = evaluate(members, ctx.dataset, ctx.device)
+    diverged = outcome.diverged()
+    for m, why in diverged.items():
+        print(f"warning: member '{m}' diverged and is left out of the ensemble: {why}", file=sys.stderr)
+    if diverged and not set(members) - set(diverged):
+        raise MNError("every member diverged in training: there is no ensemble to evaluate",
+                      hint="lower the learning rate the warnings above name")
+    metrics, excluded = evaluate({m: v for m, v in members.items() if m not in diverged}, ctx.dataset,
+                                 ctx.device)
+    excluded = [*diverged, *excluded]
     info = {**ctx.info, **outcome.info}
     engine_info = engine.info()
     if engine_info:  # what an engine records of itself (the local one: nothing)
         info.update({"engine": engine.name, engine.name: engine_info})
     if engine.failed:
         info["failed_members"] = {m: e for m, e in engine.failed.items() if m in outcome.members}
+    if diverged:
+        info["diverged_members"] = diverged
     if excluded:
         info["excluded_members"] = excluded
     doc = build_results(method, outcome.phases, metrics, info=info)
@@ -302,7 +312,8 @@ def extra_lines(doc: Mapping[str, Any]) -> str:
                      f"{c['paper_saving']:,}, chi = {c['chi']:.3f}); reproduces its hatched members to "
                      f"{c['max_abs_diff']:.3g} (eval mode) before noise")
     if doc["info"].get("excluded_members"):
-        lines.append("left out of the ensemble (not finite): " + ", ".join(doc["info"]["excluded_members"]))
+        lines.append("left out of the ensemble (diverged in training, or outputs not finite): "
+                     + ", ".join(doc["info"]["excluded_members"]))
     if doc["info"].get("failed_members"):
         failed = ", ".join(doc["info"]["failed_members"])
         lines.append(f"left out of the ensemble (training failed): {failed}")

@@ -211,6 +211,9 @@ def format_table(results: Mapping[str, Any]) -> str:
             lo, hi = ens["error_interval"]
             out.append(f"  error {_pct(ens.get('error'))}%, 95% Wilson interval {_pct(lo)}-{_pct(hi)}% over "
                        f"{ens.get('test_examples')} test examples")
+        if ens.get("gain") is not None:
+            out.append(f"  ensemble gain {ens['gain'] * 100:+.2f} pt: the best member's error "
+                       f"{_pct(ens.get('best_member_error'))}% minus the ensemble's")
         out.append(
             f"  nll {_num(ens.get('nll'))}  brier {_num(ens.get('brier'))}  ece {_num(ens.get('ece'))}  "
             f"disagreement {_num(ens.get('disagreement'))}"

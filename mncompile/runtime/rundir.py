@@ -31,7 +31,7 @@ from mncompile.diagnostics import MNError
 
 LOCK = ".lock"
 #: what a finished run leaves in OUT besides its checkpoints
-RESULTS = ("results.json", "history.csv", "ensemble.pt")
+RESULTS = ("results.json", "history.csv", "ensemble.pt", "learning_curves.png")
 
 
 def default_out(ensemble: str, method: str) -> Path:

@@ -53,11 +53,15 @@ from mncompile.diagnostics import MNError
 from mncompile.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mncompile.runtime.data import Dataset, batches, num_batches
 from mncompile.runtime.jobs import (
+    BLOWUP_EPOCHS,
+    BLOWUP_FLOOR,
+    BLOWUP_RATIO,
     STATUSES,
     EpochRecord,
     Job,
     ModelResult,
     TrainSettings,
+    blown_up,
     group_seconds,
 )
 from mncompile.runtime.progress import Progress
@@ -240,13 +244,16 @@ class StoppingState(Protocol):
 
 
 def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: float, loss: float, acc: float,
-                 test_acc: float | None, seconds: float, val: tuple[float, float, float] | None = None
-                 ) -> EpochRecord:
+                 test_acc: float | None, seconds: float, val: tuple[float, float, float] | None = None,
+                 lr_flag: str = "--lr", classes: int | None = None) -> EpochRecord:
     """Append epoch `epoch` (0-based) to the history; stop on divergence, patience or max_epochs.
 
     `val` is the epoch's (validation loss, accuracy, seconds). Early stopping watches what
     `settings.stop` names: the training accuracy, or the validation loss (kept as its negative
-    in `best`, so that higher is better for both).
+    in `best`, so that higher is better for both). A model diverges when its loss is not
+    finite, or when it has blown up (`jobs.blown_up`: BLOWUP_EPOCHS epochs in a row above
+    BLOWUP_RATIO x its best, and ln C of `classes`, and ln 2); the message names `lr_flag`,
+    the setting to lower.
     """
     val_loss, val_acc, val_seconds = val if val is not None else (None, None, 0.0)
     rec = EpochRecord(epoch + 1, lr, loss, acc, test_acc, seconds, val_loss, val_acc, val_seconds)
@@ -256,7 +263,18 @@ def record_epoch(st: StoppingState, settings: TrainSettings, epoch: int, lr: flo
         st.result.status = "diverged"
         st.result.message = (
             f"training loss became {loss} in epoch {epoch + 1} (lr {lr:.4g}); stopped this model, "
-            "its weights are not usable (try a lower learning rate)"
+            f"its weights are not usable (lower {lr_flag})"
+        )
+        return rec
+    blowup = blown_up([r.train_loss for r in st.result.history], [r.lr for r in st.result.history], classes)
+    if blowup is not None:
+        first, best = blowup
+        losses = ", ".join(f"{r.train_loss:.3g}" for r in st.result.history[first - 1:])
+        st.result.status = "diverged"
+        st.result.message = (
+            f"training loss blew up: {losses} in epochs {first}-{epoch + 1}, each above "
+            f"{BLOWUP_RATIO:g} x the best {best:.3g} and ln 2 = {BLOWUP_FLOOR:.3f} for {BLOWUP_EPOCHS} "
+            f"epochs in a row (lr {lr:.4g}); stopped this model (lower {lr_flag})"
         )
         return rec
     by_val = s.stop == "val-loss"
@@ -412,6 +430,7 @@ def fit(
             first_lr: dict[str, float] = {}
             # per-epoch sums on the device, so that a GPU never waits on a .item() per batch
             totals = {id(st): torch.zeros(3, device=dev, dtype=torch.float64) for st in active}
+            heads: dict[int, int] = {}
             for st in active:
                 st.job.model.train()
             for step, (x, y) in enumerate(batches(data, batch, epoch_generator(seed, epoch))):
@@ -434,10 +453,15 @@ def fit(
                     loss = j.loss(out, y, aux) if j.loss is not None else F.cross_entropy(out.float(), y)
                     st.optimizer.zero_grad(set_to_none=True)
                     (loss if weight is None else loss * weight).backward()
+                    if j.scale_grads is not None:
+                        j.scale_grads(j.model)
                     st.optimizer.step()
                     with torch.no_grad():
                         t = totals[id(st)]
-                        t[0] += loss.detach().double() * len(y)
+                        if id(st) not in heads:
+                            heads[id(st)] = len(j.heads(out)) if j.heads is not None else 1
+                        # a model of several heads trains on their sum; recorded per head
+                        t[0] += loss.detach().double() * (len(y) / heads[id(st)])
                         t[1] += (j.correct(out, y) if j.correct is not None
                                  else (out.argmax(1) == y).sum()).double()
                         t[2] += len(y)
@@ -457,7 +481,8 @@ def fit(
                 # the validation pass is timed on its own: it is not training time
                 val = validate(st.job, data, dev) if data.has_val else None
                 rec = record_epoch(st, st.job.settings, epoch, first_lr.get(st.job.name, 0.0),
-                                   loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds, val)
+                                   loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds, val,
+                                   st.job.lr_flag, data.classes)
                 progress.epoch(st.job.name, rec.epoch, st.job.settings.max_epochs, lr=rec.lr,
                                loss=rec.train_loss, acc=rec.train_acc, test_acc=rec.test_acc, seconds=seconds,
                                val_acc=rec.val_acc)

@@ -42,7 +42,7 @@ def run(ctx: RunContext) -> Outcome:
     snapshots = Snapshots(ctx.ckpt_dir("cycles") / "snapshots", base, model)
     job = Job(name, model, cycles_settings(ctx, lr1, m * cycle_epochs),
               lr=TriangleCycles(cycle_its, lr1, lr2), after_step=AtCycleLow(snapshots, cycle_its),
-              required=True,
+              required=True, lr_flag="--fge-lr1",
               extra={"method": "fge", "cycles": m, "lr2": lr2, "pretrain_epochs": pre_epochs})
     records += ctx.engine.run(ctx, Phase("cycles", [job]))
     members = snapshots.load(ctx, m, records[-1].models[name].message or "training stopped early")

@@ -143,7 +143,8 @@ class Hatchery:
             return [], 0.0
         new, seconds = hatch_cluster(self.ctx, job.name, job.model, self.clusters[job.name], self.checks)
         self.hatched.update(new)
-        return [Job(m, model, self.ctx.hatched_settings) for m, model in new.items()], seconds
+        jobs = [Job(m, model, self.ctx.hatched_settings, lr_flag="--hatched-lr") for m, model in new.items()]
+        return jobs, seconds
 
     def then(self) -> Then:
         """Step 4: the phase `members` that follows each MotherNet."""

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "fge_cycle": 2,
     "pretrain_fraction": 0.8,
     "shared_layers": 3,
+    "shared_loss": "sum",
 }
 
 
@@ -58,6 +59,10 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
                    help="fge: share of max_epochs spent pre-training (default 0.8)")
     g.add_argument("--shared-layers", type=positive(int), metavar="N",
                    help="treenet: conv layers in the shared trunk (default 3)")
+    g.add_argument("--shared-loss", choices=("scaled", "mean", "sum"),
+                   help="shared-mothernets: how the heads' losses train the shared model: scaled "
+                   "(each unit's update is one member's), mean, or sum (default sum; "
+                   "docs/shared-mothernets.md)")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:

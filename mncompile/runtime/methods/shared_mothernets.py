@@ -2,7 +2,8 @@
 
 After the MotherNets train and the members hatch, each cluster that `shared.py` can share is
 consolidated into one Shared-MotherNet (`runtime/shared.py`), checked against its hatched
-members, and trained on the sum of its K heads' cross-entropies. Clusters that `shared.py`
+members, and trained on its K heads' cross-entropies (`SHARED_LOSSES`: by default each
+parameter's update is what one member's would be). Clusters that `shared.py`
 lists in `NOT_SHARED` train their hatched members separately, as `mothernets` does.
 """
 
@@ -24,6 +25,7 @@ from mncompile.runtime.methods.mothernets import (
     require_mother,
     verify_scale,
 )
+from mncompile.runtime.methods.options import options
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +54,81 @@ def check_shared_module(module: ModuleType, ctx: RunContext) -> None:
         consolidate(cls(), {m: ctx.build(m).state_dict() for m in cluster})
 
 
+#: how the K heads' losses train a Shared-MotherNet (`--shared-loss`, docs/shared-mothernets.md).
+#: It trains on the sum of the heads' cross-entropies (the history records their mean), each
+#: parameter's gradient multiplied by a factor: `sum` 1 (a shared unit gets all K members'
+#: gradients, K times what one member's unit gets), `mean` 1/K for every parameter (a member's
+#: own units learn at 1/K of their rate), `scaled` 1/K for the shared units and 1 for a
+#: member's own units (each parameter's update is what one member's would be: its own, or the
+#: mean of the members').
+SHARED_LOSSES = ("scaled", "mean", "sum")
+
+
 def joint_loss(out: torch.Tensor, y: torch.Tensor, _: Any) -> torch.Tensor:
     """The sum of the K heads' cross-entropies (out: [batch, K, classes])."""
     import torch.nn.functional as F
 
     k = out.shape[1]
     return F.cross_entropy(out.float().flatten(0, 1), y.repeat_interleave(k)) * k
+
+
+class GradScale:
+    """Multiplies each gradient of a Shared-MotherNet by its units' factor (`SHARED_LOSSES`).
+
+    Built from the generated class's structure: a weight block's rows, a step's bias and
+    BatchNorm entries belong to the groups it makes, a `pre` BatchNorm's to the groups it reads;
+    a group owned by a member (`GROUPS[g][0]` not None) is that member's own. Called with the
+    model (or a data-parallel wrapper of it, whose names begin with `module.`) after backward.
+    """
+
+    def __init__(self, shared: Any, mode: str) -> None:
+        import torch
+
+        if mode not in SHARED_LOSSES:
+            raise MNError(f"unknown shared loss '{mode}'", hint="use " + ", ".join(SHARED_LOSSES))
+        k = float(len(shared.MEMBERS))
+        own, common = {"scaled": (1.0, 1 / k), "mean": (1 / k, 1 / k), "sum": (1.0, 1.0)}[mode]
+        groups = shared.GROUPS
+
+        def factors(ids: Any) -> torch.Tensor:
+            return torch.cat([torch.full((int(groups[g][1]),), common if groups[g][0] is None else own)
+                              for g in ids]) if ids else torch.ones(0)
+
+        self.scales: dict[str, torch.Tensor] = {}
+        for name, p in shared.named_parameters():
+            parts = name.split(".")
+            if parts[0] != "steps" or len(parts) < 3:
+                raise MNError(f"Shared-MotherNet parameter '{name}' is not in a step", hint="the folder "
+                              "comes from another version of mncompile: compile the spec again")
+            i = int(parts[1])
+            step, module = shared.STEPS[i], shared.steps[i]
+            if parts[2] == "blocks":
+                scale = factors(module.blocks[int(parts[3])].rows)
+            elif parts[2] == "pre":
+                scale = factors(step["reads"])
+            else:  # the step's bias, or its BatchNorm after the layer
+                scale = factors(step["makes"])
+            if scale.numel() != p.shape[0]:
+                raise MNError(f"Shared-MotherNet parameter '{name}' has {p.shape[0]} rows where its groups "
+                              f"have {scale.numel()}", hint="compile the spec again")
+            self.scales[name] = scale.reshape((-1,) + (1,) * (p.dim() - 1))
+        self.trivial = own == common == 1.0
+        self._on: dict[str, torch.Tensor] = {}
+
+    def __call__(self, model: nn.Module) -> None:
+        if self.trivial:
+            return
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                continue
+            key = name.removeprefix("module.")
+            scale = self._on.get(key)
+            if scale is None or scale.device != p.grad.device:
+                scale = self._on[key] = self.scales[key].to(p.grad.device, p.grad.dtype)
+            p.grad.mul_(scale)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_on": {}}
 
 
 def heads_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,17 +209,23 @@ def run(ctx: RunContext) -> Outcome:
     if plain:
         records.append(PhaseRecord("hatching", hatch_seconds, {}))
     if separate:
-        records += ctx.engine.run(ctx, Phase("members", [Job(m, model, ctx.hatched_settings)
+        records += ctx.engine.run(ctx, Phase("members", [Job(m, model, ctx.hatched_settings,
+                                                             lr_flag="--hatched-lr")
                                                          for m, model in separate.items()]))
         members.update(separate)
     if shared_models:
+        mode = str(options(ctx)["shared_loss"])
+        # a checkpoint from before the choice trained on the sum, and resumes as such
+        extra = {"method": "shared-mothernets", **({} if mode == "sum" else {"shared_loss": mode})}
         jobs = [Job(f"shared-{name}", model, ctx.hatched_settings, loss=joint_loss, correct=heads_correct,
-                    heads=split_heads,
-                    extra={"method": "shared-mothernets"}) for name, model in shared_models.items()]
+                    heads=split_heads, scale_grads=GradScale(model, mode), lr_flag="--hatched-lr",
+                    extra=extra) for name, model in shared_models.items()]
         records += ctx.engine.run(ctx, Phase("shared", jobs))
         for model in shared_models.values():
             members.update({m: shared_member(model, m) for m in model.MEMBERS})
     totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
               "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
     info = {"clusters": report, **totals}
-    return Outcome(records, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks})
+    heads = {f"shared-{name}": list(model.MEMBERS) for name, model in shared_models.items()}
+    return Outcome(records, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks},
+                   members_of=heads)

@@ -32,7 +32,7 @@ def run(ctx: RunContext) -> Outcome:
     model = ctx.build(base)
     snapshots = Snapshots(ctx.ckpt_dir("cycles") / "snapshots", base, model)
     job = Job(base, model, cycles_settings(ctx, lr0, m * cycle_epochs), lr=CosineCycles(cycle_its, lr0),
-              after_step=AtCycleEnd(snapshots, cycle_its), required=True,
+              after_step=AtCycleEnd(snapshots, cycle_its), required=True, lr_flag="--snapshot-lr",
               extra={"method": "snapshot", "cycles": m, "cycle_epochs": cycle_epochs})
     records = ctx.engine.run(ctx, Phase("cycles", [job]))
     members = snapshots.load(ctx, m, records[0].models[base].message or "training stopped early")
