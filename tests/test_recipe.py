@@ -194,3 +194,46 @@ def _small():  # type: ignore[no-untyped-def]
     from mncompile.api import loads
 
     return loads(SPEC)
+
+
+def test_a_batch_order_per_member_is_its_own_and_sequential_training_still_matches() -> None:
+    from mncompile.runtime.train import train_lockstep, train_sequential
+
+    ds = load_dataset("synthetic", (8,), 3, seed=0, train_size=96, test_size=24)
+
+    def nets() -> dict[str, torch.nn.Module]:
+        torch.manual_seed(0)
+        return {n: torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+                for n in ("a", "b")}
+
+    own = TrainSettings(batch=16, lr=0.05, max_epochs=2, patience=0, order="member")
+    shared = TrainSettings(batch=16, lr=0.05, max_epochs=2, patience=0)
+    runs = {}
+    for label, s, train in (("own", own, train_lockstep), ("own-seq", own, train_sequential),
+                            ("shared", shared, train_lockstep)):
+        models = nets()
+        train(models, ds, s, progress=Progress(quiet=True))
+        runs[label] = {n: torch.cat([p.detach().flatten() for p in m.parameters()])
+                       for n, m in models.items()}
+    for n in ("a", "b"):
+        assert torch.equal(runs["own"][n], runs["own-seq"][n])  # one model's batches are its own
+        assert not torch.equal(runs["own"][n], runs["shared"][n])
+    assert "order" in own.to_dict() and "order" not in shared.to_dict()  # old checkpoints resume
+
+
+def test_hatched_stopping_on_validation_needs_a_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "p1.mnet"
+    spec.write_text(SPEC)
+    rc = cli_main(["run", str(spec), *RUN, "--val-fraction", "0", "--hatched-stop", "val-loss",
+                   "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "--hatched-stop val-loss needs a validation split" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    rc = cli_main(["run", str(spec), *RUN, "--hatched-stop", "val-loss", "--hatched-patience", "2",
+                   "--batch-order", "member", "--out", str(tmp_path / "ok")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert doc["info"]["hatched_stop"] == "val-loss" and doc["info"]["batch_order"] == "member"
+    assert doc["info"]["hatched_patience"] == 2

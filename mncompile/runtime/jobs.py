@@ -28,6 +28,9 @@ STATUSES = ("training", "converged", "max_epochs", "diverged")
 #: what early stopping watches: the running training accuracy (the paper's rule), or the loss on
 #: the validation split (`--val-fraction`)
 STOP_RULES = ("train-acc", "val-loss")
+#: where a model's mini-batches come from in a lockstep phase: the phase's one shared stream
+#: (the paper's scan: every model sees the same batches), or a permutation of its own per epoch
+BATCH_ORDERS = ("shared", "member")
 
 #: the loss-explosion guard (`blown_up`): an epoch whose training loss is above both
 #: BLOWUP_RATIO x the best loss before it and BLOWUP_FLOOR counts as blown up, and
@@ -48,6 +51,7 @@ class TrainSettings:
     `patience` <= 0 turns early stopping off. `stop` says what it watches (`STOP_RULES`):
     `train-acc`, the paper's rule, or `val-loss`; `tolerance` is the absolute gain an epoch must
     beat the best by to count as an improvement (a fraction of accuracy, or nats of loss).
+    `order` is where the model's batches come from in lockstep (`BATCH_ORDERS`).
     """
 
     # the defaults are those of the train keys' one table, mncompile.formats.settings
@@ -60,10 +64,13 @@ class TrainSettings:
     schedule: str = str(TRAIN_DEFAULTS["schedule"])
     tolerance: float = 1e-4
     stop: str = "train-acc"
+    order: str = "shared"
 
     def __post_init__(self) -> None:
         if self.stop not in STOP_RULES:
             raise MNError(f"unknown stopping rule '{self.stop}'", hint="use " + " or ".join(STOP_RULES))
+        if self.order not in BATCH_ORDERS:
+            raise MNError(f"unknown batch order '{self.order}'", hint="use " + " or ".join(BATCH_ORDERS))
         if self.schedule not in SCHEDULES:
             raise MNError(f"unknown schedule '{self.schedule}'", hint="use cosine or constant")
         if self.batch < 1 or self.max_epochs < 0:
@@ -71,11 +78,13 @@ class TrainSettings:
                           f"{self.max_epochs}")
 
     @classmethod
-    def from_config(cls, config: Any, phase: str = "mother", stop: str = "train-acc") -> TrainSettings:
+    def from_config(cls, config: Any, phase: str = "mother", stop: str = "train-acc", *,
+                    patience: int | None = None, order: str = "shared") -> TrainSettings:
         """The settings of `phase` ('mother' or 'hatched') from a TrainConfig or a plain mapping.
 
         'hatched' takes `hatched_lr` and `hatched_max_epochs`; everything else is shared.
-        `stop` is the early-stopping rule of the run (`STOP_RULES`).
+        `stop` is the phase's early-stopping rule (`STOP_RULES`), `patience` overrides the
+        config's, `order` is its batch order (`BATCH_ORDERS`).
         """
 
         def get(key: str) -> Any:
@@ -89,10 +98,11 @@ class TrainSettings:
             lr=float(get("hatched_lr" if hatched else "lr")),
             momentum=float(get("momentum")),
             weight_decay=float(get("weight_decay")),
-            patience=int(get("patience")),
+            patience=int(get("patience")) if patience is None else int(patience),
             max_epochs=int(get("hatched_max_epochs" if hatched else "max_epochs")),
             schedule=str(get("schedule")),
             stop=stop,
+            order=order,
         )
 
     def lr_at(self, epoch: int) -> float:
@@ -103,9 +113,11 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        # the paper's rule and scan: the identity a checkpoint was written with before the choice
         if self.stop == "train-acc":
-            # the paper's rule: the identity a checkpoint was written with before there was a choice
             del d["stop"]
+        if self.order == "shared":
+            del d["order"]
         return d
 
 

@@ -20,7 +20,7 @@ from mncompile.formats.settings import (
     validate_train,
 )
 from mncompile.runtime.engines import ENGINES
-from mncompile.runtime.jobs import STOP_RULES
+from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import add_method_arguments
 from mncompile.validators import number
@@ -55,22 +55,35 @@ def val_fraction_arg(text: str) -> float:
     return value
 
 
-def stop_rule(args: argparse.Namespace, val_examples: int | None = None) -> str:
+def stop_rule(args: argparse.Namespace, val_examples: int | None = None, hatched: bool = False) -> str:
     """The run's early-stopping rule: --stop, else train-acc (DEFAULT_STOP, chosen by measurement).
 
-    MNError when val-loss is asked for without a validation split (`--val-fraction` 0, or one
-    of `val_examples` = 0 examples).
+    With `hatched`, the hatched members' rule: --hatched-stop, else the run's. MNError when
+    val-loss is asked for without a validation split (`--val-fraction` 0, or one of
+    `val_examples` = 0 examples).
     """
     fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
     rule = getattr(args, "stop", None) or DEFAULT_STOP
+    flag = "--stop"
+    if hatched and getattr(args, "hatched_stop", None):
+        rule, flag = args.hatched_stop, "--hatched-stop"
     if rule == "val-loss" and fraction <= 0:
-        raise MNError("--stop val-loss needs a validation split, but --val-fraction is 0",
-                      hint="give --val-fraction F (0 < F <= 0.5), or use --stop train-acc")
+        raise MNError(f"{flag} val-loss needs a validation split, but --val-fraction is 0",
+                      hint=f"give --val-fraction F (0 < F <= 0.5), or use {flag} train-acc")
     if rule == "val-loss" and val_examples == 0:
-        raise MNError(f"--stop val-loss needs a validation split, but --val-fraction {fraction} holds out "
+        raise MNError(f"{flag} val-loss needs a validation split, but --val-fraction {fraction} holds out "
                       "no examples of this training set",
-                      hint="use a larger --val-fraction or more training examples, or --stop train-acc")
+                      hint=f"use a larger --val-fraction or more training examples, or {flag} train-acc")
     return rule
+
+
+def hatched_patience(args: argparse.Namespace, config: Mapping[str, Any]) -> int:
+    """The hatched members' patience: --hatched-patience (scaled as patience is), else the run's."""
+    value = getattr(args, "hatched_patience", None)
+    if value is None:
+        return int(config["patience"])
+    scale = float(getattr(args, "epochs_scale", 1.0) or 1.0)
+    return int(value) if value <= 0 or scale == 1.0 else max(1, math.ceil(value * scale - 1e-9))
 
 
 def _gpus_per_model(text: str) -> int | None:
@@ -115,6 +128,13 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     g.add_argument("--stop", choices=STOP_RULES, default=None,
                    help="what early stopping watches: train-acc (the running training accuracy, the "
                    f"paper's rule) or val-loss (the validation split's loss); default {DEFAULT_STOP}")
+    g.add_argument("--hatched-stop", choices=STOP_RULES, default=None,
+                   help="what early stopping watches for hatched members (default: --stop's rule)")
+    g.add_argument("--hatched-patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
+                   help="patience of hatched members (default: patience; scaled by --epochs-scale)")
+    g.add_argument("--batch-order", choices=BATCH_ORDERS, default="shared",
+                   help="hatched members' mini-batches: shared (one stream for all, the paper's scan; "
+                   "default) or member (a permutation of each member's own every epoch)")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
     g.add_argument("--out", metavar="DIR",

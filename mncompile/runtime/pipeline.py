@@ -34,6 +34,7 @@ from mncompile.runtime.options import (
     DEFAULT_DATA,
     add_run_arguments,
     build_parser,
+    hatched_patience,
     resolve_config,
     resume_command,
     stop_rule,
@@ -128,15 +129,19 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     device = resolve_device(args.device)
     val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
     stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
+    stop_rule(args, hatched=True)
     dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
                            train_size=args.train_size, test_size=args.test_size, val_fraction=val_fraction)
     stop = stop_rule(args, dataset.val_size)
+    hatched_stop = stop_rule(args, dataset.val_size, hatched=True)
+    order = getattr(args, "batch_order", None) or "shared"
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(
         folder=Path(folder), models=models, plan=plan, tables=tables, dataset=dataset, config=config,
         mother_settings=TrainSettings.from_config(config, "mother", stop),
-        hatched_settings=TrainSettings.from_config(config, "hatched", stop),
+        hatched_settings=TrainSettings.from_config(config, "hatched", hatched_stop,
+                                                   patience=hatched_patience(args, config), order=order),
         out=out, device=device, seed=int(config["seed"]), progress=progress, engine=engine,
         resume=args.resume, method=args.method, noise=float(config["noise"]), noise_mode=args.noise_mode,
     )
@@ -146,6 +151,10 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
         "val_fraction": val_fraction, "val_size": dataset.val_size,
         "stop": stop,
+        **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
+        **({"hatched_patience": ctx.hatched_settings.patience}
+           if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
+        **({"batch_order": order} if order != "shared" else {}),
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
@@ -154,6 +163,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
                                        "clustering_seed", "val_fraction", "stop")}
+    # the recipe's choices beyond the paper's, only where they differ (older records resume)
+    record.update({k: ctx.info[k] for k in ("hatched_stop", "hatched_patience", "batch_order")
+                   if k in ctx.info})
     force = bool(getattr(args, "force", False))
     with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
         _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)

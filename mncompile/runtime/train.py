@@ -39,6 +39,7 @@ import contextlib
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise MNError(f"unknown device '{device}'", hint="use auto, cpu or cuda") from e
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The CPU generator of the shared stream of 0-based `epoch`: a function of (seed, epoch) only."""
-    mixed = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch]).generate_state(2, dtype=np.uint32)
+def epoch_generator(seed: int, epoch: int, name: str | None = None) -> torch.Generator:
+    """The CPU generator of the shared stream of 0-based `epoch`: a function of (seed, epoch) only.
+
+    With `name`, the generator of that model's own stream (`TrainSettings.order` 'member'): a
+    function of (seed, epoch, name), so a model's batches never depend on which others train.
+    """
+    words = [seed & 0xFFFFFFFF, epoch]
+    if name is not None:
+        words += [1, zlib.crc32(name.encode("utf-8"))]
+    mixed = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(mixed[0]) << 32 | int(mixed[1]))
 
 
@@ -384,6 +392,9 @@ def fit(
     if not jobs:
         return {}
     batch = sizes.pop()
+    if batch_hook is not None and any(j.settings.order == "member" for j in jobs):
+        raise ValueError("a batch hook computes on the shared stream: its jobs cannot have batch orders "
+                         "of their own")
     if not data.has_val and any(j.settings.stop == "val-loss" for j in jobs):
         raise MNError("early stopping on validation loss needs a validation split",
                       hint="give --val-fraction above 0, or use --stop train-acc")
@@ -433,8 +444,13 @@ def fit(
             heads: dict[int, int] = {}
             for st in active:
                 st.job.model.train()
-            for step, (x, y) in enumerate(batches(data, batch, epoch_generator(seed, epoch))):
+            # a model with a batch order of its own draws its own permutation (and augmentation)
+            own = {id(st): batches(data, batch, epoch_generator(seed, epoch, st.job.name))
+                   for st in active if st.job.settings.order == "member"}
+            shared_stream = batches(data, batch, epoch_generator(seed, epoch))
+            for step, (x, y) in enumerate(shared_stream):
                 it = epoch * n_batches + step
+                mine = {key: next(stream) for key, stream in own.items()}
                 part = shard.split(x, y)
                 if part is None:
                     progress.advance()
@@ -442,8 +458,17 @@ def fit(
                 x, y, weight = part
                 x = prepare_input(x, dev)
                 aux = batch_hook(x) if batch_hook is not None else None
+                shared_part = (x, y, weight)
                 for st in active:
                     j = st.job
+                    if id(st) in mine:
+                        own_part = shard.split(*mine[id(st)])
+                        if own_part is None:
+                            continue
+                        x, y, weight = own_part
+                        x = prepare_input(x, dev)
+                    else:
+                        x, y, weight = shared_part
                     lr = j.lr(it) if j.lr is not None else j.settings.lr_at(epoch)
                     first_lr.setdefault(j.name, lr)
                     for group in st.optimizer.param_groups:

@@ -1,0 +1,157 @@
+"""Which hatched-member recipe diversifies the ensemble? One source of diversity at a time, on validation.
+
+For each spec and seed, trains `--method mothernets` with the spec's settings (`base`), then each
+variant from the same trained MotherNet (its checkpoint copied, the run resumed: the MotherNet
+phase is bit-identical, only the hatched members' training differs). The variants change one
+thing each: the batch order, the hatched learning rate (0.05 is the MotherNet's lr: a warm
+restart to it, then cosine decay), the noise's scale and mode, the hatched stopping rule.
+
+Everything is judged on the **validation split** of development data (MNIST-1D with
+--data-seed 1, never the data-seed 0 sets that the README reports): the ensemble's validation
+error, its best member's, and the ensemble gain between them. The development test error is
+printed beside them for the record.
+
+    python bench/recipe.py                                  # v5-1d, 8000 / 8000, seeds 0 1
+    python bench/recipe.py --specs examples/mnist1d.mnet --variants base order lr05 --seeds 0
+    OMP_NUM_THREADS=1 python bench/recipe.py --out /tmp/recipe   # keep the runs
+
+Times are wall clock at the thread count torch reports in the header: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mncompile.api import load  # noqa: E402
+from mncompile.compiler import compile_ensemble  # noqa: E402
+from mncompile.runtime.pipeline import build_parser, execute  # noqa: E402
+from mncompile.table import render  # noqa: E402
+from mncompile.writer import write_folder  # noqa: E402
+
+#: each variant's options beyond the base run's (the spec's settings)
+VARIANTS: dict[str, list[str]] = {
+    "base": [],
+    "order": ["--batch-order", "member"],
+    "lr05": ["--hatched-lr", "0.05"],
+    "lr10": ["--hatched-lr", "0.1"],
+    "noise05": ["--noise", "0.05"],
+    "noise10": ["--noise", "0.1"],
+    "symmetric05": ["--noise-mode", "symmetric", "--noise", "0.05"],
+    "valstop": ["--hatched-stop", "val-loss", "--hatched-patience", "3"],
+    "order+lr05": ["--batch-order", "member", "--hatched-lr", "0.05"],
+}
+METHOD = "mothernets"
+
+
+def validation_scores(out: Path, x_val: Any, y_val: Any) -> tuple[float, float]:
+    """(ensemble, best member) validation error of the run in `out`, from its ensemble.pt."""
+    import torch
+
+    from mncompile.runtime.ensemble import load_ensemble
+
+    ens = load_ensemble(out)
+    probs = torch.softmax(ens.logits(x_val).float(), dim=2)  # [N, K, C]
+    ensemble_err = float((probs.mean(1).argmax(1) != y_val).double().mean())
+    member_errs = (probs.argmax(2) != y_val[:, None]).double().mean(0)
+    return ensemble_err, float(member_errs.min())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from mncompile.runtime.data import load_dataset
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--specs", nargs="+", default=[str(ROOT / "examples/v5-1d.mnet")])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--train-size", type=int, default=8000)
+    p.add_argument("--test-size", type=int, default=8000)
+    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--epochs-scale", type=float, default=1.0)
+    p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    a = p.parse_args(argv)
+    if "base" not in a.variants:
+        a.variants.insert(0, "base")
+    print(f"recipe bench: torch {torch.__version__}, {torch.get_num_threads()} thread(s); MNIST-1D data-seed "
+          f"{a.data_seed}, {a.train_size} train / {a.test_size} test, validation {a.val_fraction}; seeds "
+          f"{a.seeds}; epochs x{a.epochs_scale}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(a.out) if a.out else Path(tmp)
+        for spec_path in a.specs:
+            e = load(spec_path)
+            folder = root / "code" / e.name
+            write_folder(folder, compile_ensemble(e, source_name=Path(spec_path).name).files, force=True)
+            defaults: dict[str, Any] = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+            data = load_dataset("mnist1d", tuple(e.input), e.classes, seed=a.data_seed,
+                                train_size=a.train_size, test_size=a.test_size, val_fraction=a.val_fraction)
+            assert data.x_val is not None and data.y_val is not None
+            results: dict[str, list[dict[str, float]]] = {v: [] for v in a.variants}
+            for seed in a.seeds:
+                base: Path | None = None
+                for variant in a.variants:
+                    out = root / "runs" / e.name / variant / f"seed{seed}"
+                    start = ["--force"]
+                    if base is not None:
+                        # the same trained MotherNet: its checkpoint, resumed (not the run record)
+                        shutil.rmtree(out, ignore_errors=True)
+                        phase = Path("ckpt") / METHOD / "mothernets"
+                        shutil.copytree(base / phase, out / phase)
+                        start = ["--resume"]
+                    argv_run = ["--data", "mnist1d", "--data-seed", str(a.data_seed), "--train-size",
+                                str(a.train_size), "--test-size", str(a.test_size), "--val-fraction",
+                                str(a.val_fraction), "--epochs-scale", str(a.epochs_scale), "--method",
+                                METHOD, "--seed", str(seed), "--out", str(out), "--quiet", *start,
+                                *VARIANTS[variant]]
+                    args = build_parser(defaults).parse_args(argv_run)
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        doc = execute(folder, defaults, args)
+                    base = base or out
+                    val_err, val_best = validation_scores(out, data.x_val, data.y_val)
+                    members_s = sum(p["seconds"] for p in doc["phases"] if p["name"] == "members")
+                    epochs = [m["epochs"] for m in doc["models"].values() if m["phase"] == "members"]
+                    r = {"val_err": val_err * 100, "val_best": val_best * 100,
+                         "val_gain": (val_best - val_err) * 100, "test_err": doc["ensemble"]["error"] * 100,
+                         "test_gain": doc["ensemble"]["gain"] * 100,
+                         "members_s": members_s, "epochs": statistics.mean(epochs) if epochs else 0.0,
+                         "diverged": float(len(doc["info"].get("diverged_members", {})))}
+                    results[variant].append(r)
+                    print(f"  {e.name} {variant} seed {seed}: val error {r['val_err']:.2f}% (best member "
+                          f"{r['val_best']:.2f}%, gain {r['val_gain']:+.2f} pt); test error "
+                          f"{r['test_err']:.2f}% "
+                          f"(gain {r['test_gain']:+.2f}); members {members_s:.1f}s, {r['epochs']:.1f} epochs "
+                          "each", flush=True)
+            for variant, runs in results.items():
+                def mean_sd(key: str, runs: list[dict[str, float]] = runs) -> str:
+                    xs = [r[key] for r in runs]
+                    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+                    return f"{statistics.mean(xs):.2f} +- {sd:.2f}"
+
+                rows.append([e.name, variant, mean_sd("val_err"), mean_sd("val_best"), mean_sd("val_gain"),
+                             mean_sd("test_err"), mean_sd("test_gain"),
+                             f"{statistics.mean(r['members_s'] for r in runs):.1f}",
+                             f"{statistics.mean(r['epochs'] for r in runs):.1f}",
+                             str(int(sum(r["diverged"] for r in runs)))])
+    print()
+    print(f"validation: {a.val_fraction} of each class of {a.train_size} (data-seed {a.data_seed}); "
+          f"test: {a.test_size}")
+    print(render(["spec", "variant", "val error %", "best member val %", "val gain pt", "test error %",
+                  "test gain pt", "members s", "epochs/member", "diverged"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
