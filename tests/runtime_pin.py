@@ -19,6 +19,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "examples" / "mnist1d.mnet"
 PIN = Path(__file__).resolve().parent / "data" / "runtime_pin.json"
+#: the landed results of the paper's setting (before the validation split and the recipe options),
+#: which `--recipe paper` must reproduce: the pin as it was at commit a43a4d1
+PAPER_PIN = Path(__file__).resolve().parent / "data" / "paper_pin.json"
 METHODS = ("mothernets", "shared-mothernets", "full-data", "bagging", "distill", "snapshot", "fge", "treenet")
 OPTIONS = ["--train-size", "600", "--test-size", "300", "--epochs-scale", "0.1", "--quiet"]
 #: wall times and versions: the only fields allowed to differ between two runs
@@ -50,8 +53,8 @@ def digest(out: Path) -> dict[str, Any]:
     }
 
 
-def run_all(work: Path) -> dict[str, Any]:
-    """Train every method of `METHODS` under `work` at one thread; each one's digest."""
+def run_all(work: Path, extra: list[str] | None = None) -> dict[str, Any]:
+    """Train every method of `METHODS` under `work` at one thread, with `extra` options; their digests."""
     import torch
 
     from mncompile.cli import main
@@ -63,7 +66,7 @@ def run_all(work: Path) -> dict[str, Any]:
         for method in METHODS:
             run_dir = work / method
             argv = ["run", str(SPEC), "-o", str(work / "generated"), "--force", "--method", method,
-                    "--out", str(run_dir), *OPTIONS]
+                    "--out", str(run_dir), *OPTIONS, *(extra or [])]
             if main(argv) != 0:
                 raise RuntimeError(f"method {method} failed")
             out[method] = digest(run_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -31,14 +32,16 @@ HELP = "train the ensemble with MotherNets at several g and with the baselines; 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mncompile.runtime.jobs import STOP_RULES
+    from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
     from mncompile.runtime.methods.options import add_method_arguments
     from mncompile.runtime.options import (
         DEFAULT_VAL_FRACTION,
         DEVICES,
+        MAX_EPOCHS,
         MAX_EXAMPLES,
         MAX_SEED,
         add_engine_arguments,
+        add_recipe_argument,
         val_fraction_arg,
     )
 
@@ -65,11 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test examples: the first N; mnist1d above its 1000: generate N (cached)")
     p.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
                    help="seed of generated data and of the validation split (default 0)")
-    p.add_argument("--val-fraction", type=val_fraction_arg, default=DEFAULT_VAL_FRACTION, metavar="F",
+    add_recipe_argument(p)
+    p.add_argument("--val-fraction", type=val_fraction_arg, default=None, metavar="F",
                    help="share of each class held out for validation, as train.py's option (default "
                    f"{DEFAULT_VAL_FRACTION}; 0: none, the paper's setting)")
     p.add_argument("--stop", choices=STOP_RULES,
                    help="what early stopping watches, as train.py's option (default train-acc)")
+    p.add_argument("--hatched-stop", choices=STOP_RULES, help="as train.py's option")
+    p.add_argument("--hatched-patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
+                   help="as train.py's option")
+    p.add_argument("--batch-order", choices=BATCH_ORDERS, help="as train.py's option")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
@@ -191,12 +199,15 @@ def run(args: argparse.Namespace) -> int:
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
-    from mncompile.runtime.options import stop_rule
+    from mncompile.runtime.options import apply_recipe, stop_rule
     from mncompile.runtime.results import load_results
     from mncompile.writer import write_folder
 
     e = load(args.spec)
+    given_recipe, given = args.recipe, copy.copy(args)
+    apply_recipe(args)  # what the runs get: the recipe's values where no option was given
     stop = stop_rule(args)  # --stop val-loss with --val-fraction 0 fails before anything is written
+    stop_rule(args, hatched=True)
     m = len(e.nets)
     n_classes = len(arch_classes(e))
     clusters = args.clusters or sorted({n_classes, (n_classes + m) // 2, m})
@@ -236,7 +247,9 @@ def run(args: argparse.Namespace) -> int:
     common = ["--data", data, "--epochs-scale", str(args.epochs_scale), "--device", args.device,
               "--data-seed", str(args.data_seed), "--val-fraction", str(args.val_fraction)]
     for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),
-                        ("--test-size", args.test_size), ("--stop", args.stop)):
+                        ("--test-size", args.test_size), ("--stop", args.stop), ("--recipe", given_recipe),
+                        ("--hatched-stop", args.hatched_stop), ("--hatched-patience", args.hatched_patience),
+                        ("--batch-order", args.batch_order), ("--noise-mode", args.noise_mode)):
         if value is not None:
             common += [flag, str(value)]
     engine = _engine_argv(args)
@@ -257,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             doc = load_results(run_dir / "results.json")
             _check_kept(doc, run_dir, {"dataset": data, "data_seed": args.data_seed,
                                        "epochs_scale": args.epochs_scale, "val_fraction": args.val_fraction,
-                                       "stop": stop})
+                                       "stop": stop, "batch_order": args.batch_order or "shared",
+                                       "hatched_stop": args.hatched_stop or stop})
             runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
             continue
@@ -286,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = runs[0].doc["info"] if runs else {}
     where = (f"{sizes.get('train_size')} train / {sizes.get('val_size', 0)} validation / "
              f"{sizes.get('test_size')} test examples")
-    notes = [f"`{_command(args)}`",
+    notes = [f"`{_command(given)}`",
              "",
              f"{e.name}: {m} members; {data}, {where} (data seed {args.data_seed}); g in "
              f"{', '.join(map(str, clusters))}; seeds {', '.join(map(str, seeds))}; early stopping on "
@@ -308,7 +322,8 @@ def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) ->
     """
     from mncompile.runtime.options import BEFORE_VALIDATION
 
-    info = {**BEFORE_VALIDATION, **(doc.get("info") or {})}
+    info = {**BEFORE_VALIDATION, "batch_order": "shared", **(doc.get("info") or {})}
+    info.setdefault("hatched_stop", info.get("stop"))
     diff = [f"{k} {info.get(k)!r} (this bench: {v!r})" for k, v in expected.items() if info.get(k) != v]
     if diff:
         raise MNError(f"--resume: the finished run in {run_dir} was made with " + ", ".join(diff),

@@ -50,11 +50,18 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mncompile.runtime.options import stop_rule
+    import copy
+
+    from mncompile.runtime.options import apply_recipe, stop_rule
 
     e = load(args.spec, max_params=args.max_params)
     try:
-        stop_rule(args)  # options that cannot train together fail before anything is written
+        # options that cannot train together fail before anything is written (on a copy: the
+        # resume command names only the options given)
+        resolved = copy.copy(args)
+        apply_recipe(resolved)
+        stop_rule(resolved)
+        stop_rule(resolved, hatched=True)
     except MNError as err:
         raise err.with_source("mncompile run", "") from None
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,

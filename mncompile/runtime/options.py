@@ -46,6 +46,47 @@ DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_STOP = "train-acc"
 #: what a run recorded before `val_fraction` and `stop` existed did: no split, the paper's rule
 BEFORE_VALIDATION: dict[str, Any] = {"val_fraction": 0.0, "stop": "train-acc"}
+#: `--recipe`: named sets of defaults; an option given on the command line wins over its
+#: recipe's value. `paper` is the paper's setting (and this project's landed behaviour): no
+#: validation split, training-accuracy stopping for every phase, one shared batch order, the
+#: spec's hatched_lr and noise (Gaussian), and Shared-MotherNets on the sum of the heads' losses.
+#: `default` is the project's defaults, chosen by measurement (docs/training.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"val_fraction": DEFAULT_VAL_FRACTION, "stop": DEFAULT_STOP, "batch_order": "shared",
+                "noise_mode": "gaussian", "shared_loss": "sum"},
+    "paper": {"val_fraction": 0.0, "stop": "train-acc", "batch_order": "shared", "noise_mode": "gaussian",
+              "shared_loss": "sum"},
+}
+DEFAULT_RECIPE = "default"
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the options `args` leaves unset (None) with its `--recipe`'s values (`RECIPES`).
+
+    A method option (`--shared-loss`) is set only where the recipe's value is not its default,
+    so that the run record of a run without it stays what it was.
+    """
+    from mncompile.runtime.methods.options import DEFAULTS as METHOD_DEFAULTS
+
+    name = getattr(args, "recipe", None) or DEFAULT_RECIPE
+    if name not in RECIPES:
+        raise MNError(f"unknown recipe '{name}'", hint="use " + " or ".join(RECIPES))
+    for key, value in RECIPES[name].items():
+        if getattr(args, key, None) is not None:
+            continue
+        if key in METHOD_DEFAULTS and value == METHOD_DEFAULTS[key]:
+            continue
+        setattr(args, key, value)
+    args.recipe = name
+
+
+def add_recipe_argument(g: Any) -> None:
+    """--recipe (an argument parser or group)."""
+    g.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="a named set of defaults: default (the measured ones), or paper (no validation "
+                   "split, training-accuracy stopping, one shared batch order, the spec's hatched_lr "
+                   "and noise, Shared-MotherNets on the sum of the heads' losses); options given "
+                   "explicitly win (docs/training.md)")
 
 
 def val_fraction_arg(text: str) -> float:
@@ -121,7 +162,8 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     g.add_argument("--data-seed", type=number(int, 0, highest=MAX_SEED), default=0, metavar="S",
                    help="seed of generated data (mnist1d, synthetic), the digits split and the validation "
                    "split (default 0)")
-    g.add_argument("--val-fraction", type=val_fraction_arg, default=DEFAULT_VAL_FRACTION, metavar="F",
+    add_recipe_argument(g)
+    g.add_argument("--val-fraction", type=val_fraction_arg, default=None, metavar="F",
                    help="hold out this share of each class of the training set for validation, seeded by "
                    f"--data-seed; above 0, at most {MAX_VAL_FRACTION}; 0: no split, the paper's setting "
                    f"(default {DEFAULT_VAL_FRACTION})")
@@ -132,7 +174,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="what early stopping watches for hatched members (default: --stop's rule)")
     g.add_argument("--hatched-patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
                    help="patience of hatched members (default: patience; scaled by --epochs-scale)")
-    g.add_argument("--batch-order", choices=BATCH_ORDERS, default="shared",
+    g.add_argument("--batch-order", choices=BATCH_ORDERS, default=None,
                    help="hatched members' mini-batches: shared (one stream for all, the paper's scan; "
                    "default) or member (a permutation of each member's own every epoch)")
     g.add_argument("--device", choices=DEVICES, default="auto",
@@ -155,7 +197,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     g.add_argument("--method", default="mothernets", metavar="NAME",
                    help="how to train the ensemble: " + ", ".join(METHODS) + " (default mothernets; "
                    "docs/baselines.md)")
-    g.add_argument("--noise-mode", choices=NOISE_MODES, default="gaussian",
+    g.add_argument("--noise-mode", choices=NOISE_MODES, default=None,
                    help="noise after hatching: gaussian (default), or symmetric (exact +d/-d pairs)")
     add_engine_arguments(p.add_argument_group("engine"))
     t = p.add_argument_group("training settings (override the spec's train { ... })")

@@ -33,6 +33,7 @@ from mncompile.runtime.options import (
     BEFORE_VALIDATION,
     DEFAULT_DATA,
     add_run_arguments,
+    apply_recipe,
     build_parser,
     hatched_patience,
     resolve_config,
@@ -109,6 +110,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
 
     if args.method not in METHODS:
         raise MNError(f"unknown method '{args.method}'", hint="known methods: " + ", ".join(sorted(METHODS)))
+    apply_recipe(args)  # the options left unset take their --recipe's values
     # the one place the engine is chosen; it refuses what it cannot do before anything is written
     engine = make_engine(getattr(args, "engine", "local"), {
         "sequential": args.sequential, "address": getattr(args, "address", None), "device": args.device,
@@ -150,7 +152,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
         "val_fraction": val_fraction, "val_size": dataset.val_size,
-        "stop": stop,
+        "stop": stop, "recipe": args.recipe,
         **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
