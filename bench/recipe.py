@@ -54,17 +54,24 @@ VARIANTS: dict[str, list[str]] = {
 METHOD = "mothernets"
 
 
-def validation_scores(out: Path, x_val: Any, y_val: Any) -> tuple[float, float]:
-    """(ensemble, best member) validation error of the run in `out`, from its ensemble.pt."""
+def validation_scores(out: Path, x_val: Any, y_val: Any) -> tuple[float, float, float, float]:
+    """The run's (ensemble error, best member error, ensemble NLL, mean member NLL) on validation.
+
+    From its ensemble.pt. The NLLs are continuous where the errors of a small split are coarse:
+    the ensemble's NLL below the members' mean is what averaging gains in likelihood.
+    """
     import torch
 
     from mncompile.runtime.ensemble import load_ensemble
 
     ens = load_ensemble(out)
-    probs = torch.softmax(ens.logits(x_val).float(), dim=2)  # [N, K, C]
+    probs = torch.softmax(ens.logits(x_val).float(), dim=2).double()  # [N, K, C]
     ensemble_err = float((probs.mean(1).argmax(1) != y_val).double().mean())
     member_errs = (probs.argmax(2) != y_val[:, None]).double().mean(0)
-    return ensemble_err, float(member_errs.min())
+    right = probs.gather(2, y_val[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)  # [N, K]
+    ensemble_nll = float(-right.mean(1).clamp_min(1e-12).log().mean())
+    member_nll = float(-right.clamp_min(1e-12).log().mean())
+    return ensemble_err, float(member_errs.min()), ensemble_nll, member_nll
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,27 +127,30 @@ def main(argv: list[str] | None = None) -> int:
                     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                         doc = execute(folder, defaults, args)
                     base = base or out
-                    val_err, val_best = validation_scores(out, data.x_val, data.y_val)
+                    val_err, val_best, val_nll, member_nll = validation_scores(out, data.x_val, data.y_val)
                     members_s = sum(p["seconds"] for p in doc["phases"] if p["name"] == "members")
                     epochs = [m["epochs"] for m in doc["models"].values() if m["phase"] == "members"]
-                    r = {"val_err": val_err * 100, "val_best": val_best * 100,
+                    r = {"val_err": val_err * 100, "val_best": val_best * 100, "val_nll": val_nll,
+                         "member_nll": member_nll,
                          "val_gain": (val_best - val_err) * 100, "test_err": doc["ensemble"]["error"] * 100,
                          "test_gain": doc["ensemble"]["gain"] * 100,
                          "members_s": members_s, "epochs": statistics.mean(epochs) if epochs else 0.0,
                          "diverged": float(len(doc["info"].get("diverged_members", {})))}
                     results[variant].append(r)
                     print(f"  {e.name} {variant} seed {seed}: val error {r['val_err']:.2f}% (best member "
-                          f"{r['val_best']:.2f}%, gain {r['val_gain']:+.2f} pt); test error "
+                          f"{r['val_best']:.2f}%, gain {r['val_gain']:+.2f} pt; NLL {val_nll:.4f}, members' "
+                          f"{member_nll:.4f}); test error "
                           f"{r['test_err']:.2f}% "
                           f"(gain {r['test_gain']:+.2f}); members {members_s:.1f}s, {r['epochs']:.1f} epochs "
                           "each", flush=True)
             for variant, runs in results.items():
-                def mean_sd(key: str, runs: list[dict[str, float]] = runs) -> str:
+                def mean_sd(key: str, runs: list[dict[str, float]] = runs, digits: int = 2) -> str:
                     xs = [r[key] for r in runs]
                     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-                    return f"{statistics.mean(xs):.2f} +- {sd:.2f}"
+                    return f"{statistics.mean(xs):.{digits}f} +- {sd:.{digits}f}"
 
                 rows.append([e.name, variant, mean_sd("val_err"), mean_sd("val_best"), mean_sd("val_gain"),
+                             mean_sd("val_nll", digits=4), mean_sd("member_nll", digits=4),
                              mean_sd("test_err"), mean_sd("test_gain"),
                              f"{statistics.mean(r['members_s'] for r in runs):.1f}",
                              f"{statistics.mean(r['epochs'] for r in runs):.1f}",
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"validation: {a.val_fraction} of each class of {a.train_size} (data-seed {a.data_seed}); "
           f"test: {a.test_size}")
-    print(render(["spec", "variant", "val error %", "best member val %", "val gain pt", "test error %",
+    print(render(["spec", "variant", "val error %", "best member val %", "val gain pt", "val NLL",
+                  "members' val NLL", "test error %",
                   "test gain pt", "members s", "epochs/member", "diverged"], rows))
     return 0
 
