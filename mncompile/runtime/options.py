@@ -53,7 +53,7 @@ BEFORE_VALIDATION: dict[str, Any] = {"val_fraction": 0.0, "stop": "train-acc"}
 #: `default` is the project's defaults, chosen by measurement (docs/training.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {"val_fraction": DEFAULT_VAL_FRACTION, "stop": DEFAULT_STOP, "batch_order": "shared",
-                "noise_mode": "gaussian", "shared_loss": "sum"},
+                "noise_mode": "gaussian", "shared_loss": "scaled"},
     "paper": {"val_fraction": 0.0, "stop": "train-acc", "batch_order": "shared", "noise_mode": "gaussian",
               "shared_loss": "sum"},
 }

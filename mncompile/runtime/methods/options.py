@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "fge_cycle": 2,
     "pretrain_fraction": 0.8,
     "shared_layers": 3,
-    "shared_loss": "sum",
+    "shared_loss": "scaled",
 }
 
 
@@ -61,8 +61,8 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
                    help="treenet: conv layers in the shared trunk (default 3)")
     g.add_argument("--shared-loss", choices=("scaled", "mean", "sum"),
                    help="shared-mothernets: how the heads' losses train the shared model: scaled "
-                   "(each unit's update is one member's), mean, or sum (default sum; "
-                   "docs/shared-mothernets.md)")
+                   "(each unit's update is one member's; the default, chosen by measurement), mean, "
+                   "or sum (the landed objective; --recipe paper) (docs/shared-mothernets.md)")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
