@@ -309,6 +309,14 @@ class RayShard(Shard):
                 dist.all_reduce(b)
                 b /= self.world
 
+    def agree(self, val: tuple[float, float, float], device: torch.device) -> tuple[float, float, float]:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(val[:2], dtype=torch.float64, device=device)
+        dist.broadcast(t, src=0)
+        return float(t[0]), float(t[1]), val[2]
+
     @property
     def writes(self) -> bool:
         return self.rank == 0

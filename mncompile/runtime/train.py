@@ -117,6 +117,11 @@ class Shard:
     def end_epoch(self, model: nn.Module) -> None:
         """After an epoch's steps, before it is recorded (data-parallel: average BatchNorm statistics)."""
 
+    def agree(self, val: tuple[float, float, float], device: torch.device) -> tuple[float, float, float]:
+        """The epoch's validation (loss, accuracy, seconds) every process decides on (data-parallel:
+        the first worker's, so that early stopping can never differ between workers)."""
+        return val
+
     @property
     def writes(self) -> bool:
         """Whether this process writes the checkpoints."""
@@ -504,7 +509,7 @@ def fit(
                 loss_sum, correct, seen = (float(v) for v in t)
                 test_acc = _test_accuracy(st.job.model, data, dev) if evaluate_test else None
                 # the validation pass is timed on its own: it is not training time
-                val = validate(st.job, data, dev) if data.has_val else None
+                val = shard.agree(validate(st.job, data, dev), dev) if data.has_val else None
                 rec = record_epoch(st, st.job.settings, epoch, first_lr.get(st.job.name, 0.0),
                                    loss_sum / max(seen, 1), correct / max(seen, 1), test_acc, seconds, val,
                                    st.job.lr_flag, data.classes)
