@@ -237,3 +237,31 @@ def test_hatched_stopping_on_validation_needs_a_split(tmp_path: Path, monkeypatc
     doc = json.loads((tmp_path / "ok" / "results.json").read_text())
     assert doc["info"]["hatched_stop"] == "val-loss" and doc["info"]["batch_order"] == "member"
     assert doc["info"]["hatched_patience"] == 2
+
+
+def test_a_treenet_that_diverges_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "p1.mnet"
+    spec.write_text(SPEC)
+    rc = cli_main(["run", str(spec), *RUN, "--max-epochs", "6", "--method", "treenet", "--shared-layers", "1",
+                   "--lr", "1000", "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "TreeNet 'treenet' diverged" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_sets_a_method_option_only_for_the_method_that_reads_it() -> None:
+    import argparse
+
+    from mncompile.runtime.options import apply_recipe
+
+    for method, expect in (("mothernets", None), ("shared-mothernets", "sum")):
+        args = argparse.Namespace(recipe="paper", method=method, val_fraction=None, stop=None,
+                                  batch_order=None, noise_mode=None, shared_loss=None)
+        apply_recipe(args)
+        assert args.shared_loss == expect and args.val_fraction == 0.0 and args.batch_order == "shared"
+    given = argparse.Namespace(recipe="paper", method="mothernets", val_fraction=0.2, stop=None,
+                               batch_order=None, noise_mode=None, shared_loss=None)
+    apply_recipe(given)
+    assert given.val_fraction == 0.2  # an option given explicitly wins

@@ -32,6 +32,7 @@ HELP = "train the ensemble with MotherNets at several g and with the baselines; 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mncompile.formats.settings import NOISE_MODES
     from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
     from mncompile.runtime.methods.options import add_method_arguments
     from mncompile.runtime.options import (
@@ -78,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hatched-patience", type=number(int, 0, highest=MAX_EPOCHS), metavar="N",
                    help="as train.py's option")
     p.add_argument("--batch-order", choices=BATCH_ORDERS, help="as train.py's option")
+    p.add_argument("--noise-mode", choices=NOISE_MODES, help="as train.py's option")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
-    from mncompile.runtime.options import apply_recipe, stop_rule
+    from mncompile.runtime.options import RECIPES, apply_recipe, stop_rule
     from mncompile.runtime.results import load_results
     from mncompile.writer import write_folder
 
@@ -254,6 +256,12 @@ def run(args: argparse.Namespace) -> int:
             common += [flag, str(value)]
     engine = _engine_argv(args)
     opts = method_options(args)
+    from mncompile.runtime.methods.options import DEFAULTS as METHOD_DEFAULTS
+
+    # what the shared-mothernets runs train on: the option, the recipe's, or the default
+    shared_loss = str(getattr(args, "shared_loss", None) or (RECIPES[args.recipe].get("shared_loss")
+                                                               if given_recipe else None)
+                      or METHOD_DEFAULTS["shared_loss"])
     print(f"bench {e.name}: {len(plan)} runs ({', '.join(methods)}; g {', '.join(map(str, clusters))}; "
           f"seeds {', '.join(map(str, seeds))}) on {data}, epochs x{args.epochs_scale}, into {out}",
           flush=True)
@@ -271,7 +279,9 @@ def run(args: argparse.Namespace) -> int:
             _check_kept(doc, run_dir, {"dataset": data, "data_seed": args.data_seed,
                                        "epochs_scale": args.epochs_scale, "val_fraction": args.val_fraction,
                                        "stop": stop, "batch_order": args.batch_order or "shared",
-                                       "hatched_stop": args.hatched_stop or stop})
+                                       "hatched_stop": args.hatched_stop or stop,
+                                       **({"shared_loss": shared_loss} if method == "shared-mothernets"
+                                          else {})})
             runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
             continue
@@ -324,6 +334,8 @@ def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) ->
 
     info = {**BEFORE_VALIDATION, "batch_order": "shared", **(doc.get("info") or {})}
     info.setdefault("hatched_stop", info.get("stop"))
+    if "shared_loss" in expected:  # a Shared-MotherNets run from before the option trained on the sum
+        info["shared_loss"] = (info.get("shared") or {}).get("loss", "sum")
     diff = [f"{k} {info.get(k)!r} (this bench: {v!r})" for k, v in expected.items() if info.get(k) != v]
     if diff:
         raise MNError(f"--resume: the finished run in {run_dir} was made with " + ", ".join(diff),

@@ -58,13 +58,16 @@ RECIPES: dict[str, dict[str, Any]] = {
               "shared_loss": "sum"},
 }
 DEFAULT_RECIPE = "default"
+#: the methods that read a recipe's method options: set for any other method, they would only
+#: be recorded
+METHOD_OPTION_USERS: dict[str, tuple[str, ...]] = {"shared_loss": ("shared-mothernets",)}
 
 
 def apply_recipe(args: argparse.Namespace) -> None:
     """Fill the options `args` leaves unset (None) with its `--recipe`'s values (`RECIPES`).
 
-    A method option (`--shared-loss`) is set only where the recipe's value is not its default,
-    so that the run record of a run without it stays what it was.
+    A method option (`--shared-loss`) is set only for the methods that read it, and only where
+    the recipe's value is not its default, so that the record of a run without it stays as it was.
     """
     from mncompile.runtime.methods.options import DEFAULTS as METHOD_DEFAULTS
 
@@ -74,7 +77,9 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for key, value in RECIPES[name].items():
         if getattr(args, key, None) is not None:
             continue
-        if key in METHOD_DEFAULTS and value == METHOD_DEFAULTS[key]:
+        readers = METHOD_OPTION_USERS.get(key, ())
+        unread = getattr(args, "method", None) not in readers
+        if key in METHOD_DEFAULTS and (value == METHOD_DEFAULTS[key] or unread):
             continue
         setattr(args, key, value)
     args.recipe = name

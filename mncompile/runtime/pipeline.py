@@ -165,6 +165,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
                                        "clustering_seed", "val_fraction", "stop")}
+    # the joint objective is in the shared model's checkpoint identity (absent there: the sum,
+    # as before the option), so an older run resumes with --shared-loss sum
+    record["method_options"] = {k: v for k, v in record["method_options"].items() if k != "shared_loss"}
     # the recipe's choices beyond the paper's, only where they differ (older records resume)
     record.update({k: ctx.info[k] for k in ("hatched_stop", "hatched_patience", "batch_order")
                    if k in ctx.info})

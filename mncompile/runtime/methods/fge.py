@@ -45,6 +45,7 @@ def run(ctx: RunContext) -> Outcome:
               required=True, lr_flag="--fge-lr1",
               extra={"method": "fge", "cycles": m, "lr2": lr2, "pretrain_epochs": pre_epochs})
     records += ctx.engine.run(ctx, Phase("cycles", [job]))
+    require_ok(records[-1].models, "FGE model", "lower --fge-lr1: its snapshots are the ensemble")
     members = snapshots.load(ctx, m, records[-1].models[name].message or "training stopped early")
     info = {"base": base, "pretrain_epochs": pre_epochs, "pretrain_stopped_after": pre[base].epochs,
             "cycles": m, "cycle_epochs": cycle_epochs, "lr1": lr1, "lr2": lr2}

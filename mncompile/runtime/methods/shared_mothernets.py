@@ -225,7 +225,7 @@ def run(ctx: RunContext) -> Outcome:
             members.update({m: shared_member(model, m) for m in model.MEMBERS})
     totals = {"members_params": sum(e.get("members_params", 0) for e in report.values()),
               "shared_params": sum(e.get("shared_params", 0) for e in report.values())}
-    info = {"clusters": report, **totals}
+    info = {"clusters": report, **totals, "loss": str(options(ctx)["shared_loss"])}
     heads = {f"shared-{name}": list(model.MEMBERS) for name, model in shared_models.items()}
     return Outcome(records, {m: members[m] for m in ctx.members}, {"shared": info, "hatch": checks},
                    members_of=heads)

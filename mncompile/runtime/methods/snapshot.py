@@ -16,7 +16,7 @@ from mncompile.runtime.methods.cycles import (
     batches_per_epoch,
     cycles_settings,
 )
-from mncompile.runtime.methods.options import options
+from mncompile.runtime.methods.options import options, require_ok
 
 HELP = "one architecture, m cosine cycles from lr 0.2, a snapshot per cycle"
 
@@ -35,6 +35,7 @@ def run(ctx: RunContext) -> Outcome:
               after_step=AtCycleEnd(snapshots, cycle_its), required=True, lr_flag="--snapshot-lr",
               extra={"method": "snapshot", "cycles": m, "cycle_epochs": cycle_epochs})
     records = ctx.engine.run(ctx, Phase("cycles", [job]))
+    require_ok(records[0].models, "snapshot model", "lower --snapshot-lr: its snapshots are the ensemble")
     members = snapshots.load(ctx, m, records[0].models[base].message or "training stopped early")
     info = {"base": base, "cycles": m, "cycle_epochs": cycle_epochs, "lr0": lr0,
             "schedule": "cosine per iteration, restarted every cycle"}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mncompile.diagnostics import MNError
 from mncompile.runtime.context import Outcome, Phase, RunContext, derive_seed
 from mncompile.runtime.jobs import Job
-from mncompile.runtime.methods.options import family_of, options
+from mncompile.runtime.methods.options import family_of, options, require_ok
 
 if TYPE_CHECKING:
     import torch
@@ -204,6 +204,7 @@ def run(ctx: RunContext) -> Outcome:
     job = Job("treenet", model, ctx.mother_settings, forward=forward, loss=loss, correct=correct, heads=list,
               required=True, extra={"method": "treenet", "shared_layers": len(tree.positions)})
     records = ctx.engine.run(ctx, Phase("treenet", [job]))
+    require_ok(records[0].models, "TreeNet", "lower --lr: its branches are the ensemble")
     params = sum(p.numel() for p in model.parameters())
     info = {"shared_layers": len(tree.positions), "trunk_positions": [list(p) for p in tree.positions],
             "trunk_donors": tree.donors, "dropped_layers": tree.dropped, "retargeted": tree.retargeted,
