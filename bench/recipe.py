@@ -21,23 +21,15 @@ Times are wall clock at the thread count torch reports in the header: compare wi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devruns import ROOT, compile_spec, from_mothernets, mean_sd, run
 
-from mncompile.api import load  # noqa: E402
-from mncompile.compiler import compile_ensemble  # noqa: E402
-from mncompile.runtime.pipeline import build_parser, execute  # noqa: E402
-from mncompile.table import render  # noqa: E402
-from mncompile.writer import write_folder  # noqa: E402
+from mncompile.table import render
 
 #: each variant's options beyond the base run's (the spec's settings)
 VARIANTS: dict[str, list[str]] = {
@@ -99,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.out) if a.out else Path(tmp)
         for spec_path in a.specs:
-            e = load(spec_path)
-            folder = root / "code" / e.name
-            write_folder(folder, compile_ensemble(e, source_name=Path(spec_path).name).files, force=True)
-            defaults: dict[str, Any] = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+            e, folder, defaults = compile_spec(root, spec_path)
             data = load_dataset("mnist1d", tuple(e.input), e.classes, seed=a.data_seed,
                                 train_size=a.train_size, test_size=a.test_size, val_fraction=a.val_fraction)
             assert data.x_val is not None and data.y_val is not None
@@ -111,21 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                 base: Path | None = None
                 for variant in a.variants:
                     out = root / "runs" / e.name / variant / f"seed{seed}"
-                    start = ["--force"]
-                    if base is not None:
-                        # the same trained MotherNet: its checkpoint, resumed (not the run record)
-                        shutil.rmtree(out, ignore_errors=True)
-                        phase = Path("ckpt") / METHOD / "mothernets"
-                        shutil.copytree(base / phase, out / phase)
-                        start = ["--resume"]
+                    start = from_mothernets(base, out, METHOD)
                     argv_run = ["--data", "mnist1d", "--data-seed", str(a.data_seed), "--train-size",
                                 str(a.train_size), "--test-size", str(a.test_size), "--val-fraction",
                                 str(a.val_fraction), "--epochs-scale", str(a.epochs_scale), "--method",
                                 METHOD, "--seed", str(seed), "--out", str(out), "--quiet", *start,
                                 *VARIANTS[variant]]
-                    args = build_parser(defaults).parse_args(argv_run)
-                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        doc = execute(folder, defaults, args)
+                    doc = run(folder, defaults, argv_run)
                     base = base or out
                     val_err, val_best, val_nll, member_nll = validation_scores(out, data.x_val, data.y_val)
                     members_s = sum(p["seconds"] for p in doc["phases"] if p["name"] == "members")
@@ -144,14 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"(gain {r['test_gain']:+.2f}); members {members_s:.1f}s, {r['epochs']:.1f} epochs "
                           "each", flush=True)
             for variant, runs in results.items():
-                def mean_sd(key: str, runs: list[dict[str, float]] = runs, digits: int = 2) -> str:
-                    xs = [r[key] for r in runs]
-                    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-                    return f"{statistics.mean(xs):.{digits}f} +- {sd:.{digits}f}"
+                def col(key: str, runs: list[dict[str, float]] = runs, digits: int = 2) -> str:
+                    return mean_sd([r[key] for r in runs], digits)
 
-                rows.append([e.name, variant, mean_sd("val_err"), mean_sd("val_best"), mean_sd("val_gain"),
-                             mean_sd("val_nll", digits=4), mean_sd("member_nll", digits=4),
-                             mean_sd("test_err"), mean_sd("test_gain"),
+                rows.append([e.name, variant, col("val_err"), col("val_best"), col("val_gain"),
+                             col("val_nll", digits=4), col("member_nll", digits=4),
+                             col("test_err"), col("test_gain"),
                              f"{statistics.mean(r['members_s'] for r in runs):.1f}",
                              f"{statistics.mean(r['epochs'] for r in runs):.1f}",
                              str(int(sum(r["diverged"] for r in runs)))])

@@ -18,24 +18,16 @@ Times are wall clock at the thread count torch reports in the header: compare wi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devruns import ROOT, compile_spec, from_mothernets, mean_sd, run
 
-from mncompile.api import load  # noqa: E402
-from mncompile.compiler import compile_ensemble  # noqa: E402
-from mncompile.runtime.methods.shared_mothernets import SHARED_LOSSES  # noqa: E402
-from mncompile.runtime.pipeline import build_parser, execute  # noqa: E402
-from mncompile.table import render  # noqa: E402
-from mncompile.writer import write_folder  # noqa: E402
+from mncompile.runtime.methods.shared_mothernets import SHARED_LOSSES
+from mncompile.table import render
 
 METHOD = "shared-mothernets"
 
@@ -82,30 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.out) if a.out else Path(tmp)
         for spec_path in a.specs:
-            e = load(spec_path)
-            folder = root / "code" / e.name
-            write_folder(folder, compile_ensemble(e, source_name=Path(spec_path).name).files, force=True)
-            defaults: dict[str, Any] = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+            e, folder, defaults = compile_spec(root, spec_path)
             results: dict[str, list[dict[str, Any]]] = {loss: [] for loss in a.losses}
             for seed in a.seeds:
                 first: Path | None = None
                 for loss in a.losses:
                     out = root / "runs" / e.name / loss / f"seed{seed}"
-                    resume = []
-                    if first is not None:
-                        # the same trained MotherNet: its checkpoint, resumed (not the run record)
-                        shutil.rmtree(out, ignore_errors=True)
-                        phase = Path("ckpt") / METHOD / "mothernets"
-                        shutil.copytree(first / phase, out / phase)
-                        resume = ["--resume"]
+                    start = from_mothernets(first, out, METHOD)
                     argv_run = ["--data", "mnist1d", "--data-seed", str(a.data_seed), "--train-size",
                                 str(a.train_size), "--test-size", str(a.test_size), "--epochs-scale",
                                 str(a.epochs_scale), "--method", METHOD, "--shared-loss", loss, "--seed",
                                 str(seed), "--out", str(out), "--quiet",
-                                *(["--force"] if first is None else resume), *a.extra]
-                    args = build_parser(defaults).parse_args(argv_run)
-                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        doc = execute(folder, defaults, args)
+                                *start, *a.extra]
+                    doc = run(folder, defaults, argv_run)
                     first = first or out
                     s = summary(doc)
                     results[loss].append(s)
@@ -114,14 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"(+-{s['half']:.2f}), gain {s['gain']:+.2f} pt, shared phase "
                           f"{s['shared_s']:.1f}s, {s['epochs']:.0f} epochs", flush=True)
             for loss, runs in results.items():
-                def mean_sd(key: str, runs: list[dict[str, Any]] = runs, digits: int = 2) -> str:
-                    xs = [r[key] for r in runs]
-                    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-                    return f"{statistics.mean(xs):.{digits}f} +- {sd:.{digits}f}"
+                def col(key: str, runs: list[dict[str, Any]] = runs, digits: int = 2) -> str:
+                    return mean_sd([r[key] for r in runs], digits)
 
                 rows.append([e.name, loss, str(sum(r["diverged"] for r in runs)),
-                             mean_sd("val_loss", digits=4), mean_sd("val_err"), mean_sd("test_err"),
-                             f"+-{statistics.mean(r['half'] for r in runs):.2f}", mean_sd("gain"),
+                             col("val_loss", digits=4), col("val_err"), col("test_err"),
+                             f"+-{statistics.mean(r['half'] for r in runs):.2f}", col("gain"),
                              f"{statistics.mean(r['shared_s'] for r in runs):.1f}"])
     print()
     print(render(["spec", "shared loss", "diverged", "val loss (heads' mean)", "val error %",

@@ -22,22 +22,14 @@ Times are wall clock at the thread count torch reports in the header: compare wi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devruns import ROOT, compile_spec, run
 
-from mncompile.api import load  # noqa: E402
-from mncompile.compiler import compile_ensemble  # noqa: E402
-from mncompile.runtime.pipeline import build_parser, execute  # noqa: E402
-from mncompile.table import render  # noqa: E402
-from mncompile.writer import write_folder  # noqa: E402
+from mncompile.table import render
 
 
 def settings_of(fraction: float) -> dict[str, list[str]]:
@@ -71,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(a.out) if a.out else Path(tmp)
         rows = []
         for spec_path in a.specs:
-            e = load(spec_path)
-            folder = root / "code" / e.name
-            write_folder(folder, compile_ensemble(e, source_name=Path(spec_path).name).files, force=True)
-            defaults: dict[str, Any] = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+            e, folder, defaults = compile_spec(root, spec_path)
             for method in a.methods:
                 for setting in a.settings:
                     docs = []
@@ -84,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                     str(a.train_size), "--test-size", str(a.test_size), "--epochs-scale",
                                     str(a.epochs_scale), "--method", method, "--seed", str(seed), "--out",
                                     str(out), "--quiet", "--force", *table[setting]]
-                        args = build_parser(defaults).parse_args(argv_run)
-                        with contextlib.redirect_stdout(io.StringIO()):
-                            doc = execute(folder, defaults, args)
+                        doc = run(folder, defaults, argv_run, quiet_errors=False)
                         docs.append(doc)
                         print(f"  {e.name} {method} {setting} seed {seed}: error "
                               f"{doc['ensemble']['error'] * 100:.2f}%, {doc['total_seconds']:.1f}s training "
