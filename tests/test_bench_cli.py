@@ -225,6 +225,19 @@ def test_resume_refuses_finished_runs_made_with_other_options(tmp_path: Path, mo
     assert "val_fraction 0.1 (this bench: 0.0)" in err and "Traceback" not in err
 
 
+def test_resume_refuses_mothernets_runs_made_at_another_hatched_lr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path)
+    argv = ["bench", str(spec), *TINY, "--seeds", "1", "--methods", "mothernets", "-g", "1", "--out", "o"]
+    assert cli_main([*argv, "--hatched-lr-factor", "3"]) == 0
+    capsys.readouterr()
+    assert cli_main([*argv, "--resume"]) == 2  # the default recipe's hatched members train at 2 x lr
+    err = capsys.readouterr().err
+    assert "hatched_lr 0.15" in err and "(this bench: 0.1)" in err and "Traceback" not in err
+    assert cli_main([*argv, "--resume", "--hatched-lr-factor", "3"]) == 0
+
+
 def test_a_one_member_ensemble_benches_without_covariance(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -265,3 +265,56 @@ def test_a_recipe_sets_a_method_option_only_for_the_method_that_reads_it() -> No
                                batch_order=None, noise_mode=None, shared_loss=None)
     apply_recipe(given)
     assert given.val_fraction == 0.2  # an option given explicitly wins
+
+
+@pytest.mark.parametrize("argv, method, expect", [
+    ([], "mothernets", 0.1),  # the default recipe: twice the run's lr
+    ([], "shared-mothernets", 0.1),
+    (["--lr", "0.03"], "mothernets", 0.06),  # twice the lr the run trains at
+    (["--hatched-lr-factor", "3"], "mothernets", 0.15),
+    (["--hatched-lr-factor", "spec"], "mothernets", 0.02),
+    (["--recipe", "paper"], "mothernets", 0.02),
+    (["--recipe", "paper", "--hatched-lr-factor", "2"], "mothernets", 0.1),  # explicit wins
+    (["--hatched-lr", "0.07"], "mothernets", 0.07),  # --hatched-lr wins over the factor
+    ([], "full-data", 0.02),  # no hatched members: the spec's value stays, unused
+])
+def test_the_hatched_lr_is_twice_the_lr_by_default_and_the_spec_s_with_the_paper_recipe(
+        argv: list[str], method: str, expect: float) -> None:
+    from mncompile.runtime.options import apply_recipe, build_parser, resolve_config
+
+    args = build_parser({"ensemble": "p1"}).parse_args([*argv, "--method", method])
+    apply_recipe(args)
+    config = resolve_config({"lr": 0.05, "hatched_lr": 0.02}, args)
+    assert config["hatched_lr"] == pytest.approx(expect)
+    assert config["lr"] == (0.03 if "--lr" in argv else 0.05)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "1000", "twice"])
+def test_a_bad_hatched_lr_factor_is_refused_before_anything_trains(
+        bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "p1.mnet"
+    spec.write_text(SPEC)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["run", str(spec), *RUN, "--hatched-lr-factor", bad, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--hatched-lr-factor" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_records_the_factor_and_the_hatched_lr_it_trained_at(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "p1.mnet"
+    spec.write_text(SPEC)
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    lr = doc["info"]["config"]["lr"]
+    assert doc["info"]["hatched_lr_factor"] == 2.0
+    assert doc["info"]["config"]["hatched_lr"] == pytest.approx(2 * lr)
+    import csv
+
+    with open(tmp_path / "out" / "history.csv", encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["phase"] == "members"]
+    assert rows and max(float(r["lr"]) for r in rows) == pytest.approx(2 * lr)  # the members' first epoch

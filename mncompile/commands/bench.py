@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         MAX_EXAMPLES,
         MAX_SEED,
         add_engine_arguments,
+        add_hatched_lr_factor_argument,
         add_recipe_argument,
         val_fraction_arg,
     )
@@ -80,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="as train.py's option")
     p.add_argument("--batch-order", choices=BATCH_ORDERS, help="as train.py's option")
     p.add_argument("--noise-mode", choices=NOISE_MODES, help="as train.py's option")
+    add_hatched_lr_factor_argument(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
@@ -197,11 +199,12 @@ def _engine_argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from mncompile.compiler import compile_ensemble
+    from mncompile.formats.settings import validate_train
     from mncompile.passes.cluster import arch_classes
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
-    from mncompile.runtime.options import RECIPES, apply_recipe, stop_rule
+    from mncompile.runtime.options import HATCHING_METHODS, RECIPES, apply_recipe, hatched_lr, stop_rule
     from mncompile.runtime.results import load_results
     from mncompile.writer import write_folder
 
@@ -230,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("bench-out") / e.name
     data = args.data or e.data or "mnist1d"
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
+    train = validate_train(e.config.model_dump())
 
     folders: dict[int, Path] = {}
     needed = clusters if any(m in G_METHODS for m in methods) else clusters[:1]
@@ -251,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),
                         ("--test-size", args.test_size), ("--stop", args.stop), ("--recipe", given_recipe),
                         ("--hatched-stop", args.hatched_stop), ("--hatched-patience", args.hatched_patience),
-                        ("--batch-order", args.batch_order), ("--noise-mode", args.noise_mode)):
+                        ("--batch-order", args.batch_order), ("--noise-mode", args.noise_mode),
+                        ("--hatched-lr-factor", given.hatched_lr_factor)):
         if value is not None:
             common += [flag, str(value)]
     engine = _engine_argv(args)
@@ -281,7 +286,10 @@ def run(args: argparse.Namespace) -> int:
                                        "stop": stop, "batch_order": args.batch_order or "shared",
                                        "hatched_stop": args.hatched_stop or stop,
                                        **({"shared_loss": shared_loss} if method == "shared-mothernets"
-                                          else {})})
+                                          else {}),
+                                       **({"hatched_lr": hatched_lr(train, argparse.Namespace(
+                                           method=method, hatched_lr_factor=args.hatched_lr_factor))}
+                                          if method in HATCHING_METHODS else {})})
             runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
             continue
@@ -334,6 +342,7 @@ def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) ->
 
     info = {**BEFORE_VALIDATION, "batch_order": "shared", **(doc.get("info") or {})}
     info.setdefault("hatched_stop", info.get("stop"))
+    info["hatched_lr"] = (info.get("config") or {}).get("hatched_lr")
     if "shared_loss" in expected:  # a Shared-MotherNets run from before the option trained on the sum
         info["shared_loss"] = (info.get("shared") or {}).get("loss", "sum")
     diff = [f"{k} {info.get(k)!r} (this bench: {v!r})" for k, v in expected.items() if info.get(k) != v]

@@ -32,6 +32,7 @@ from mncompile.runtime.methods.options import method_options
 from mncompile.runtime.options import (
     BEFORE_VALIDATION,
     DEFAULT_DATA,
+    HATCHING_METHODS,
     add_run_arguments,
     apply_recipe,
     build_parser,
@@ -157,6 +158,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
         **({"batch_order": order} if order != "shared" else {}),
+        **({"hatched_lr_factor": args.hatched_lr_factor}
+           if args.method in HATCHING_METHODS and getattr(args, "hatched_lr", None) is None
+           and getattr(args, "hatched_lr_factor", None) is not None else {}),
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
