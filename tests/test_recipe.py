@@ -95,6 +95,29 @@ def test_a_member_that_diverged_is_left_out_and_named(tmp_path: Path, monkeypatc
     assert doc["models"]["a"]["status"] == "diverged"
 
 
+def test_the_bench_s_diversity_leaves_a_diverged_member_out(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from mncompile.runtime.methods import METHODS, MethodSpec, mothernets
+
+    def blows_up_a(ctx: RunContext) -> Outcome:
+        outcome = mothernets.run(ctx)
+        outcome.phases[-1].models["a"].status = "diverged"
+        return outcome
+
+    monkeypatch.setitem(METHODS, "mothernets", MethodSpec("mothernets", blows_up_a, "test"))
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "p1.mnet"
+    spec.write_text(SPEC)
+    bench = ["bench", str(spec), *RUN[:6], "--seeds", "1", "--methods", "mothernets", "-g", "1",
+             "--epochs-scale", "0.5", "--out", "o"]
+    assert cli_main(bench) == 0
+    run = tmp_path / "o" / "runs" / "mothernets-g1" / "seed0"
+    assert json.loads((run / "y_members.json").read_text()) == ["b", "c"]
+    assert np.load(run / "y.npy").shape == (2, 24)
+
+
 def test_every_member_blowing_up_is_an_error_and_writes_nothing(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -318,3 +341,17 @@ def test_a_run_records_the_factor_and_the_hatched_lr_it_trained_at(tmp_path: Pat
     with open(tmp_path / "out" / "history.csv", encoding="utf-8", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["phase"] == "members"]
     assert rows and max(float(r["lr"]) for r in rows) == pytest.approx(2 * lr)  # the members' first epoch
+
+
+def test_hatched_options_given_to_a_method_without_hatched_members_are_named_as_unused() -> None:
+    from mncompile.runtime.options import build_parser, unused_hatched_options
+
+    parse = build_parser({"ensemble": "p1"}).parse_args
+    note = unused_hatched_options(parse(["--method", "snapshot", "--batch-order", "member",
+                                         "--noise", "0.1"]))
+    assert note is not None and "--batch-order, --noise set" in note and "snapshot trains none" in note
+    assert unused_hatched_options(parse(["--method", "snapshot"])) is None  # the recipe's values say nothing
+    assert unused_hatched_options(parse(["--method", "mothernets", "--batch-order", "member"])) is None
+    assert unused_hatched_options(parse(["--method", "shared-mothernets", "--hatched-lr", "0.1"])) is None
+    assert "--hatched-lr-factor sets" in str(unused_hatched_options(
+        parse(["--method", "full-data", "--hatched-lr-factor", "spec"])))

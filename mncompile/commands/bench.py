@@ -120,6 +120,9 @@ def run_one(folder: Path, defaults: dict[str, Any], argv: list[str], method: str
             method_options: dict[str, Any], log: Path | None) -> tuple[dict[str, Any], Any]:
     """One pipeline run of `method` with train.py's options `argv`; its results.json and Y [K, N].
 
+    Y has a row per member of the ensemble: a member that diverged, failed or was excluded from
+    the evaluation has none, so the diversity tables are of the members the ensemble averaged.
+
     The method is wrapped for the run so that it sees `method_options` in `ctx.info` and so that
     its trained members' Y (probability of the correct class on each test example) is kept.
     """
@@ -159,9 +162,14 @@ def run_one(folder: Path, defaults: dict[str, Any], argv: list[str], method: str
     finally:
         methods[method] = spec
     out = Path(args.out)
-    np.save(out / "y.npy", captured["y"])
-    (out / "y_members.json").write_text(json.dumps(captured["names"]) + "\n", encoding="utf-8")
-    return doc, captured["y"]
+    # the members the ensemble holds: not one that diverged, failed or was excluded at evaluation
+    info = doc.get("info") or {}
+    left_out = {*info.get("excluded_members", []), *info.get("failed_members", {})}
+    keep = [i for i, n in enumerate(captured["names"]) if n not in left_out]
+    y, names = captured["y"][keep], [captured["names"][i] for i in keep]
+    np.save(out / "y.npy", y)
+    (out / "y_members.json").write_text(json.dumps(names) + "\n", encoding="utf-8")
+    return doc, y
 
 
 def _choose_methods(args: argparse.Namespace, families: set[str]) -> list[str]:

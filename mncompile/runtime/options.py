@@ -112,6 +112,28 @@ def add_recipe_argument(g: Any) -> None:
                    "explicitly win (docs/training.md)")
 
 
+#: the options that set the hatched members' training, with their flags
+HATCHED_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("hatched_lr", "--hatched-lr"), ("hatched_lr_factor", "--hatched-lr-factor"),
+    ("hatched_max_epochs", "--hatched-max-epochs"), ("hatched_stop", "--hatched-stop"),
+    ("hatched_patience", "--hatched-patience"), ("batch_order", "--batch-order"),
+    ("noise", "--noise"), ("noise_mode", "--noise-mode"))
+
+
+def unused_hatched_options(args: argparse.Namespace) -> str | None:
+    """A note naming the hatched members' options given to a method without hatched members
+    (before the recipe fills them in), or None."""
+    method = getattr(args, "method", "mothernets")
+    if method in HATCHING_METHODS:
+        return None
+    given = [flag for dest, flag in HATCHED_OPTIONS if getattr(args, dest, None) is not None]
+    if not given:
+        return None
+    verb = "sets" if len(given) == 1 else "set"
+    return (f"note: {', '.join(given)} {verb} how hatched members train, and {method} trains none: "
+            f"not used (only {' and '.join(HATCHING_METHODS)} hatch members)")
+
+
 def hatched_lr_factor_arg(text: str) -> float | str:
     """--hatched-lr-factor: "spec", or a factor above 0 and at most MAX_HATCHED_LR_FACTOR."""
     if text.strip().lower() == "spec":

@@ -40,6 +40,7 @@ from mncompile.runtime.options import (
     resolve_config,
     resume_command,
     stop_rule,
+    unused_hatched_options,
 )
 from mncompile.runtime.rundir import RunFolder, default_out
 
@@ -111,6 +112,9 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
 
     if args.method not in METHODS:
         raise MNError(f"unknown method '{args.method}'", hint="known methods: " + ", ".join(sorted(METHODS)))
+    unused = unused_hatched_options(args)  # what the user gave, before the recipe fills the rest
+    if unused:
+        print(unused, file=sys.stderr)
     apply_recipe(args)  # the options left unset take their --recipe's values
     # the one place the engine is chosen; it refuses what it cannot do before anything is written
     engine = make_engine(getattr(args, "engine", "local"), {
