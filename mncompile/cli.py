@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except MNError as err:
         if args.debug:
+            if err.detail is not None:  # the user code's own traceback first
+                import traceback
+
+                traceback.print_exception(err.detail)
             raise
         print(str(err), file=sys.stderr)
         return 2

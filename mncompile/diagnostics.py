@@ -22,7 +22,13 @@ if TYPE_CHECKING:
 
 
 class MNError(Exception):
-    """A user error: bad spec text, bad options, bad data. Always exits with status 2."""
+    """A user error: bad spec text, bad options, bad data. Always exits with status 2.
+
+    `detail` is the user code's own exception behind it (a `--data FILE.py:FUNCTION` that
+    raised), whose traceback `mncompile --debug` prints.
+    """
+
+    detail: BaseException | None = None
 
     def __init__(
         self,

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--data", metavar="NAME",
-                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
+                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic, npz:PATH, or "
+                   "FILE.py:FUNCTION (your function returning (train, val, test): this runs FILE.py) "
                    "(default: the spec's `data`, else mnist1d)")
     p.add_argument("--methods", metavar="A,B,...",
                    help="methods to run (default: every registered method that applies to the ensemble)")

@@ -371,6 +371,33 @@ def _svhn(data_dir: str | os.PathLike[str] | None) -> tuple:
     return tuple(out)
 
 
+def check_split(where: str, split: str, x: np.ndarray, y: np.ndarray, classes: int) -> None:
+    """MNError naming `where` unless `x` is [N, ...] numbers, finite, and `y` [N] integer labels
+    0..classes-1, with N > 0 (the npz files' and the user data's checks)."""
+    if x.dtype.kind not in "fiu":
+        raise MNError(f"{where}: x_{split} has dtype {x.dtype}; inputs must be numbers")
+    if y.dtype.kind not in "iu":
+        raise MNError(
+            f"{where}: y_{split} has dtype {y.dtype}; labels must be integers",
+            hint="store class indices 0..classes-1 as an integer array",
+        )
+    if y.ndim != 1 or x.ndim < 2 or len(x) != len(y):
+        raise MNError(
+            f"{where}: x_{split} has shape {x.shape} and y_{split} has shape {y.shape}; expected "
+            f"[N, ...] inputs and [N] labels with the same N",
+        )
+    if len(y) == 0:
+        raise MNError(f"{where}: the {split} split is empty")
+    if y.min() < 0 or y.max() >= classes:
+        raise MNError(
+            f"{where}: y_{split} holds labels from {y.min()} to {y.max()}, but the ensemble has "
+            f"classes {classes} (labels 0..{classes - 1})",
+            hint=f"write 'classes {int(y.max()) + 1}' in the spec, or relabel the data",
+        )
+    if not np.isfinite(x).all():
+        raise MNError(f"{where}: x_{split} contains NaN or infinite values")
+
+
 def _npz(path_text: str, classes: int) -> tuple:
     path = Path(path_text)
     how = "write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
@@ -402,29 +429,7 @@ def _npz(path_text: str, classes: int) -> tuple:
             hint="the archive needs x_train, y_train, x_test and y_test",
         )
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype.kind not in "fiu":
-            raise MNError(f"{path}: x_{split} has dtype {x.dtype}; inputs must be numbers")
-        if y.dtype.kind not in "iu":
-            raise MNError(
-                f"{path}: y_{split} has dtype {y.dtype}; labels must be integers",
-                hint="store class indices 0..classes-1 as an integer array",
-            )
-        if y.ndim != 1 or x.ndim < 2 or len(x) != len(y):
-            raise MNError(
-                f"{path}: x_{split} has shape {x.shape} and y_{split} has shape {y.shape}; expected "
-                f"[N, ...] inputs and [N] labels with the same N",
-            )
-        if len(y) == 0:
-            raise MNError(f"{path}: the {split} split is empty")
-        if y.min() < 0 or y.max() >= classes:
-            raise MNError(
-                f"{path}: y_{split} holds labels from {y.min()} to {y.max()}, but the ensemble has "
-                f"classes {classes} (labels 0..{classes - 1})",
-                hint=f"write 'classes {int(y.max()) + 1}' in the spec, or relabel the data",
-            )
-        if not np.isfinite(x).all():
-            raise MNError(f"{path}: x_{split} contains NaN or infinite values")
+        check_split(str(path), split, arrays[f"x_{split}"], arrays[f"y_{split}"], classes)
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise MNError(
             f"{path}: x_train examples have shape {_shape(arrays['x_train'].shape[1:])} but x_test "

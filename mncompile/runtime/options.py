@@ -216,7 +216,8 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     out_default = f"runs/{ensemble or '<ensemble>'}/<method>"
     g = p.add_argument_group("run")
     g.add_argument("--data", metavar="NAME",
-                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic or npz:PATH "
+                   help="dataset: mnist1d, digits, cifar10, cifar100, svhn, synthetic, npz:PATH, or "
+                   "FILE.py:FUNCTION (your function returning (train, val, test): this runs FILE.py) "
                    "(default: the spec's `data`, else mnist1d)")
     g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar10/cifar100/svhn files")
     g.add_argument("--train-size", type=number(int, 2, highest=MAX_EXAMPLES), metavar="N",

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from mncompile.runtime.data import Dataset
+    from mncompile.runtime.userdata import UserData
 
 Method = Callable[[RunContext], Outcome]
 
@@ -102,11 +103,12 @@ def _check_run_record(path: Path, record: dict[str, Any], resume: bool) -> None:
 
 
 def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
-            methods: Mapping[str, Method] | None = None) -> dict[str, Any]:
+            methods: Mapping[str, Method] | None = None, user: UserData | None = None) -> dict[str, Any]:
     """Train and evaluate the ensemble of a generated folder with the parsed options; returns results.json.
 
     `methods` runs a method in place of the one of `METHODS` of the same name (a generated
-    train.py's own steps of the default method).
+    train.py's own steps of the default method). `user` is data the caller read (the Python
+    API's splits), in place of `--data`; `--data FILE.py:FUNCTION` reads such data too.
     """
     from mncompile import __version__
 
@@ -132,13 +134,22 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     from mncompile.runtime.jobs import TrainSettings
     from mncompile.runtime.progress import Progress
     from mncompile.runtime.train import resolve_device
+    from mncompile.runtime.userdata import is_function_data, read_function
 
     device = resolve_device(args.device)
     val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
     stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
     stop_rule(args, hatched=True)
-    dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
-                           train_size=args.train_size, test_size=args.test_size, val_fraction=val_fraction)
+    if user is None and is_function_data(data_name):
+        user = read_function(data_name)
+    if user is not None:
+        data_name = user.label
+        dataset = user.dataset(input_shape, classes, seed=args.data_seed, val_fraction=val_fraction,
+                               train_size=args.train_size, test_size=args.test_size)
+    else:
+        dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
+                               train_size=args.train_size, test_size=args.test_size,
+                               val_fraction=val_fraction)
     stop = stop_rule(args, dataset.val_size)
     hatched_stop = stop_rule(args, dataset.val_size, hatched=True)
     order = getattr(args, "batch_order", None) or "shared"
@@ -158,6 +169,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
         "val_fraction": val_fraction, "val_size": dataset.val_size,
         "stop": stop, "recipe": args.recipe,
+        **({"data_digest": user.digest, "val_given": user.val is not None} if user is not None else {}),
         **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
@@ -173,6 +185,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
                                        "clustering_seed", "val_fraction", "stop")}
+    record.update({k: ctx.info[k] for k in ("data_digest", "val_given") if k in ctx.info})
     # the joint objective is in the shared model's checkpoint identity (absent there: the sum,
     # as before the option), so an older run resumes with --shared-loss sum
     record["method_options"] = {k: v for k, v in record["method_options"].items() if k != "shared_loss"}
