@@ -138,11 +138,13 @@ def test_the_user_s_validation_split_is_used_as_it_is(spec: Path) -> None:
     assert (info["train_size"], info["val_size"], info["val_given"]) == (120, 30, True)
 
 
-def test_a_dataloader_s_dataset_is_read_and_a_custom_sampler_refused(spec: Path) -> None:
+def test_a_training_dataloader_streams_and_a_custom_sampler_is_refused(spec: Path) -> None:
     ens = mncompile.compile(spec, clusters=1)
     train = DataLoader(Pairs(120, 0), batch_size=7, shuffle=True)
     run = ens.fit(train, DataLoader(Pairs(40, 1)), out="dl", quiet=True, val_fraction=0)
-    assert run.results["info"]["train_size"] == 120
+    info = run.results["info"]
+    assert info["train_size"] == 120 and info["streamed"] == {"workers": 0}
+    assert info["config"]["batch"] == 7  # the loader's batch size
     odd = DataLoader(Pairs(120, 0), sampler=SubsetRandomSampler(range(50)))
     with pytest.raises(MNError, match="sampler of its own .SubsetRandomSampler.") as err:
         ens.fit(odd, Pairs(40, 1), out="dl2")
@@ -259,3 +261,169 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "runs" / "digits-api" / "results.json").is_file()
     assert namespace["probs"].shape[1] == 10  # type: ignore[attr-defined]
     assert json.loads((tmp_path / "runs/digits-api/results.json").read_text()) == run.results  # type: ignore
+
+
+# ------------------------------------------------------------------- streaming from a DataLoader
+
+
+class Noisy(Pairs):
+    """Augments each read with noise from torch's global generator (as torchvision transforms do),
+    and counts its reads."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.reads = 0
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+def _same_training(a: mncompile.TrainedRun, b: mncompile.TrainedRun) -> None:
+    """The same models, epochs, losses and ensemble (wall times aside)."""
+    import csv
+
+    from tests.test_resume_kill import _comparable
+
+    assert _comparable(a.results) == _comparable(b.results)
+
+    def history(run: mncompile.TrainedRun) -> list[dict[str, str]]:
+        with open(run.out / "history.csv", encoding="utf-8", newline="") as f:
+            return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
+
+    assert history(a) == history(b)
+
+
+def test_a_stream_trains_exactly_what_the_same_data_in_memory_trains(spec: Path) -> None:
+    ens = mncompile.compile(spec, clusters=1)
+    data = Pairs(150, 0)
+    memory = ens.fit(data, Pairs(40, 1), out="mem", quiet=True, val_fraction=0)
+    streamed = ens.fit(DataLoader(data, batch_size=16, shuffle=True), Pairs(40, 1), out="str", quiet=True,
+                       val_fraction=0)
+    assert streamed.results["info"]["streamed"] == {"workers": 0}
+    _same_training(memory, streamed)
+
+
+def test_a_lockstep_group_reads_each_batch_once_and_sequential_training_once_per_model() -> None:
+    from mncompile.runtime.data import Dataset as Task
+    from mncompile.runtime.data import Stream
+    from mncompile.runtime.jobs import TrainSettings
+    from mncompile.runtime.train import train_lockstep, train_sequential
+
+    def run(train: object, source: Noisy) -> int:
+        stream = Stream(source, torch.arange(len(source)), (16,), 3)
+        task = Task("t", source.x[:8].reshape(8, 16), source.y[:8], source.x[:8].reshape(8, 16), source.y[:8],
+                    3, stream=stream)
+        models = {n: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) for n in "abc"}
+        settings = TrainSettings(batch=10, lr=0.05, max_epochs=2, patience=0)
+        before = source.reads
+        train(models, task, settings)  # type: ignore[operator]
+        return source.reads - before
+
+    source = Noisy(100, 0)
+    assert run(train_lockstep, source) == 2 * 100  # 3 models, 2 epochs: one read per example per epoch
+    assert run(train_sequential, source) == 3 * 2 * 100
+
+
+def test_augmentation_in_a_stream_is_reproducible_and_resume_is_exact(spec: Path) -> None:
+    ens = mncompile.compile(spec, clusters=1)
+    first = ens.fit(DataLoader(Noisy(150, 0), batch_size=16), Pairs(40, 1), out="a1", quiet=True)
+    again = ens.fit(DataLoader(Noisy(150, 0), batch_size=16), Pairs(40, 1), out="a2", quiet=True)
+    _same_training(first, again)
+    workers = ens.fit(DataLoader(Noisy(150, 0), batch_size=16, num_workers=2), Pairs(40, 1), out="w1",
+                      quiet=True)
+    workers2 = ens.fit(DataLoader(Noisy(150, 0), batch_size=16, num_workers=2), Pairs(40, 1), out="w2",
+                       quiet=True)
+    _same_training(workers, workers2)
+
+
+def test_a_bad_batch_deep_in_a_stream_names_the_batch(spec: Path) -> None:
+    class Late(Pairs):
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            x, y = super().__getitem__(i)
+            return x, (7 if i == 290 else y)
+
+    ens = mncompile.compile(spec, clusters=1)
+    with pytest.raises(MNError, match=r"user data \(train\), batch \d+: labels from 0 to 7"):
+        ens.fit(DataLoader(Late(300, 0), batch_size=16), Pairs(40, 1), out="late", quiet=True, val_fraction=0)
+
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        while True:
+            yield torch.zeros(1, 16), 0
+
+
+@pytest.mark.parametrize("make, options, message", [
+    (lambda: DataLoader(Pairs(50, 0), batch_size=8), {"batch_order": "member"}, "--batch-order member needs"),
+    (lambda: DataLoader(Pairs(50, 0), batch_size=None), {}, "batch_size None"),
+    (lambda: DataLoader(Endless(), batch_size=4), {}, "IterableDataset"),
+])
+def test_what_a_stream_cannot_do_is_refused_before_training(spec: Path, make: object, options: dict,
+                                                            message: str) -> None:
+    ens = mncompile.compile(spec, clusters=1)
+    with pytest.raises(MNError, match=message):
+        ens.fit(make(), Pairs(40, 1), out="no", **options)  # type: ignore[operator]
+    assert not Path("no").exists()
+
+
+STREAM_PY = '''
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class Noisy(Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+        self.x = torch.randn(n, 24, generator=g) + self.y[:, None].float()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(24), int(self.y[i])
+
+
+def splits():
+    return DataLoader(Noisy(1024, 0), batch_size=32, shuffle=True, num_workers=1), None, Noisy(128, 1)
+'''
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="POSIX signals")
+def test_sigkill_while_streaming_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    import signal
+
+    from tests.test_resume_kill import _comparable, _generate, _wait_for, _weights
+
+    folder, _ = _generate(tmp_path)
+    (tmp_path / "stream.py").write_text(STREAM_PY)
+    data = ["--data", f"{tmp_path / 'stream.py'}:splits"]
+
+    def start(out: Path, *extra: str) -> __import__("subprocess").Popen[str]:
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        argv = [sys.executable, str(folder / "train.py"), "--quiet", *data, "--out", str(out), *extra]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    killed = tmp_path / "killed"
+    proc = start(killed)
+    _wait_for(killed / "ckpt" / "mothernets" / "members" / "c.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "results.json").exists()
+    resumed = start(killed, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    whole = start(tmp_path / "whole")
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err
+    a = json.loads((killed / "results.json").read_text())
+    b = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert _comparable(a) == _comparable(b)
+    wa, wb = _weights(killed), _weights(tmp_path / "whole")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k][t], wb[k][t]) for k in wa for t in wa[k])

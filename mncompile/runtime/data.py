@@ -36,11 +36,91 @@ PAD = 4  # pixels of zero padding for the random crop (the usual CIFAR recipe)
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A training split read from the user's map-style Dataset every epoch, batch by batch.
+
+    It comes from a user's DataLoader (`mncompile.runtime.userdata`), whose workers, collate
+    function and pin_memory it keeps; the order is mncompile's: each epoch a permutation of
+    `indices` from the epoch's generator, so every model of a lockstep group trains from each
+    batch as it is read (one read and one augmentation per batch for the group) and `--resume`
+    reads the same batches. The batch size is the run's (the loader's, unless --batch is given).
+    """
+
+    dataset: Any
+    indices: torch.Tensor  # int64: the examples of the split, as indices into `dataset`
+    input_shape: tuple[int, ...]
+    classes: int
+    label: str = "user data"
+    num_workers: int = 0
+    collate_fn: Any = None
+    pin_memory: bool = False
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, idx: torch.Tensor) -> Stream:
+        """The stream of examples `idx` of this one (a bootstrap sample)."""
+        return replace(self, indices=self.indices[idx.cpu()])
+
+    def batches(self, batch_size: int, generator: torch.Generator,
+                device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch: a permutation from `generator`, read through a DataLoader; a final batch of
+        one example is dropped. Augmentation drawing on torch's random numbers is seeded by the
+        generator: in the workers by the loader's seed, in this process by a seed of its own,
+        with the global generator's state put back after the epoch."""
+        from torch.utils.data import DataLoader
+
+        n = len(self.indices)
+        order = self.indices[torch.randperm(n, generator=generator)].tolist()
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=self.num_workers,
+                            collate_fn=self.collate_fn, pin_memory=self.pin_memory and device is not None
+                            and torch.device(device).type == "cuda",
+                            generator=torch.Generator().manual_seed(seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for k, batch in enumerate(loader):
+                x, y = self.check(batch, k)
+                if len(y) < 2 and n > 1:
+                    break
+                if device is not None:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                yield x, y
+
+    def check(self, batch: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loaded batch as (x float32 [b, *input_shape], y int64 [b]); MNError naming it otherwise."""
+        where = f"{self.label} (train), batch {k}"
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise MNError(f"{where}: the loader gave {type(batch).__name__}, not an (x, y) pair",
+                          hint="the Dataset's items must be (input, label), and the collate function "
+                          "must keep them so")
+        x, y = (torch.as_tensor(v) for v in batch)
+        if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                     torch.int64)):
+            raise MNError(f"{where}: the inputs have dtype {x.dtype}; expected numbers")
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1 or len(y) != len(x):
+            raise MNError(f"{where}: the labels have dtype {y.dtype} and shape {_shape(tuple(y.shape))}; "
+                          f"expected [{len(x)}] integer class indices")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.classes):
+            raise MNError(f"{where}: labels from {int(y.min())} to {int(y.max())}, but the ensemble has "
+                          f"classes {self.classes} (labels 0..{self.classes - 1})")
+        shape = tuple(x.shape[1:])
+        if shape != self.input_shape:
+            if math.prod(shape) != math.prod(self.input_shape):
+                raise MNError(f"{where}: inputs of shape {_shape(shape)}, but the ensemble's input is "
+                              f"{_shape(self.input_shape)}")
+            x = x.reshape(len(x), *self.input_shape)
+        return x.float(), y.long()
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Train, validation and test tensors of one task; `image_shape` is the shape augmentation works in.
 
     The validation split (`x_val`, `y_val`) is held out of the training set by `load_dataset`'s
-    `val_fraction`; it is empty (0 examples) when there is none, the paper's setting.
+    `val_fraction`; it is empty (0 examples) when there is none, the paper's setting. With
+    `stream`, the training split is read from the user's Dataset every epoch instead, and
+    `x_train`/`y_train` hold only its first examples (the hatching checks' inputs).
     """
 
     name: str
@@ -53,6 +133,19 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    stream: Stream | None = None
+
+    @property
+    def train_size(self) -> int:
+        """The number of training examples (streamed or in memory)."""
+        return len(self.stream) if self.stream is not None else len(self.y_train)
+
+    def take(self, idx: torch.Tensor) -> Dataset:
+        """The same task with training examples `idx` (with repeats: a bootstrap sample)."""
+        if self.stream is not None:
+            return replace(self, stream=self.stream.take(idx))
+        idx = idx.to(self.x_train.device)
+        return replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
 
     @property
     def val_size(self) -> int:
@@ -596,6 +689,9 @@ def batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
+    if dataset.stream is not None:
+        yield from dataset.stream.batches(batch_size, generator, device)
+        return
     augment = dataset.augment if augment is None else augment
     x_all, y_all = dataset.x_train, dataset.y_train
     if device is not None and x_all.device != torch.device(device):
@@ -614,6 +710,6 @@ def batches(
 
 def num_batches(dataset: Dataset, batch_size: int) -> int:
     """How many batches `batches` yields per epoch."""
-    n = len(dataset.y_train)
+    n = dataset.train_size
     full, rest = divmod(n, batch_size)
     return full + (1 if rest >= 2 or (rest == 1 and n == 1) else 0)

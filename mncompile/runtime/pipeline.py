@@ -140,8 +140,11 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
     stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
     stop_rule(args, hatched=True)
+    order = getattr(args, "batch_order", None) or "shared"
     if user is None and is_function_data(data_name):
         user = read_function(data_name)
+    if user is not None and user.streamed:
+        _check_streaming(user, args, config, order)
     if user is not None:
         data_name = user.label
         dataset = user.dataset(input_shape, classes, seed=args.data_seed, val_fraction=val_fraction,
@@ -152,7 +155,6 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
                                val_fraction=val_fraction)
     stop = stop_rule(args, dataset.val_size)
     hatched_stop = stop_rule(args, dataset.val_size, hatched=True)
-    order = getattr(args, "batch_order", None) or "shared"
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
     progress = Progress(quiet=args.quiet)
     ctx = RunContext(
@@ -165,11 +167,12 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     )
     ctx.info["method_options"] = method_options(args)
     ctx.info.update({
-        "ensemble": ensemble, "dataset": data_name, "train_size": len(dataset.y_train),
+        "ensemble": ensemble, "dataset": data_name, "train_size": dataset.train_size,
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
         "val_fraction": val_fraction, "val_size": dataset.val_size,
         "stop": stop, "recipe": args.recipe,
         **({"data_digest": user.digest, "val_given": user.val is not None} if user is not None else {}),
+        **({"streamed": {"workers": dataset.stream.num_workers}} if dataset.stream is not None else {}),
         **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
@@ -202,6 +205,26 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
             run_folder.discard()
             raise
     return doc
+
+
+def _check_streaming(user: UserData, args: argparse.Namespace, config: dict[str, Any], order: str) -> None:
+    """What a streamed training DataLoader cannot do, refused before anything trains; its batch size
+    becomes the run's unless --batch is given."""
+    from mncompile.runtime.userdata import Loader
+
+    assert isinstance(user.train, Loader)
+    if getattr(args, "engine", "local") != "local":
+        raise MNError("a training DataLoader streams on the local engine only",
+                      hint="for --engine ray pass its Dataset (read into memory, and shipped to the workers: "
+                      "it must be picklable)")
+    if order == "member":
+        raise MNError("--batch-order member needs the training data in memory: a DataLoader is read once "
+                      "per batch for the whole group, in one order",
+                      hint="pass its Dataset (read into memory), or use --batch-order shared")
+    if getattr(args, "batch", None) is None and user.train.batch_size != config["batch"]:
+        print(f"note: training in batches of {user.train.batch_size}, the DataLoader's (the spec says "
+              f"{config['batch']}; --batch sets it)", file=sys.stderr)
+        config["batch"] = user.train.batch_size
 
 
 def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Method] | None) -> dict[str, Any]:

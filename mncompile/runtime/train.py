@@ -450,9 +450,10 @@ def fit(
             for st in active:
                 st.job.model.train()
             # a model with a batch order of its own draws its own permutation (and augmentation)
-            own = {id(st): batches(data, batch, epoch_generator(seed, epoch, st.job.name))
+            own = {id(st): batches(data, batch, epoch_generator(seed, epoch, st.job.name), dev)
                    for st in active if st.job.settings.order == "member"}
-            shared_stream = batches(data, batch, epoch_generator(seed, epoch))
+            # in-memory data is on `dev` already; a streamed split is read and moved batch by batch
+            shared_stream = batches(data, batch, epoch_generator(seed, epoch), dev)
             for step, (x, y) in enumerate(shared_stream):
                 it = epoch * n_batches + step
                 mine = {key: next(stream) for key, stream in own.items()}

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from mncompile.diagnostics import MNError
-from mncompile.runtime.data import Dataset, _arrays_digest, _fit, check_split, validation_split
+from mncompile.formats.settings import MAX_VAL_FRACTION
+from mncompile.runtime.data import Dataset, Stream, _arrays_digest, _fit, check_split, validation_split
 
 #: the most examples read from one split (an IterableDataset may never end)
 MAX_ITEMS = 1_000_000
@@ -41,21 +42,47 @@ def is_function_data(name: str) -> bool:
     return bool(sep) and path.endswith(".py") and bool(func)
 
 
+#: the training examples read into memory from a streamed split: the hatching checks' inputs
+PROBE = 256
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A training DataLoader to stream from: its map-style dataset, workers, collate function."""
+
+    dataset: Any
+    size: int
+    batch_size: int
+    num_workers: int
+    collate_fn: Any
+    pin_memory: bool
+    first: tuple[np.ndarray, np.ndarray]  # its first examples, read and checked when it is given
+
+
 @dataclass(frozen=True)
 class UserData:
-    """The user's splits as CPU arrays (`val` None: split from train by --val-fraction)."""
+    """The user's splits: CPU arrays, or for train a DataLoader to stream (`val` None: split from
+    train by --val-fraction)."""
 
     label: str
-    train: tuple[np.ndarray, np.ndarray]
+    train: tuple[np.ndarray, np.ndarray] | Loader
     test: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, Loader)
+
+    @property
     def digest(self) -> str:
-        """SHA-256 of every array: the run record's identity of the data (resume refuses other data)."""
-        arrays = {f"{a}_{s}": v for s, pair in (("train", self.train), ("test", self.test),
+        """SHA-256 of every array: the run record's identity of the data (resume refuses other data).
+        A streamed split counts by its size and first examples (reading it all would cost an epoch)."""
+        train = self.train.first if isinstance(self.train, Loader) else self.train
+        arrays = {f"{a}_{s}": v for s, pair in (("train", train), ("test", self.test),
                                                 ("val", self.val)) if pair is not None
                   for a, v in zip("xy", pair, strict=True)}
+        if isinstance(self.train, Loader):
+            arrays["streamed_size"] = np.asarray([self.train.size])
         return _arrays_digest(arrays)
 
     def dataset(self, input_shape: Sequence[int], classes: int, *, seed: int = 0, val_fraction: float = 0.0,
@@ -63,22 +90,44 @@ class UserData:
         """The `Dataset` a run trains on, checked against the spec's input shape and classes.
 
         `train_size`/`test_size` keep the first examples. The user's own validation split is used
-        as it is; without one, `val_fraction` > 0 holds out a seeded, stratified share of train.
+        as it is; without one, `val_fraction` > 0 holds out a seeded, stratified share of train
+        (of a streamed split: a seeded random share, read into memory, since stratifying would
+        read every label).
         """
         shape = tuple(int(d) for d in input_shape)
-        parts = {"train": self.train, "test": self.test, "val": self.val}
+        train = self.train.first if isinstance(self.train, Loader) else self.train
+        parts = {"train": train, "test": self.test, "val": self.val}
         for split, pair in parts.items():
             if pair is not None:
                 check_split(f"{self.label} ({split})", split, pair[0], pair[1], classes)
-        (xtr, ytr), (xte, yte) = self.train, self.test
-        xtr, ytr, xte, yte = xtr[:train_size], ytr[:train_size], xte[:test_size], yte[:test_size]
-        if self.val is not None:
-            xva, yva = self.val
-        elif val_fraction:
-            keep, held = validation_split(ytr, val_fraction, seed, classes, self.label)
-            xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
+        xte, yte = self.test[0][:test_size], self.test[1][:test_size]
+        stream = None
+        if isinstance(self.train, Loader):
+            loader = self.train
+            n = min(loader.size, train_size) if train_size is not None else loader.size
+            indices = np.arange(n)
+            if self.val is not None:
+                xva, yva = self.val
+            elif val_fraction:
+                keep, held = _random_split(n, val_fraction, seed, self.label)
+                indices = keep
+                xva, yva = _read_items(loader.dataset, held, f"{self.label} (validation)", seed)
+            else:
+                xva, yva = train[0][:0], train[1][:0]
+            xtr, ytr = _read_items(loader.dataset, indices[:PROBE], f"{self.label} (train)", seed)
+            check_split(f"{self.label} (train)", "train", xtr, ytr, classes)
+            stream = Stream(loader.dataset, torch.as_tensor(indices, dtype=torch.int64), shape, classes,
+                            label=self.label, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                            pin_memory=loader.pin_memory)
         else:
-            xva, yva = xtr[:0], ytr[:0]
+            xtr, ytr = train[0][:train_size], train[1][:train_size]
+            if self.val is not None:
+                xva, yva = self.val
+            elif val_fraction:
+                keep, held = validation_split(ytr, val_fraction, seed, classes, self.label)
+                xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
+            else:
+                xva, yva = xtr[:0], ytr[:0]
         xtr, xva, xte = (_fit(self.label, x, shape) for x in (xtr, xva, xte))
 
         def tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -86,25 +135,97 @@ class UserData:
 
         return Dataset(name=self.label, x_train=tensor(xtr, torch.float32), y_train=tensor(ytr, torch.int64),
                        x_test=tensor(xte, torch.float32), y_test=tensor(yte, torch.int64), classes=classes,
-                       x_val=tensor(xva, torch.float32), y_val=tensor(yva, torch.int64))
+                       x_val=tensor(xva, torch.float32), y_val=tensor(yva, torch.int64), stream=stream)
+
+
+def _random_split(n: int, fraction: float, seed: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: a seeded random `fraction` of range(n) held out, both sorted."""
+    if not (0 < fraction <= MAX_VAL_FRACTION):
+        raise MNError(f"--val-fraction must be above 0 and at most {MAX_VAL_FRACTION}, got {fraction}")
+    k = int(math.floor(fraction * n + 0.5))
+    if n - k < 2:
+        raise MNError(f"--val-fraction {fraction} leaves {label} with {n - k} training examples",
+                      hint="use a smaller --val-fraction or more training examples")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5A11D])))
+    held = np.sort(rng.permutation(n)[:k])
+    return np.setdiff1d(np.arange(n), held, assume_unique=True), held
+
+
+def _read_items(dataset: Any, indices: Sequence[int] | np.ndarray, where: str,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Items `indices` of a map-style dataset, read one by one into arrays. An augmentation in its
+    `__getitem__` drawing on torch's generator draws from one seeded by `seed` (the global one's
+    state is put back), so the same data reads the same on every run and on resume."""
+    return read_split(_Items(dataset, [int(i) for i in indices]), where, seed)
+
+
+class _Items:
+    """A few items of a dataset, as a sequence `read_split` reads."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]]
 
 
 def user_data(train: Any, test: Any, val: Any = None, label: str = "user data") -> UserData:
-    """Read the user's splits (each `(x, y)`, a Dataset or a DataLoader; `val` may be None)."""
+    """The user's splits (each `(x, y)`, a Dataset or a DataLoader; `val` may be None). A training
+    DataLoader is streamed from every epoch; every other split is read into memory."""
+    from torch.utils.data import DataLoader
+
     if train is None or test is None:
         raise MNError(f"{label}: a training and a test split are needed, got "
                       f"{'no training split' if train is None else 'no test split'}",
                       hint="pass train=(x, y) and test=(x, y), Datasets or DataLoaders")
-    read = {s: read_split(v, f"{label} ({s})") for s, v in (("train", train), ("test", test), ("val", val))
-            if v is not None}
-    return UserData(label, read["train"], read["test"], read.get("val"))
+    read = {s: read_split(v, f"{label} ({s})") for s, v in (("test", test), ("val", val)) if v is not None}
+    where = f"{label} (train)"
+    split = _loader(train, where) if isinstance(train, DataLoader) else read_split(train, where)
+    return UserData(label, split, read["test"], read.get("val"))
 
 
-def read_split(obj: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split as arrays (x [N, ...] float32, y [N] int64): `(x, y)`, a Dataset or a DataLoader."""
+def _loader(loader: Any, where: str) -> Loader:
+    """A training DataLoader to stream from, its first items read and checked now."""
+    from torch.utils.data import IterableDataset
+
+    if isinstance(loader.dataset, IterableDataset):
+        raise MNError(f"{where}: the DataLoader reads an IterableDataset, whose order mncompile cannot draw",
+                      hint="pass a map-style Dataset (__getitem__ and __len__), or the IterableDataset "
+                      "itself to read it into memory")
+    _check_loader(loader, where)
+    if loader.batch_size is None:
+        raise MNError(f"{where}: the DataLoader has batch_size None (no batching)",
+                      hint="give it a batch size, or pass its Dataset")
+    try:
+        size = len(loader.dataset)
+    except TypeError:
+        raise MNError(f"{where}: the DataLoader's dataset has no len()",
+                      hint="give the Dataset __len__") from None
+    if size == 0:
+        raise MNError(f"{where}: the split is empty")
+    first = _read_items(loader.dataset, range(min(size, PROBE)), where)
+    return Loader(loader.dataset, size, int(loader.batch_size), int(loader.num_workers), loader.collate_fn,
+                  bool(loader.pin_memory), first)
+
+
+def read_split(obj: Any, where: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One split as arrays (x [N, ...] float32, y [N] int64): `(x, y)`, a Dataset or a DataLoader.
+
+    A Dataset is read item by item with torch's generator seeded by `seed` (its state put back
+    after), so that an augmentation in `__getitem__` reads the same on every run.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _read_split(obj, where)
+
+
+def _read_split(obj: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     from torch.utils.data import DataLoader, IterableDataset
 
-    if isinstance(obj, DataLoader):
+    if isinstance(obj, DataLoader):  # a validation or test loader: its dataset, read into memory
         _check_loader(obj, where)
         obj = obj.dataset
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(_is_array(v) for v in obj):
@@ -147,8 +268,8 @@ def _check_loader(loader: Any, where: str) -> None:
         raise MNError(f"{where}: the DataLoader has a sampler of its own "
                       f"({type(loader.sampler).__name__}); mncompile draws the batch order itself, "
                       "seeded by (seed, epoch), so that --resume is exact",
-                      hint="pass its Dataset instead (loader.dataset); batch size and augmentation come "
-                      "from the spec and the Dataset")
+                      hint="pass the DataLoader without it (shuffle=True or False: mncompile's seeded "
+                      "sampler takes the shuffle's place), or its Dataset (loader.dataset)")
 
 
 def _a(noun: str) -> str:

@@ -7,7 +7,6 @@ by side on Ray), each with the MotherNet settings.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from mncompile.runtime.context import Outcome, Phase, RunContext, derive_seed
@@ -30,14 +29,13 @@ def bootstrap_indices(seed: int, member: str, n: int) -> torch.Tensor:
 
 def run(ctx: RunContext) -> Outcome:
     """Each member trained from scratch (MotherNet settings) on its bootstrap sample."""
-    n = len(ctx.dataset.y_train)
+    n = ctx.dataset.train_size
     jobs: list[Job] = []
     unique: dict[str, Any] = {}
     for m in ctx.members:
         idx = bootstrap_indices(ctx.seed, m, n)
         unique[m] = len(set(idx.tolist())) / n
-        sample = dataclasses.replace(ctx.dataset, x_train=ctx.dataset.x_train[idx],
-                                     y_train=ctx.dataset.y_train[idx])
+        sample = ctx.dataset.take(idx)
         jobs.append(Job(m, ctx.build(m), ctx.mother_settings, data=sample))
     records = ctx.engine.run(ctx, Phase("members", jobs))
     return Outcome(records, {j.name: j.model for j in jobs}, {"bagging": {"unique_fraction": unique}})
