@@ -292,7 +292,8 @@ def test_a_recipe_sets_a_method_option_only_for_the_method_that_reads_it() -> No
 
 @pytest.mark.parametrize("argv, method, expect", [
     ([], "mothernets", 0.1),  # the default recipe: twice the run's lr
-    ([], "shared-mothernets", 0.1),
+    ([], "shared-mothernets", 0.02),  # measured: twice the lr breaks a Shared-MotherNet's start
+    (["--hatched-lr-factor", "2"], "shared-mothernets", 0.1),  # unless asked for
     (["--lr", "0.03"], "mothernets", 0.06),  # twice the lr the run trains at
     (["--hatched-lr-factor", "3"], "mothernets", 0.15),
     (["--hatched-lr-factor", "spec"], "mothernets", 0.02),

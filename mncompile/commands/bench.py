@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from mncompile.passes.share_plan import Refusal
     from mncompile.runtime.frontier import Run, write_frontier
     from mncompile.runtime.methods.options import method_options
-    from mncompile.runtime.options import HATCHING_METHODS, RECIPES, apply_recipe, hatched_lr, stop_rule
+    from mncompile.runtime.options import HATCHING_METHODS, RECIPES, apply_recipe, stop_rule
     from mncompile.runtime.results import load_results
     from mncompile.writer import write_folder
 
@@ -296,8 +296,7 @@ def run(args: argparse.Namespace) -> int:
                                        "hatched_stop": args.hatched_stop or stop,
                                        **({"shared_loss": shared_loss} if method == "shared-mothernets"
                                           else {}),
-                                       **({"hatched_lr": hatched_lr(train, argparse.Namespace(
-                                           method=method, hatched_lr_factor=args.hatched_lr_factor))}
+                                       **({"hatched_lr": _hatched_lr(train, method, given)}
                                           if method in HATCHING_METHODS else {})})
             runs.append(Run(method, g, seed, doc, np.load(run_dir / "y.npy"), _history(run_dir)))
             print(f"{where}: kept (finished before)", flush=True)
@@ -339,6 +338,17 @@ def run(args: argparse.Namespace) -> int:
     print((out / "frontier.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _hatched_lr(train: dict[str, Any], method: str, given: argparse.Namespace) -> float:
+    """The hatched lr a run of `method` trains at, with the bench's options as given (the recipe's
+    factor is for some methods only: options.METHOD_OPTION_USERS)."""
+    from mncompile.runtime.options import apply_recipe, hatched_lr
+
+    ns = argparse.Namespace(method=method, recipe=given.recipe, hatched_lr=None,
+                            hatched_lr_factor=given.hatched_lr_factor)
+    apply_recipe(ns)
+    return hatched_lr(train, ns)
 
 
 def _check_kept(doc: dict[str, Any], run_dir: Path, expected: dict[str, Any]) -> None:
