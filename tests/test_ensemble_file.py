@@ -220,9 +220,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     captured: dict[str, Any] = {}
     real = ensemble_module.save_ensemble
 
-    def spy(path: Any, plan: Any, members: Any, models: Any, method: str, excluded: Any = ()) -> str | None:
+    def spy(path: Any, plan: Any, members: Any, models: Any, method: str, excluded: Any = (),
+            temperature: Any = None) -> str | None:
         captured.update(members=dict(members), excluded=list(excluded))
-        return real(path, plan, members, models, method, excluded)
+        return real(path, plan, members, models, method, excluded, temperature)
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

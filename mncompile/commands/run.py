@@ -52,7 +52,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import copy
 
-    from mncompile.runtime.options import apply_recipe, stop_rule
+    from mncompile.runtime.options import apply_recipe, check_calibration, stop_rule
+    from mncompile.runtime.userdata import is_function_data
 
     e = load(args.spec, max_params=args.max_params)
     try:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         apply_recipe(resolved)
         stop_rule(resolved)
         stop_rule(resolved, hatched=True)
+        if not is_function_data(resolved.data or ""):  # a data function may bring a split of its own
+            check_calibration(resolved)
     except MNError as err:
         raise err.with_source("mncompile run", "") from None
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,

@@ -18,8 +18,9 @@ checksum is checked, and every stored value is checked before anything is built.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,15 +50,20 @@ class TrainedEnsemble:
     `members` are the member names in ensemble order; `separate` maps names to modules
     (input -> logits); each module of `shared` has `MEMBERS` and returns [batch, K, classes].
     A Shared-MotherNet head that is not in `members` (a member left out of the ensemble because
-    it diverged) is computed but not averaged.
+    it diverged) is computed but not averaged. `temperature` (fitted by --calibrate-temperature)
+    divides the members' logits in `predict_proba`; `logits` stays as trained.
     """
 
     def __init__(self, members: Sequence[str], separate: Mapping[str, nn.Module],
-                 shared: Sequence[Any] = (), method: str = "") -> None:
+                 shared: Sequence[Any] = (), method: str = "",
+                 temperature: float | Mapping[str, float] | None = None) -> None:
         self.members = list(members)
         self.separate = dict(separate)
         self.shared = list(shared)
         self.method = method
+        #: the temperature fitted on the validation split (--calibrate-temperature): one for every
+        #: member, or one per member; None: 1, the logits as trained
+        self.temperature = dict(temperature) if isinstance(temperature, Mapping) else temperature
         if not self.members:
             raise ValueError("an ensemble needs at least one member")
         covered = set(self.separate) | {m for s in self.shared for m in s.MEMBERS}
@@ -114,15 +120,28 @@ class TrainedEnsemble:
             return torch.stack([out[name] for name in self.members], 1)
 
     def predict_proba(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """[N, classes]: the mean of the members' softmax outputs."""
+        """[N, classes]: the mean of the members' softmax outputs (of logits / temperature)."""
         import torch
 
         device = next(self.modules()[0].parameters()).device
+        t = self.temperatures()
         parts = []
         for start in range(0, len(x), batch_size):
-            logits = self.logits(x[start:start + batch_size].to(device))
-            parts.append(torch.softmax(logits.float(), dim=2).mean(1).cpu())
+            logits = self.logits(x[start:start + batch_size].to(device)).float()
+            if t is not None:
+                logits = logits / t.to(logits.device)[None, :, None]
+            parts.append(torch.softmax(logits, dim=2).mean(1).cpu())
         return torch.cat(parts)
+
+    def temperatures(self) -> torch.Tensor | None:
+        """[K] the members' temperatures, in `members` order; None when there is none."""
+        import torch
+
+        if self.temperature is None:
+            return None
+        if isinstance(self.temperature, dict):
+            return torch.tensor([float(self.temperature[m]) for m in self.members])
+        return torch.full((len(self.members),), float(self.temperature))
 
     def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """[N]: the class with the highest averaged probability."""
@@ -171,7 +190,8 @@ def _fits(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, Any]) -> 
 
 def save_ensemble(path: str | os.PathLike[str], plan: PlanFile | str | os.PathLike[str],
                   members: Mapping[str, nn.Module], models: Any, method: str,
-                  excluded: Sequence[str] = ()) -> str | None:
+                  excluded: Sequence[str] = (),
+                  temperature: float | Mapping[str, float] | None = None) -> str | None:
     """Write the trained members to `path` (atomically); None, or why they cannot be saved.
 
     `plan` is the plan the run trained from (`PlanFile`, or the generated folder holding its
@@ -181,7 +201,8 @@ def save_ensemble(path: str | os.PathLike[str], plan: PlanFile | str | os.PathLi
     Shared-MotherNet's data (`MOTHER`, `MEMBERS`, `GROUPS`, `STEPS`) and
     state_dict; members of other kinds (a TreeNet's trunk and branch) make the ensemble
     unsaveable. `excluded` members (left out of the evaluated ensemble: not finite) are left
-    out of the saved ensemble too, so that it predicts what results.json measured.
+    out of the saved ensemble too, so that it predicts what results.json measured. `temperature`
+    (--calibrate-temperature: a float, or member -> float) is stored for `predict_proba`.
     """
     import torch
 
@@ -252,6 +273,9 @@ def save_ensemble(path: str | os.PathLike[str], plan: PlanFile | str | os.PathLi
         "plan_digest": plan.digest, "input": list(plan.input), "classes": plan.classes, "method": method,
         "members": kept, "excluded": list(excluded), "nets": nets, "separate": separate, "shared": shared,
     }
+    if temperature is not None:  # an optional field: files without it load as before
+        payload["temperature"] = (float(temperature) if not isinstance(temperature, Mapping)
+                                  else {m: float(temperature[m]) for m in kept})
     payload["checksum"] = digest(payload)
     atomic_write(path, lambda f: torch.save(payload, f))
     return None
@@ -272,6 +296,7 @@ class _Stored:
     nets: dict[str, NetDescription]
     separate: dict[str, tuple[str, dict[str, torch.Tensor]]]
     shared: dict[str, tuple[SharedDescription, dict[str, torch.Tensor]]]
+    temperature: float | dict[str, float] | None = None
 
 
 def _check_state(state: Any, expected: Mapping[str, tuple[int, ...]], what: str,
@@ -344,8 +369,8 @@ def _read_payload(payload: dict[str, Any], where: str) -> _Stored:
     def fail(message: str) -> MNError:
         return MNError(f"'{where}' is damaged: {message}", hint=_TRAIN_AGAIN)
 
-    if set(payload) != set(FIELDS):
-        raise fail(f"it has the fields {sorted(map(str, payload))}, not {sorted(FIELDS)}")
+    if set(payload) - {"temperature"} != set(FIELDS):
+        raise fail(f"it has the fields {sorted(map(str, payload))}, not {sorted(FIELDS)} (and temperature)")
     for key in ("mncompile", "ensemble", "plan_digest", "method"):
         if not isinstance(payload[key], str) or len(payload[key]) > MAX_NAME:
             raise fail(f"its {key} is not a string")
@@ -395,7 +420,26 @@ def _read_payload(payload: dict[str, Any], where: str) -> _Stored:
     if missing:
         raise fail(f"no stored module computes member '{missing[0]}'")
     return _Stored(payload["ensemble"], payload["plan_digest"], payload["method"], members, nets,
-                   separate, shared)
+                   separate, shared, _read_temperature(payload.get("temperature"), members, fail))
+
+
+def _read_temperature(value: Any, members: Sequence[str],
+                      fail: Callable[[str], MNError]) -> float | dict[str, float] | None:
+    """The optional temperature: a float in [T_MIN, T_MAX], or one per member; None when absent."""
+    from mncompile.runtime.calibration import T_MAX, T_MIN
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, float) and math.isfinite(v) and T_MIN <= v <= T_MAX
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if set(value) != set(members) or not all(ok(v) for v in value.values()):
+            raise fail(f"its temperatures are not one number in [{T_MIN}, {T_MAX}] per member")
+        return {str(m): float(v) for m, v in value.items()}
+    if not ok(value):
+        raise fail(f"its temperature is not a number in [{T_MIN}, {T_MAX}]")
+    return float(value)
 
 
 def _check_folder(path: Path, stored: _Stored, folder: Path) -> None:
@@ -491,7 +535,7 @@ def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] |
             s = GenericSharedNet(desc)
             s.load_state_dict(state)
             shared.append(s)
-        ens = TrainedEnsemble(stored.members, separate, shared, stored.method)
+        ens = TrainedEnsemble(stored.members, separate, shared, stored.method, stored.temperature)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
         # every value was checked above: this is a last line of defence, not a path we expect
         first = str(err).splitlines()[0] if str(err) else ""

@@ -188,6 +188,16 @@ def stop_rule(args: argparse.Namespace, val_examples: int | None = None, hatched
     return rule
 
 
+def check_calibration(args: argparse.Namespace, val_given: bool = False) -> str | None:
+    """--calibrate-temperature's mode, or None; MNError when there is no validation split to fit on
+    (`--val-fraction` 0 and no split of the user's own)."""
+    mode = getattr(args, "calibrate_temperature", None)
+    if mode and float(getattr(args, "val_fraction", 0.0) or 0.0) <= 0 and not val_given:
+        raise MNError("--calibrate-temperature fits on the validation split, but --val-fraction is 0",
+                      hint="give --val-fraction F (0 < F <= 0.5), or a validation split of your own (val=)")
+    return mode
+
+
 def hatched_patience(args: argparse.Namespace, config: Mapping[str, Any]) -> int:
     """The hatched members' patience: --hatched-patience (scaled as patience is), else the run's."""
     value = getattr(args, "hatched_patience", None)
@@ -248,6 +258,11 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     g.add_argument("--batch-order", choices=BATCH_ORDERS, default=None,
                    help="hatched members' mini-batches: shared (one stream for all, the paper's scan; "
                    "default) or member (a permutation of each member's own every epoch)")
+    g.add_argument("--calibrate-temperature", nargs="?", const="ensemble", choices=("ensemble", "member"),
+                   default=None, metavar="ensemble|member",
+                   help="after training, fit a temperature on the validation split (LBFGS on the NLL): one "
+                   "for the ensemble (the default of the flag), or one per member; ensemble.pt applies it "
+                   "in predict_proba, results.json reports the test metrics before and after")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
     g.add_argument("--out", metavar="DIR",

@@ -36,6 +36,7 @@ from mncompile.runtime.options import (
     add_run_arguments,
     apply_recipe,
     build_parser,
+    check_calibration,
     hatched_patience,
     resolve_config,
     resume_command,
@@ -141,6 +142,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     stop_rule(args)  # a rule the options cannot satisfy fails before the data is read
     stop_rule(args, hatched=True)
     order = getattr(args, "batch_order", None) or "shared"
+    calibrate = check_calibration(args, user is not None and user.val is not None)
     if user is None and is_function_data(data_name):
         user = read_function(data_name)
     if user is not None and user.streamed:
@@ -153,6 +155,10 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         dataset = load_dataset(data_name, input_shape, classes, args.data_dir, seed=args.data_seed,
                                train_size=args.train_size, test_size=args.test_size,
                                val_fraction=val_fraction)
+    if calibrate and not dataset.has_val:
+        raise MNError("--calibrate-temperature fits on the validation split, but --val-fraction "
+                      f"{val_fraction} holds out no examples of this training set",
+                      hint="use a larger --val-fraction or more training examples")
     stop = stop_rule(args, dataset.val_size)
     hatched_stop = stop_rule(args, dataset.val_size, hatched=True)
     out = Path(args.out) if args.out is not None else default_out(ensemble, args.method)
@@ -173,6 +179,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "stop": stop, "recipe": args.recipe,
         **({"data_digest": user.digest, "val_given": user.val is not None} if user is not None else {}),
         **({"streamed": {"workers": dataset.stream.num_workers}} if dataset.stream is not None else {}),
+        **({"calibrate_temperature": calibrate} if calibrate else {}),
         **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
@@ -262,13 +269,25 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
     if excluded:
         info["excluded_members"] = excluded
     doc = build_results(method, outcome.phases, metrics, info=info)
+    calibration = None
+    if ctx.info.get("calibrate_temperature"):
+        from mncompile.runtime.calibration import calibrate
+
+        kept = {m: v for m, v in members.items() if m not in set(excluded)}
+        calibration = calibrate(kept, ctx.dataset, ctx.device, ctx.info["calibrate_temperature"])
+        doc["calibration"] = calibration
     write_results(out, doc)
     write_history(out, outcome.phases)
     # the plan it trained from: the file stores its nets' layers and its digest, not the folder
-    unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded)
+    unsaved = save_ensemble(out / FILE_NAME, ctx.plan, members, models, method, excluded,
+                            temperature=calibration["temperature"] if calibration else None)
     curves = _learning_curves(out, doc, history_rows(outcome.phases))
     print(format_table(doc))
     print(extra_lines(doc))
+    if calibration is not None:
+        from mncompile.runtime.calibration import describe
+
+        print(describe(calibration))
     wrote = f"{out / 'results.json'}, {out / 'history.csv'}" + (f", {curves}" if curves else "")
     if unsaved is None:
         print(f"wrote {wrote} and {out / FILE_NAME} (mncompile.runtime.load_ensemble reads it)")
