@@ -64,6 +64,9 @@ class TrainedEnsemble:
         #: the temperature fitted on the validation split (--calibrate-temperature): one for every
         #: member, or one per member; None: 1, the logits as trained
         self.temperature = dict(temperature) if isinstance(temperature, Mapping) else temperature
+        #: the per-example input shape and class count (set by `load_ensemble`; () and 0 when unknown)
+        self.input_shape: tuple[int, ...] = ()
+        self.classes = 0
         if not self.members:
             raise ValueError("an ensemble needs at least one member")
         covered = set(self.separate) | {m for s in self.shared for m in s.MEMBERS}
@@ -297,6 +300,8 @@ class _Stored:
     separate: dict[str, tuple[str, dict[str, torch.Tensor]]]
     shared: dict[str, tuple[SharedDescription, dict[str, torch.Tensor]]]
     temperature: float | dict[str, float] | None = None
+    input: tuple[int, ...] = ()
+    classes: int = 0
 
 
 def _check_state(state: Any, expected: Mapping[str, tuple[int, ...]], what: str,
@@ -420,7 +425,8 @@ def _read_payload(payload: dict[str, Any], where: str) -> _Stored:
     if missing:
         raise fail(f"no stored module computes member '{missing[0]}'")
     return _Stored(payload["ensemble"], payload["plan_digest"], payload["method"], members, nets,
-                   separate, shared, _read_temperature(payload.get("temperature"), members, fail))
+                   separate, shared, _read_temperature(payload.get("temperature"), members, fail),
+                   tuple(shape), int(classes))
 
 
 def _read_temperature(value: Any, members: Sequence[str],
@@ -536,6 +542,7 @@ def load_ensemble(path: str | os.PathLike[str], folder: str | os.PathLike[str] |
             s.load_state_dict(state)
             shared.append(s)
         ens = TrainedEnsemble(stored.members, separate, shared, stored.method, stored.temperature)
+        ens.input_shape, ens.classes = stored.input, stored.classes
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
         # every value was checked above: this is a last line of defence, not a path we expect
         first = str(err).splitlines()[0] if str(err) else ""
