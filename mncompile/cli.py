@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mncompile import __version__
-from mncompile.commands import bench, check, compile, export, fmt, plan, run
+from mncompile.commands import bench, check, compile, export, fmt, import_, plan, run
 from mncompile.diagnostics import MNError
 
 #: every subcommand, in the order `--help` lists them
-COMMANDS: tuple[ModuleType, ...] = (compile, check, fmt, plan, run, bench, export)
+COMMANDS: tuple[ModuleType, ...] = (compile, check, fmt, plan, import_, run, bench, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

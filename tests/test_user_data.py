@@ -187,7 +187,7 @@ def test_bad_user_data_is_a_clear_error_before_anything_trains(spec: Path, train
 
 @pytest.mark.parametrize("data, message", [
     ("data.py:boom", "boom() raised ValueError: no data today"),
-    ("data.py:nope", "data.py has no function 'nope'"),
+    ("data.py:nope", "data.py has no 'nope'"),
     ("missing.py:make", "missing.py is not a file"),
     ("data.py:not_pairs", "item 0 is an int, not an (x, y) pair"),
     ("data.py:two", "two() returned a tuple of 2, not (train, val, test)"),

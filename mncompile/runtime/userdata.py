@@ -15,13 +15,9 @@ one file mncompile ever executes, and only when the user names it.
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +34,9 @@ SPLITS = ("train", "val", "test")
 
 def is_function_data(name: str) -> bool:
     """Whether a --data value names a Python function: FILE.py:FUNCTION."""
-    path, sep, func = name.rpartition(":")
-    return bool(sep) and path.endswith(".py") and bool(func)
+    from mncompile.userfile import is_file_name
+
+    return is_file_name(name)
 
 
 #: the training examples read into memory from a streamed split: the hatching checks' inputs
@@ -325,46 +322,16 @@ def _typed(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.nda
     return x.astype(np.float32, copy=False), y
 
 
-def _with_detail(error: MNError, detail: BaseException) -> MNError:
-    error.detail = detail
-    return error
-
-
 def read_function(name: str) -> UserData:
     """`--data FILE.py:FUNCTION`: import FILE.py, call FUNCTION(), read the (train, val, test) it returns."""
-    path_text, _, func = name.rpartition(":")
-    path = Path(path_text)
+    from mncompile.userfile import call, load_name
+
     hint = "give --data FILE.py:FUNCTION, FUNCTION() returning (train, val, test); val may be None"
-    if not path.is_file():
-        raise MNError(f"--data {name}: {path} is not a file" + (" (it is a folder)" if path.is_dir() else ""),
-                      hint=hint)
-    if not func.isidentifier():
-        raise MNError(f"--data {name}: '{func}' is not a Python name", hint=hint)
-    module_name = f"_mncompile_user_data_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise MNError(f"--data {name}: cannot import {path}", hint=hint)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        sys.modules.pop(module_name, None)
-        error = MNError(f"--data {name}: importing {path} raised {type(err).__name__}: {err}",
-                        hint="fix the file (mncompile --debug ... shows the traceback)")
-        raise _with_detail(error, err) from err
-    fn = getattr(module, func, None)
+    fn = load_name(name, "--data", hint)
+    func = name.rpartition(":")[2]
     if not callable(fn):
-        names = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_")
-                       and v.__module__ == module_name)
-        raise MNError(f"--data {name}: {path} has no function '{func}'",
-                      hint="its functions: " + (", ".join(names) or "none"))
-    try:
-        value = fn()
-    except Exception as err:
-        error = MNError(f"--data {name}: {func}() raised {type(err).__name__}: {err}",
-                        hint="fix the function (mncompile --debug ... shows the traceback)")
-        raise _with_detail(error, err) from err
+        raise MNError(f"--data {name}: '{func}' is a {type(fn).__name__}, not a function", hint=hint)
+    value = call(fn, name, "--data")
     if not isinstance(value, (tuple, list)) or len(value) != 3:
         got = (f"{_a(type(value).__name__)} of {len(value)}" if isinstance(value, (tuple, list))
                else _a(type(value).__name__))
