@@ -246,3 +246,14 @@ def test_a_one_member_ensemble_benches_without_covariance(tmp_path: Path,
     assert cli_main(["bench", str(spec), *TINY, "--seeds", "2", "--methods", "full-data", "--out", "o"]) == 0
     md = (tmp_path / "o" / "frontier.md").read_text()
     assert "None" not in md and (tmp_path / "o" / "diversity.png").is_file()
+
+
+def test_bench_passes_only_the_options_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Each run applies the recipe for its own method: a method without hatched members is not handed
+    the hatched members' options the recipe filled in (which it would name as unused)."""
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path)
+    assert cli_main(["bench", str(spec), *TINY, "--seeds", "1", "--methods", "snapshot", "--out", "o"]) == 0
+    assert "not used" not in capsys.readouterr().err
+    assert "not used" not in (tmp_path / "o" / "runs" / "snapshot" / "seed0" / "log.txt").read_text()

@@ -262,10 +262,12 @@ def run(args: argparse.Namespace) -> int:
     common = ["--data", data, "--epochs-scale", str(args.epochs_scale), "--device", args.device,
               "--data-seed", str(args.data_seed), "--val-fraction", str(args.val_fraction)]
     for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size),
-                        ("--test-size", args.test_size), ("--stop", args.stop), ("--recipe", given_recipe),
-                        ("--hatched-stop", args.hatched_stop), ("--hatched-patience", args.hatched_patience),
-                        ("--batch-order", args.batch_order), ("--noise-mode", args.noise_mode),
+                        ("--test-size", args.test_size), ("--stop", given.stop), ("--recipe", given_recipe),
+                        ("--hatched-stop", given.hatched_stop),
+                        ("--hatched-patience", given.hatched_patience),
+                        ("--batch-order", given.batch_order), ("--noise-mode", given.noise_mode),
                         ("--hatched-lr-factor", given.hatched_lr_factor)):
+        # only the options given: each run applies the recipe itself, for its own method
         if value is not None:
             common += [flag, str(value)]
     engine = _engine_argv(args)
