@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="k-means restarts per class (default 8)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_max_params(p)
+    from mncompile.budget import add_budget_arguments
+
+    add_budget_arguments(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where --budget's probe runs (default auto)")
 
 
 def _whole(option: str, value: str, lowest: int, hint: str, spec: str) -> int:
@@ -56,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     planner = Planner(e, seed=seed, restarts=restarts)
     lo, hi = planner.g_range.start, planner.g_range.stop - 1
     valid = f"use a whole number from {lo} to {hi}, or 'sweep'"
+    if args.budget is not None:
+        from mncompile.budget import choose_g
+
+        choose_g(e, args.budget, rate=args.rate, steps=args.probe, runs=args.runs,
+                 train_size=args.budget_train_size, device=args.device)
+        return 0
     if args.clusters == "sweep":
         return _sweep(args, planner)
     clusters = None

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --seed is the training seed here, as in train.py; the clustering seed is --cluster-seed
     add_compile_arguments(p.add_argument_group("compile"), seed_flag="--cluster-seed")
     add_run_arguments(p)
+    from mncompile.budget import add_budget_arguments
+
+    add_budget_arguments(p.add_argument_group("budget (pick g)"))
 
 
 _PARSER = argparse.ArgumentParser(add_help=False)
@@ -49,6 +52,21 @@ def command_line(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _trained_on(train_size: int | None, val_fraction: float | None) -> int | None:
+    """The examples an epoch trains on with --train-size N: N less the validation split."""
+    if train_size is None:
+        return None
+    return train_size - int(train_size * float(val_fraction or 0.0) + 0.5)
+
+
+def _without_budget(args: argparse.Namespace) -> argparse.Namespace:
+    import copy
+
+    fixed = copy.copy(args)
+    fixed.budget = None
+    return fixed
+
+
 def run(args: argparse.Namespace) -> int:
     import copy
 
@@ -67,12 +85,24 @@ def run(args: argparse.Namespace) -> int:
             check_calibration(resolved)
     except MNError as err:
         raise err.with_source("mncompile run", "") from None
+    if args.budget is not None:
+        if args.clusters is not None:
+            raise MNError("--budget picks g: give it or --clusters, not both")
+        from mncompile.budget import choose_g
+
+        args.clusters, args.budget_record = choose_g(
+            e, args.budget, rate=args.rate, steps=args.probe, runs=args.runs,
+            train_size=args.budget_train_size or _trained_on(args.train_size, resolved.val_fraction),
+            device=args.device, epochs_scale=args.epochs_scale,
+            data=args.data)
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,
                          args.max_params)
     print(f"wrote {dest}; training with method {args.method}", flush=True)
     defaults = {"ensemble": e.name, "data": e.data, "train": e.config.model_dump()}
     # a resume recompiles too: the same spec and options give the same folder
-    hint = resume_command(command_line(args), "mncompile")
+    # the g a budget picked stays the run's g on resume (a new probe might pick another)
+    hint = resume_command(command_line(copy.copy(args) if args.budget is None else
+                                       _without_budget(args)), "mncompile")
     from mncompile.runtime.pipeline import run_guarded
 
     try:

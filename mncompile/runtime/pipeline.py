@@ -180,6 +180,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         **({"data_digest": user.digest, "val_given": user.val is not None} if user is not None else {}),
         **({"streamed": {"workers": dataset.stream.num_workers}} if dataset.stream is not None else {}),
         **({"calibrate_temperature": calibrate} if calibrate else {}),
+        **({"budget": args.budget_record} if getattr(args, "budget_record", None) else {}),
         **({"hatched_stop": hatched_stop} if hatched_stop != stop else {}),
         **({"hatched_patience": ctx.hatched_settings.patience}
            if ctx.hatched_settings.patience != ctx.mother_settings.patience else {}),
@@ -288,6 +289,12 @@ def _train_and_evaluate(ctx: RunContext, models: Any, methods: Mapping[str, Meth
         from mncompile.runtime.calibration import describe
 
         print(describe(calibration))
+    budget = info.get("budget")
+    if budget:
+        actual = float(doc["total_seconds"])
+        print(f"budget: estimated {budget['estimate_seconds']:.1f}s for g = {budget['g']}, trained in "
+              f"{actual:.1f}s ({actual / budget['estimate_seconds']:.2f}x the estimate; budget "
+              f"{budget['budget_seconds']:.0f}s)")
     wrote = f"{out / 'results.json'}, {out / 'history.csv'}" + (f", {curves}" if curves else "")
     if unsaved is None:
         print(f"wrote {wrote} and {out / FILE_NAME} (mncompile.runtime.load_ensemble reads it)")
