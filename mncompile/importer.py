@@ -91,7 +91,6 @@ def import_module(module: Any, name: str, input_shape: tuple[int, ...] | None) -
 def _layers(gm: Any) -> list[Layer]:
     import torch
     import torch.nn.functional as F
-    from torch import nn
 
     modules = dict(gm.named_modules())
     out: list[Layer] = []
@@ -128,7 +127,6 @@ def _layers(gm: Any) -> list[Layer]:
         else:
             kind = "other"
         out.append(Layer(kind, node, f"{name} ({node.name})"))
-    del nn
     return out
 
 
@@ -345,71 +343,75 @@ def _plain(layers: list[Layer], shape: tuple[int, ...] | None) -> Parsed:
     return "plain", body, notes, classes, inp
 
 
-def _ancestors(node: Any, memo: dict[Any, frozenset[Any]]) -> frozenset[Any]:
-    stack, order = [node], []
-    while stack:  # iterative: deep nets nest thousands of nodes
-        n = stack.pop()
-        if n in memo:
-            continue
-        pending = [p for p in n.all_input_nodes if p not in memo]
-        if pending:
-            stack.append(n)
-            stack.extend(pending)
-            continue
-        acc: set[Any] = set()
-        for p in n.all_input_nodes:
-            acc |= memo[p] | {p}
-        memo[n] = frozenset(acc)
-        order.append(n)
-    return memo[node]
+class _Graph:
+    """The traced layers as a graph, for the readers of merges (a residual add, a dense cat)."""
 
+    def __init__(self, layers: list[Layer]) -> None:
+        self.features, self.head = _split_head(layers)
+        self.by_node = {la.node: la for la in layers}
+        # graph nodes that are no layer (placeholders) come first
+        self.index = {n: -1 for n in layers[0].node.graph.nodes} | {la.node: i for i, la in enumerate(layers)}
+        self.convs = [la for la in self.features if la.kind == "conv"]
+        self._memo: dict[Any, frozenset[Any]] = {}
 
-def _branches(node: Any, memo: dict[Any, frozenset[Any]],
-              index: dict[Any, int]) -> tuple[Any, list[frozenset[Any]]]:
-    """The fork of a merge node (add, cat) and, per input, the nodes from the fork to it."""
-    inputs = list(node.all_input_nodes)
-    sets = [_ancestors(i, memo) | {i} for i in inputs]
-    common = frozenset.intersection(*sets)
-    fork = max(common, key=lambda n: index[n])
-    before = _ancestors(fork, memo) | {fork}
-    return fork, [s - before for s in sets]
+    def ancestors(self, node: Any) -> frozenset[Any]:
+        memo = self._memo
+        stack = [node]
+        while stack:  # iterative: deep nets nest thousands of nodes
+            n = stack.pop()
+            if n in memo:
+                continue
+            pending = [p for p in n.all_input_nodes if p not in memo]
+            if pending:
+                stack.append(n)
+                stack.extend(pending)
+                continue
+            acc: set[Any] = set()
+            for p in n.all_input_nodes:
+                acc |= memo[p] | {p}
+            memo[n] = frozenset(acc)
+        return memo[node]
+
+    def branches(self, node: Any) -> tuple[Any, list[frozenset[Any]]]:
+        """The fork of a merge node and, per input, the nodes from the fork to it."""
+        sets = [self.ancestors(i) | {i} for i in node.all_input_nodes]
+        fork = max(frozenset.intersection(*sets), key=lambda n: self.index[n])
+        before = self.ancestors(fork) | {fork}
+        return fork, [s - before for s in sets]
+
+    def convs_in(self, nodes: frozenset[Any]) -> list[Layer]:
+        """The convolutions among `nodes`, in forward order."""
+        convs = [self.by_node[n] for n in nodes if n in self.by_node and self.by_node[n].kind == "conv"]
+        return sorted(convs, key=lambda la: self.index[la.node])
 
 
 def _residual(layers: list[Layer], shape: tuple[int, ...] | None) -> Parsed:
     notes: list[str] = []
-    features, head = _split_head(layers)
-    by_node = {la.node: la for la in layers}
-    index = {la.node: i for i, la in enumerate(layers)}
-    for n in features[0].node.graph.nodes:
-        index.setdefault(n, -1)
-    memo: dict[Any, frozenset[Any]] = {}
+    graph = _Graph(layers)
+    features, head, by_node, convs = graph.features, graph.head, graph.by_node, graph.convs
     adds = [la for la in features if la.kind == "add"]
-    convs = [la for la in features if la.kind == "conv"]
     inp = _input(shape, convs[0], None)
     units: list[dict[str, Any]] = []
     in_units: set[Any] = set()
     for la in adds:
         if len(la.node.all_input_nodes) != 2:
             raise _unsupported(la, "a residual unit adds two branches")
-        fork, (a, b) = _branches(la.node, memo, index)
-        main, short = (a, b) if sum(by_node.get(n, Layer("", n, "")).kind == "conv" for n in a) >= \
-            sum(by_node.get(n, Layer("", n, "")).kind == "conv" for n in b) else (b, a)
-        main_convs = sorted((by_node[n] for n in main if n in by_node and by_node[n].kind == "conv"),
-                            key=lambda x: index[x.node])
+        fork, (a, b) = graph.branches(la.node)
+        main, short = (a, b) if len(graph.convs_in(a)) >= len(graph.convs_in(b)) else (b, a)
+        main_convs = graph.convs_in(main)
         short_layers = [by_node[n] for n in short if n in by_node and by_node[n].kind != "identity"]
-        short_convs = [x for x in short_layers if x.kind == "conv"]
         if len(main_convs) != 2:
             raise _unsupported(main_convs[0] if main_convs else la,
                                "a basic unit has two convolutions on its main path, this one "
                                f"{len(main_convs)}"
                                + (" (a bottleneck unit?)" if len(main_convs) == 3 else ""))
-        kind = "identity" if not short_layers else "projection" if short_convs else "free"
-        units.append({"convs": main_convs, "shortcut": kind, "short": short_convs, "add": la,
-                      "fork": fork, "width": main_convs[1].info["cout"],
-                      "stride": main_convs[0].info["stride"]})
+        kind = ("identity" if not short_layers else
+                "projection" if any(x.kind == "conv" for x in short_layers) else "free")
+        units.append({"convs": main_convs, "shortcut": kind, "fork": fork,
+                      "width": main_convs[1].info["cout"], "stride": main_convs[0].info["stride"]})
         in_units |= main | short | {la.node}
     first_fork = units[0]["fork"]
-    stem = [la for la in convs if la.node in _ancestors(first_fork, memo) | {first_fork}]
+    stem = [la for la in convs if la.node in graph.ancestors(first_fork) | {first_fork}]
     if not stem:
         raise MNError("the residual net has no convolution before its first unit (its stem)",
                       hint=FAMILY_HINT)
@@ -467,13 +469,8 @@ def _residual(layers: list[Layer], shape: tuple[int, ...] | None) -> Parsed:
 
 def _dense(layers: list[Layer], shape: tuple[int, ...] | None) -> Parsed:
     notes: list[str] = []
-    features, head = _split_head(layers)
-    by_node = {la.node: la for la in layers}
-    index = {la.node: i for i, la in enumerate(layers)}
-    for n in features[0].node.graph.nodes:
-        index.setdefault(n, -1)
-    memo: dict[Any, frozenset[Any]] = {}
-    convs = [la for la in features if la.kind == "conv"]
+    graph = _Graph(layers)
+    features, head, by_node, convs = graph.features, graph.head, graph.by_node, graph.convs
     inp = _input(shape, convs[0], None)
     in_layers: set[Any] = set()
     cat_of: dict[Any, tuple[int, int]] = {}
@@ -482,10 +479,8 @@ def _dense(layers: list[Layer], shape: tuple[int, ...] | None) -> Parsed:
             continue
         if len(la.node.all_input_nodes) < 2:
             raise _unsupported(la, "a dense layer concatenates its input and its new features")
-        _, branches = _branches(la.node, memo, index)
-        new = [sorted((by_node[n] for n in b if n in by_node and by_node[n].kind == "conv"),
-                      key=lambda x: index[x.node]) for b in branches]
-        new = [c for c in new if c]
+        _, branches = graph.branches(la.node)
+        new = [c for c in (graph.convs_in(b) for b in branches) if c]
         if len(new) != 1:
             raise _unsupported(la, "a dense layer concatenates one new branch to its input")
         branch = new[0]
