@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import copy
 
     from mncompile.runtime.options import apply_recipe, check_calibration, stop_rule
-    from mncompile.runtime.userdata import is_function_data
+    from mncompile.userfile import is_file_name
 
     e = load(args.spec, max_params=args.max_params)
     try:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         apply_recipe(resolved)
         stop_rule(resolved)
         stop_rule(resolved, hatched=True)
-        if not is_function_data(resolved.data or ""):  # a data function may bring a split of its own
+        if not is_file_name(resolved.data or ""):  # a data function may bring a split of its own
             check_calibration(resolved)
     except MNError as err:
         raise err.with_source("mncompile run", "") from None

@@ -209,6 +209,15 @@ def _standardise(x_train: np.ndarray, *others: np.ndarray, axes: tuple[int, ...]
     return tuple((x - mean) / std for x in (x_train, *others))
 
 
+def split_rng(fraction: float, seed: int) -> np.random.Generator:
+    """The validation split's generator, of `seed` alone; MNError when `fraction` is outside
+    (0, MAX_VAL_FRACTION]."""
+    if not (0 < fraction <= MAX_VAL_FRACTION) or not math.isfinite(fraction):
+        raise MNError(f"--val-fraction must be above 0 and at most {MAX_VAL_FRACTION}, got {fraction}",
+                      hint="0 (no split, the paper's setting) is given as --val-fraction 0")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5A11D])))
+
+
 def validation_split(y: np.ndarray, fraction: float, seed: int, classes: int,
                      name: str = "the data") -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) of a seeded, stratified split holding out `fraction` of each class.
@@ -223,10 +232,7 @@ def validation_split(y: np.ndarray, fraction: float, seed: int, classes: int,
     >>> len(tr), len(va), sorted(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[va].tolist())
     (7, 3, [0, 1, 1])
     """
-    if not (0 < fraction <= MAX_VAL_FRACTION) or not math.isfinite(fraction):
-        raise MNError(f"--val-fraction must be above 0 and at most {MAX_VAL_FRACTION}, got {fraction}",
-                      hint="0 (no split, the paper's setting) is given as --val-fraction 0")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5A11D])))
+    rng = split_rng(fraction, seed)
     val: list[np.ndarray] = []
     for c in range(classes):
         idx = np.flatnonzero(y == c)
@@ -625,23 +631,26 @@ def load_dataset(
         xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
     if standardise is not None:
         xtr, xva, xte = _standardise(xtr, xva, xte, axes=standardise)
+    return from_arrays(name, input_shape, classes, (xtr, ytr), (xva, yva), (xte, yte), augment=augment,
+                       image_shape=image_shape)
+
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def from_arrays(name: str, input_shape: tuple[int, ...], classes: int, train: Pair, val: Pair, test: Pair,
+                **kwargs: Any) -> Dataset:
+    """A Dataset of (x, y) array pairs, inputs reshaped to `input_shape` (`_fit`), as float32 and
+    int64 tensors; `kwargs` are Dataset's other fields."""
+    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
     xtr, xva, xte = (_fit(name, x, input_shape) for x in (xtr, xva, xte))
 
     def tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
-    return Dataset(
-        name=name,
-        x_train=tensor(xtr, torch.float32),
-        y_train=tensor(ytr, torch.int64),
-        x_test=tensor(xte, torch.float32),
-        y_test=tensor(yte, torch.int64),
-        classes=classes,
-        augment=augment,
-        image_shape=image_shape,
-        x_val=tensor(xva, torch.float32),
-        y_val=tensor(yva, torch.int64),
-    )
+    return Dataset(name=name, x_train=tensor(xtr, torch.float32), y_train=tensor(ytr, torch.int64),
+                   x_test=tensor(xte, torch.float32), y_test=tensor(yte, torch.int64), classes=classes,
+                   x_val=tensor(xva, torch.float32), y_val=tensor(yva, torch.int64), **kwargs)
 
 
 def augment_batch(

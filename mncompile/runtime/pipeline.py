@@ -135,7 +135,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     from mncompile.runtime.jobs import TrainSettings
     from mncompile.runtime.progress import Progress
     from mncompile.runtime.train import resolve_device
-    from mncompile.runtime.userdata import is_function_data, read_function
+    from mncompile.runtime.userdata import read_function
+    from mncompile.userfile import is_file_name
 
     device = resolve_device(args.device)
     val_fraction = float(getattr(args, "val_fraction", 0.0) or 0.0)
@@ -143,7 +144,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     stop_rule(args, hatched=True)
     order = getattr(args, "batch_order", None) or "shared"
     calibrate = check_calibration(args, user is not None and user.val is not None)
-    if user is None and is_function_data(data_name):
+    if user is None and is_file_name(data_name):
         user = read_function(data_name)
     if user is not None and user.streamed:
         _check_streaming(user, args, config, order)

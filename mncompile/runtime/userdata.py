@@ -24,19 +24,18 @@ import numpy as np
 import torch
 
 from mncompile.diagnostics import MNError
-from mncompile.formats.settings import MAX_VAL_FRACTION
-from mncompile.runtime.data import Dataset, Stream, _arrays_digest, _fit, check_split, validation_split
+from mncompile.runtime.data import (
+    Dataset,
+    Stream,
+    _arrays_digest,
+    check_split,
+    from_arrays,
+    split_rng,
+    validation_split,
+)
 
 #: the most examples read from one split (an IterableDataset may never end)
 MAX_ITEMS = 1_000_000
-SPLITS = ("train", "val", "test")
-
-
-def is_function_data(name: str) -> bool:
-    """Whether a --data value names a Python function: FILE.py:FUNCTION."""
-    from mncompile.userfile import is_file_name
-
-    return is_file_name(name)
 
 
 #: the training examples read into memory from a streamed split: the hatching checks' inputs
@@ -125,25 +124,16 @@ class UserData:
                 xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[held], ytr[held]
             else:
                 xva, yva = xtr[:0], ytr[:0]
-        xtr, xva, xte = (_fit(self.label, x, shape) for x in (xtr, xva, xte))
-
-        def tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
-
-        return Dataset(name=self.label, x_train=tensor(xtr, torch.float32), y_train=tensor(ytr, torch.int64),
-                       x_test=tensor(xte, torch.float32), y_test=tensor(yte, torch.int64), classes=classes,
-                       x_val=tensor(xva, torch.float32), y_val=tensor(yva, torch.int64), stream=stream)
+        return from_arrays(self.label, shape, classes, (xtr, ytr), (xva, yva), (xte, yte), stream=stream)
 
 
 def _random_split(n: int, fraction: float, seed: int, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices: a seeded random `fraction` of range(n) held out, both sorted."""
-    if not (0 < fraction <= MAX_VAL_FRACTION):
-        raise MNError(f"--val-fraction must be above 0 and at most {MAX_VAL_FRACTION}, got {fraction}")
+    rng = split_rng(fraction, seed)
     k = int(math.floor(fraction * n + 0.5))
     if n - k < 2:
         raise MNError(f"--val-fraction {fraction} leaves {label} with {n - k} training examples",
                       hint="use a smaller --val-fraction or more training examples")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5A11D])))
     held = np.sort(rng.permutation(n)[:k])
     return np.setdiff1d(np.arange(n), held, assume_unique=True), held
 
