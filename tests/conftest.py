@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,11 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def spec_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, name: str = "spec.mnet") -> Path:
+    """`text` written as `tmp_path/name`, with the working folder moved there (runs write beside it)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path

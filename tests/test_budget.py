@@ -11,6 +11,7 @@ from mncompile.api import loads
 from mncompile.budget import Earlier, estimate, parse_budget
 from mncompile.cli import main as cli_main
 from mncompile.diagnostics import MNError
+from tests.conftest import spec_in
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,10 +64,7 @@ def test_the_estimate_adds_epochs_times_step_times_per_phase() -> None:
 
 @pytest.fixture
 def spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "bt.mnet"
-    path.write_text(SPEC)
-    return path
+    return spec_in(tmp_path, monkeypatch, SPEC, "bt.mnet")
 
 
 def test_plan_budget_prints_every_g_and_picks_the_largest_that_fits(

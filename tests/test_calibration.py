@@ -16,6 +16,7 @@ from mncompile.runtime.calibration import fit_temperature, tempered_probs
 from mncompile.runtime.checkpoint import digest
 from mncompile.runtime.ensemble import load_ensemble
 from mncompile.runtime.metrics import ece, nll
+from tests.conftest import spec_in
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,10 +54,7 @@ def test_the_fitted_temperature_never_raises_the_nll_it_minimises(seed: int, k: 
 
 @pytest.fixture
 def spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "p1.mnet"
-    path.write_text(SPEC)
-    return path
+    return spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
 
 
 @pytest.mark.parametrize("mode", ["ensemble", "member"])

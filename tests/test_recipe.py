@@ -21,6 +21,7 @@ from mncompile.runtime.progress import Progress
 from mncompile.runtime.results import PhaseRecord
 from mncompile.runtime.shared import build_shared
 from mncompile.runtime.train import fit
+from tests.conftest import spec_in
 from tests.test_shared import CASES, _build, clusters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,9 +84,7 @@ def test_a_member_that_diverged_is_left_out_and_named(tmp_path: Path, monkeypatc
         return outcome
 
     monkeypatch.setitem(METHODS, "mothernets", MethodSpec("mothernets", blows_up_a, "test"))
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -107,9 +106,7 @@ def test_the_bench_s_diversity_leaves_a_diverged_member_out(tmp_path: Path,
         return outcome
 
     monkeypatch.setitem(METHODS, "mothernets", MethodSpec("mothernets", blows_up_a, "test"))
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     bench = ["bench", str(spec), *RUN[:6], "--seeds", "1", "--methods", "mothernets", "-g", "1",
              "--epochs-scale", "0.5", "--out", "o"]
     assert cli_main(bench) == 0
@@ -121,9 +118,7 @@ def test_the_bench_s_diversity_leaves_a_diverged_member_out(tmp_path: Path,
 def test_every_member_blowing_up_is_an_error_and_writes_nothing(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     rc = cli_main(["run", str(spec), *RUN, "--hatched-lr", "1000", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2
@@ -133,9 +128,7 @@ def test_every_member_blowing_up_is_an_error_and_writes_nothing(tmp_path: Path,
 
 def test_a_mothernet_that_blows_up_stops_the_run_and_names_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     rc = cli_main(["run", str(spec), *RUN, "--max-epochs", "6", "--lr", "40", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2
@@ -246,9 +239,7 @@ def test_a_batch_order_per_member_is_its_own_and_sequential_training_still_match
 
 def test_hatched_stopping_on_validation_needs_a_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     rc = cli_main(["run", str(spec), *RUN, "--val-fraction", "0", "--hatched-stop", "val-loss",
                    "--out", str(tmp_path / "out")])
     assert rc == 2
@@ -264,9 +255,7 @@ def test_hatched_stopping_on_validation_needs_a_split(tmp_path: Path, monkeypatc
 
 def test_a_treenet_that_diverges_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     rc = cli_main(["run", str(spec), *RUN, "--max-epochs", "6", "--method", "treenet", "--shared-layers", "1",
                    "--lr", "1000", "--out", str(tmp_path / "out")])
     assert rc == 2
@@ -317,9 +306,7 @@ def test_the_hatched_lr_is_twice_the_lr_by_default_and_the_spec_s_with_the_paper
 def test_a_bad_hatched_lr_factor_is_refused_before_anything_trains(
         bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     with pytest.raises(SystemExit) as exit_:
         cli_main(["run", str(spec), *RUN, "--hatched-lr-factor", bad, "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
@@ -329,9 +316,7 @@ def test_a_bad_hatched_lr_factor_is_refused_before_anything_trains(
 
 def test_a_run_records_the_factor_and_the_hatched_lr_it_trained_at(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "p1.mnet"
-    spec.write_text(SPEC)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
     assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "out")]) == 0
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     lr = doc["info"]["config"]["lr"]

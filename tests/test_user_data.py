@@ -17,6 +17,7 @@ import mncompile
 from mncompile.cli import main as cli_main
 from mncompile.diagnostics import MNError
 from mncompile.runtime.methods import METHODS
+from tests.conftest import spec_in
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,11 +93,8 @@ class Pairs(Dataset):
 
 @pytest.fixture
 def spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "data.py").write_text(DATA_PY)
-    path = tmp_path / "p1.mnet"
-    path.write_text(SPEC)
-    return path
+    return spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
 
 
 def test_the_api_trains_on_tensors_and_predicts(spec: Path) -> None:
