@@ -33,6 +33,7 @@ from typing import Any
 
 from mncompile.diagnostics import MNError
 from mncompile.ir import Ensemble
+from mncompile.table import duration
 
 #: training examples of the built-in datasets' default splits, before the validation split
 DEFAULT_TRAIN = {"mnist1d": 4000, "digits": 1437, "cifar10": 50000, "cifar100": 50000, "svhn": 73257,
@@ -71,7 +72,7 @@ class Earlier:
         return statistics.mean(xs) if xs else None
 
     def hatched_epochs(self, member: str) -> float | None:
-        xs = [d["models"][member]["epochs"] for d in self.runs if d["method"] in ("mothernets",)
+        xs = [d["models"][member]["epochs"] for d in self.runs if d["method"] == "mothernets"
               and member in d["models"] and d["models"][member].get("phase") == "members"]
         return statistics.mean(xs) if xs else None
 
@@ -203,13 +204,6 @@ def add_budget_arguments(p: Any, with_runs: bool = True) -> None:
                    "dataset's default split less a tenth for validation)")
 
 
-def fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
-
-
 def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Sequence[str] | None,
              train_size: int | None, device: str = "auto", epochs_scale: float = 1.0,
              data: str | None = None, log: Any = print) -> tuple[int, dict[str, Any]]:
@@ -238,7 +232,7 @@ def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Se
     planner = Planner(e)
     gs = list(planner.g_range)
     where = f" in {', '.join(map(str, places))}" if earlier.runs else " (none: the spec's caps)"
-    log(f"budget {budget_text} = {fmt_seconds(budget)}; {n} training examples, batch {batch} "
+    log(f"budget {budget_text} = {duration(budget)}; {n} training examples, batch {batch} "
         f"({batches} batches per epoch); probe: {steps} steps per net on {device}, torch at "
         f"{torch.get_num_threads()} thread(s); epochs from {len(earlier.runs)} earlier run(s){where}")
     rows = []
@@ -248,7 +242,7 @@ def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Se
         est = estimate(e, g, times, earlier, batches, epochs_scale)
         estimates[g] = est
         errs = earlier.errors(g)
-        rows.append([g, est.mothers, fmt_seconds(est.seconds), " and ".join(sorted(est.sources)),
+        rows.append([g, est.mothers, duration(est.seconds), " and ".join(sorted(est.sources)),
                      f"{statistics.mean(errs) * 100:.2f} % ({len(errs)})" if errs else "-",
                      "yes" if est.seconds <= budget else "no"])
     from mncompile.table import render
@@ -257,10 +251,10 @@ def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Se
     fitting = [g for g in gs if estimates[g].seconds <= budget]
     if not fitting:
         raise MNError(f"--budget {budget_text}: even g = {gs[0]} needs about "
-                      f"{fmt_seconds(estimates[gs[0]].seconds)}",
-                      hint=f"give a budget of at least {fmt_seconds(estimates[gs[0]].seconds)}")
+                      f"{duration(estimates[gs[0]].seconds)}",
+                      hint=f"give a budget of at least {duration(estimates[gs[0]].seconds)}")
     g = max(fitting)
-    log(f"the largest g expected to fit: g = {g} ({fmt_seconds(estimates[g].seconds)})")
+    log(f"the largest g expected to fit: g = {g} ({duration(estimates[g].seconds)})")
     record = {"budget_seconds": budget, "g": g, "estimate_seconds": estimates[g].seconds,
               "epochs_from": sorted(estimates[g].sources), "earlier_runs": len(earlier.runs),
               "train_examples": n, "probe_steps": steps, "threads": torch.get_num_threads(),

@@ -13,6 +13,18 @@ def human(n: float) -> str:
     return f"{n:.3g}" if isinstance(n, float) and not float(n).is_integer() else str(int(n))
 
 
+def duration(seconds: float) -> str:
+    """'1h05m', '3m07s', '42s'.
+
+    >>> duration(3907), duration(187), duration(42.4)
+    ('1h05m', '3m07s', '42s')
+    """
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def render(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A table with a header rule; columns whose cells are all numbers align right."""
     cells = [[str(c) for c in r] for r in rows]

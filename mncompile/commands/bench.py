@@ -25,6 +25,7 @@ from typing import Any
 
 from mncompile.api import load
 from mncompile.diagnostics import MNError
+from mncompile.table import duration
 from mncompile.validators import number, positive, positive_ints
 
 NAME = "bench"
@@ -89,13 +90,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
     add_engine_arguments(p)
     add_method_arguments(p)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 #: methods whose result depends on the number of MotherNets g: run once per g
@@ -304,8 +298,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{where}: kept (finished before)", flush=True)
             continue
         elapsed = time.perf_counter() - start
-        eta = f", ETA ~{_fmt_time(sum(walls) / len(walls) * (len(plan) - i + 1))}" if walls else ""
-        print(f"{where}: running (elapsed {_fmt_time(elapsed)}{eta})", flush=True)
+        eta = f", ETA ~{duration(sum(walls) / len(walls) * (len(plan) - i + 1))}" if walls else ""
+        print(f"{where}: running (elapsed {duration(elapsed)}{eta})", flush=True)
         argv = [*common, "--method", method, "--seed", str(seed), "--out", str(run_dir)]
         argv += engine
         argv += [] if args.verbose else ["--quiet"]
