@@ -162,9 +162,14 @@ class TrainedRun:
     def ensemble(self) -> Any:
         """The trained ensemble (`mncompile.runtime.TrainedEnsemble`), read from `out/ensemble.pt`."""
         if self._ensemble is None:
-            from mncompile.runtime.ensemble import load_ensemble
+            from mncompile.runtime.ensemble import FILE_NAME, load_ensemble
 
-            self._ensemble = load_ensemble(self.out / "ensemble.pt")
+            if not (self.out / FILE_NAME).is_file():
+                raise MNError(f"the {self.results.get('method')} run in '{self.out}' wrote no {FILE_NAME}, "
+                              "so it cannot predict here",
+                              hint="its output said why (a TreeNet's trunk and branches are not nets of the "
+                              "families); results holds its test metrics")
+            self._ensemble = load_ensemble(self.out / FILE_NAME)
         return self._ensemble
 
     def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:

@@ -123,6 +123,11 @@ def test_a_user_dataset_trains_every_method_through_the_api_and_the_cli(spec: Pa
     options = {"shared_layers": 1} if method == "treenet" else {}
     run = ens.fit(Pairs(120, 0), Pairs(40, 1), method=method, out=f"api-{method}", quiet=True, **options)
     assert run.results["method"] == method and run.results["ensemble"]["test_examples"] == 40
+    if method == "treenet":  # no ensemble.pt: a clear error, not a missing file
+        with pytest.raises(MNError, match="wrote no ensemble.pt"):
+            run.predict_proba(Pairs(4, 2).x)
+    else:
+        assert run.predict_proba(Pairs(4, 2).x).shape == (4, 3)
     rc = cli_main(["run", str(spec), "-g", "1", "--data", "data.py:make", "--method", method, "--quiet",
                    "--out", f"cli-{method}", *extra])
     assert rc == 0
