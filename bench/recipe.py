@@ -1,10 +1,12 @@
 """Which hatched-member recipe diversifies the ensemble? One source of diversity at a time, on validation.
 
-For each spec and seed, trains `--method mothernets` with the spec's settings (`base`), then each
+For each spec and seed, trains `--method mothernets` with the default recipe (`base`: hatched
+members at twice the MotherNet's lr; `spec` is the spec's hatched_lr), then each
 variant from the same trained MotherNet (its checkpoint copied, the run resumed: the MotherNet
 phase is bit-identical, only the hatched members' training differs). The variants change one
 thing each: the batch order, the hatched learning rate (0.05 is the MotherNet's lr: a warm
-restart to it, then cosine decay), the noise's scale and mode, the hatched stopping rule.
+restart to it, then cosine decay) or its factor to the MotherNet's, the noise's scale and mode,
+a bootstrap sample per member (bagging's), the hatched stopping rule.
 
 Everything is judged on the **validation split** of development data (MNIST-1D with
 --data-seed 1, never the data-seed 0 sets that the README reports): the ensemble's validation
@@ -42,6 +44,11 @@ VARIANTS: dict[str, list[str]] = {
     "symmetric05": ["--noise-mode", "symmetric", "--noise", "0.05"],
     "valstop": ["--hatched-stop", "val-loss", "--hatched-patience", "3"],
     "order+lr05": ["--batch-order", "member", "--hatched-lr", "0.05"],
+    "spec": ["--hatched-lr-factor", "spec"],
+    "factor3": ["--hatched-lr-factor", "3"],
+    "factor4": ["--hatched-lr-factor", "4"],
+    "bootstrap": ["--batch-order", "bootstrap"],
+    "valstop5": ["--hatched-stop", "val-loss", "--hatched-patience", "5"],
 }
 METHOD = "mothernets"
 

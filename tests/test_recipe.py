@@ -253,6 +253,38 @@ def test_hatched_stopping_on_validation_needs_a_split(tmp_path: Path, monkeypatc
     assert doc["info"]["hatched_patience"] == 2
 
 
+def test_a_bootstrap_batch_order_fine_tunes_each_hatched_member_on_its_own_sample(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mncompile.runtime.train as train_module
+    from mncompile.runtime.methods.bagging import bootstrap_indices
+
+    seen: dict[str, tuple[str, torch.Tensor]] = {}
+    real_fit = train_module.fit
+
+    def spy(jobs: list[Job], data: object, **kw: object) -> dict[str, ModelResult]:
+        for j in jobs:
+            seen[j.name] = (str(kw["phase"]), data.y_train.clone())  # type: ignore[attr-defined]
+        return real_fit(jobs, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "fit", spy)
+    spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")
+    assert cli_main(["run", str(spec), *RUN, "-g", "1", "--batch-order", "bootstrap", "--seed", "3",
+                     "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["info"]["batch_order"] == "bootstrap"
+    ds = load_dataset("synthetic", (1, 16), 3, seed=0, train_size=96, test_size=24, val_fraction=0.1)
+    n = ds.train_size
+    assert seen["mothernet1"][1].tolist() == ds.y_train.tolist()  # the MotherNet trains on all of it
+    for m in ("a", "b", "c"):
+        phase, y = seen[m]
+        assert phase == f"members {m}"  # each member alone: its data is its own
+        assert y.tolist() == ds.y_train[bootstrap_indices(3, m, n)].tolist()
+    assert seen["a"][1].tolist() != seen["b"][1].tolist()
+    # and the finished run resumes as it was trained
+    assert cli_main(["run", str(spec), *RUN, "-g", "1", "--batch-order", "bootstrap", "--seed", "3",
+                     "--out", str(tmp_path / "out"), "--resume"]) == 0
+
+
 def test_a_treenet_that_diverges_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     spec = spec_in(tmp_path, monkeypatch, SPEC, "p1.mnet")

@@ -29,8 +29,10 @@ STATUSES = ("training", "converged", "max_epochs", "diverged")
 #: the validation split (`--val-fraction`)
 STOP_RULES = ("train-acc", "val-loss")
 #: where a model's mini-batches come from in a lockstep phase: the phase's one shared stream
-#: (the paper's scan: every model sees the same batches), or a permutation of its own per epoch
-BATCH_ORDERS = ("shared", "member")
+#: (the paper's scan: every model sees the same batches), a permutation of its own per epoch,
+#: or (hatched members only) a bootstrap sample of its own, as bagging draws one: each member
+#: then trains on its own data, one at a time
+BATCH_ORDERS = ("shared", "member", "bootstrap")
 
 #: the loss-explosion guard (`blown_up`): an epoch whose training loss is above both
 #: BLOWUP_RATIO x the best loss before it and BLOWUP_FLOOR counts as blown up, and

@@ -257,7 +257,8 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    help="patience of hatched members (default: patience; scaled by --epochs-scale)")
     g.add_argument("--batch-order", choices=BATCH_ORDERS, default=None,
                    help="hatched members' mini-batches: shared (one stream for all, the paper's scan; "
-                   "default) or member (a permutation of each member's own every epoch)")
+                   "default), member (a permutation of each member's own every epoch) or bootstrap (each "
+                   "member its own bootstrap sample of the training set, as bagging draws it)")
     g.add_argument("--calibrate-temperature", nargs="?", const="ensemble", choices=("ensemble", "member"),
                    default=None, metavar="ensemble|member",
                    help="after training, fit a temperature on the validation split (LBFGS on the NLL): one "

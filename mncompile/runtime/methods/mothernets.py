@@ -52,6 +52,17 @@ def first_phase(ctx: RunContext) -> tuple[Phase, dict[str, nn.Module], dict[str,
     return Phase("mothernets", jobs), first, mother_of
 
 
+def hatched_job(ctx: RunContext, name: str, model: nn.Module) -> Job:
+    """A hatched member's job: the hatched settings, and with `--batch-order bootstrap` its own
+    bootstrap sample of the training set (drawn as bagging draws the member's)."""
+    from mncompile.runtime.methods.bagging import bootstrap_indices
+
+    data = None
+    if ctx.hatched_settings.order == "bootstrap":
+        data = ctx.dataset.take(bootstrap_indices(ctx.seed, name, ctx.dataset.train_size))
+    return Job(name, model, ctx.hatched_settings, lr_flag="--hatched-lr", data=data)
+
+
 def require_mother(name: str, result: ModelResult) -> None:
     """A first-phase net that diverged stops the run: nothing can hatch from it."""
     require_ok({name: result}, "MotherNet", "lower --lr, or check the data; nothing can hatch from it")
@@ -143,7 +154,7 @@ class Hatchery:
             return [], 0.0
         new, seconds = hatch_cluster(self.ctx, job.name, job.model, self.clusters[job.name], self.checks)
         self.hatched.update(new)
-        jobs = [Job(m, model, self.ctx.hatched_settings, lr_flag="--hatched-lr") for m, model in new.items()]
+        jobs = [hatched_job(self.ctx, m, model) for m, model in new.items()]
         return jobs, seconds
 
     def then(self) -> Then:

@@ -22,6 +22,7 @@ from mncompile.runtime.methods.mothernets import (
     clusters_of,
     first_phase,
     hatch_cluster,
+    hatched_job,
     require_mother,
     verify_scale,
 )
@@ -209,11 +210,13 @@ def run(ctx: RunContext) -> Outcome:
     if plain:
         records.append(PhaseRecord("hatching", hatch_seconds, {}))
     if separate:
-        records += ctx.engine.run(ctx, Phase("members", [Job(m, model, ctx.hatched_settings,
-                                                             lr_flag="--hatched-lr")
+        records += ctx.engine.run(ctx, Phase("members", [hatched_job(ctx, m, model)
                                                          for m, model in separate.items()]))
         members.update(separate)
     if shared_models:
+        if ctx.hatched_settings.order == "bootstrap":
+            ctx.progress.note("shared-mothernets: --batch-order bootstrap applies to the members of clusters "
+                              "that are not shared; a Shared-MotherNet's heads train on one stream")
         mode = str(options(ctx)["shared_loss"])
         # a checkpoint from before the choice trained on the sum, and resumes as such
         extra = {"method": "shared-mothernets", **({} if mode == "sum" else {"shared_loss": mode})}
