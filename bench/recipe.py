@@ -16,6 +16,10 @@ printed beside them for the record.
     python bench/recipe.py                                  # v5-1d, 8000 / 8000, seeds 0 1
     python bench/recipe.py --specs examples/mnist1d.mnet --variants base order lr05 --seeds 0
     OMP_NUM_THREADS=1 python bench/recipe.py --out /tmp/recipe   # keep the runs
+    python bench/recipe.py --method shared-mothernets --variants base noise05 noise10
+
+With `--method shared-mothernets` the variants change the Shared-MotherNet's joint training
+(its `base` is that method's defaults: the spec's hatched_lr).
 
 Times are wall clock at the thread count torch reports in the header: compare within one run.
 """
@@ -41,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "lr10": ["--hatched-lr", "0.1"],
     "noise05": ["--noise", "0.05"],
     "noise10": ["--noise", "0.1"],
+    "noise20": ["--noise", "0.2"],
     "symmetric05": ["--noise-mode", "symmetric", "--noise", "0.05"],
     "valstop": ["--hatched-stop", "val-loss", "--hatched-patience", "3"],
     "order+lr05": ["--batch-order", "member", "--hatched-lr", "0.05"],
@@ -50,7 +55,8 @@ VARIANTS: dict[str, list[str]] = {
     "bootstrap": ["--batch-order", "bootstrap"],
     "valstop5": ["--hatched-stop", "val-loss", "--hatched-patience", "5"],
 }
-METHOD = "mothernets"
+#: the phases that train hatched members: separate ones, or a Shared-MotherNet's joint model
+HATCHED_PHASES = ("members", "shared")
 
 
 def validation_scores(out: Path, x_val: Any, y_val: Any) -> tuple[float, float, float, float]:
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--specs", nargs="+", default=[str(ROOT / "examples/v5-1d.mnet")])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--method", choices=("mothernets", "shared-mothernets"), default="mothernets",
+                   help="whose hatched members the variants change (default mothernets)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--train-size", type=int, default=8000)
     p.add_argument("--test-size", type=int, default=8000)
@@ -91,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if "base" not in a.variants:
         a.variants.insert(0, "base")
-    print(f"recipe bench: torch {torch.__version__}, {torch.get_num_threads()} thread(s); MNIST-1D data-seed "
-          f"{a.data_seed}, {a.train_size} train / {a.test_size} test, validation {a.val_fraction}; seeds "
-          f"{a.seeds}; epochs x{a.epochs_scale}", flush=True)
+    print(f"recipe bench: {a.method}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"MNIST-1D data-seed {a.data_seed}, {a.train_size} train / {a.test_size} test, validation "
+          f"{a.val_fraction}; seeds {a.seeds}; epochs x{a.epochs_scale}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.out) if a.out else Path(tmp)
@@ -107,17 +115,17 @@ def main(argv: list[str] | None = None) -> int:
                 base: Path | None = None
                 for variant in a.variants:
                     out = root / "runs" / e.name / variant / f"seed{seed}"
-                    start = from_mothernets(base, out, METHOD)
+                    start = from_mothernets(base, out, a.method)
                     argv_run = ["--data", "mnist1d", "--data-seed", str(a.data_seed), "--train-size",
                                 str(a.train_size), "--test-size", str(a.test_size), "--val-fraction",
                                 str(a.val_fraction), "--epochs-scale", str(a.epochs_scale), "--method",
-                                METHOD, "--seed", str(seed), "--out", str(out), "--quiet", *start,
+                                a.method, "--seed", str(seed), "--out", str(out), "--quiet", *start,
                                 *VARIANTS[variant]]
                     doc = run(folder, defaults, argv_run)
                     base = base or out
                     val_err, val_best, val_nll, member_nll = validation_scores(out, data.x_val, data.y_val)
-                    members_s = sum(p["seconds"] for p in doc["phases"] if p["name"] == "members")
-                    epochs = [m["epochs"] for m in doc["models"].values() if m["phase"] == "members"]
+                    members_s = sum(p["seconds"] for p in doc["phases"] if p["name"] in HATCHED_PHASES)
+                    epochs = [m["epochs"] for m in doc["models"].values() if m["phase"] in HATCHED_PHASES]
                     r = {"val_err": val_err * 100, "val_best": val_best * 100, "val_nll": val_nll,
                          "member_nll": member_nll,
                          "val_gain": (val_best - val_err) * 100, "test_err": doc["ensemble"]["error"] * 100,
