@@ -206,12 +206,14 @@ def add_budget_arguments(p: Any, with_runs: bool = True) -> None:
 
 def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Sequence[str] | None,
              train_size: int | None, device: str = "auto", epochs_scale: float = 1.0,
-             data: str | None = None, log: Any = print) -> tuple[int, dict[str, Any]]:
+             data: str | None = None, threads: str | int = "auto",
+             log: Any = print) -> tuple[int, dict[str, Any]]:
     """The largest g expected to train within the budget, and the record of the estimate (the
-    table printed through `log`); MNError when even g = 1 does not fit, naming what it needs."""
-    import torch
-
+    table printed through `log`); MNError when even g = 1 does not fit, naming what it needs. The
+    probe runs at the thread count the run will train at (`--threads`, runtime/threads.py)."""
+    from mncompile.cost import net_cost
     from mncompile.passes.cluster import Planner
+    from mncompile.runtime.threads import choose_threads, cpu_threads
     from mncompile.runtime.train import resolve_device
 
     budget = parse_budget(budget_text, rate)
@@ -229,16 +231,18 @@ def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Se
         n = DEFAULT_TRAIN[name] - int(DEFAULT_TRAIN[name] * 0.1 + 0.5)
     batch = int(e.config.batch)
     batches = max(1, -(-n // batch))
+    count, _ = choose_threads(threads, device, lambda: max(net_cost(net, e).macs for net in e.nets), batch)
     planner = Planner(e)
     gs = list(planner.g_range)
     where = f" in {', '.join(map(str, places))}" if earlier.runs else " (none: the spec's caps)"
     log(f"budget {budget_text} = {duration(budget)}; {n} training examples, batch {batch} "
         f"({batches} batches per epoch); probe: {steps} steps per net on {device}, torch at "
-        f"{torch.get_num_threads()} thread(s); epochs from {len(earlier.runs)} earlier run(s){where}")
+        f"{count} thread(s); epochs from {len(earlier.runs)} earlier run(s){where}")
     rows = []
     estimates: dict[int, Estimate] = {}
     for g in gs:
-        times = probe(e, g, batch, steps, device)
+        with cpu_threads(count):
+            times = probe(e, g, batch, steps, device)
         est = estimate(e, g, times, earlier, batches, epochs_scale)
         estimates[g] = est
         errs = earlier.errors(g)
@@ -257,6 +261,6 @@ def choose_g(e: Ensemble, budget_text: str, *, rate: float, steps: int, runs: Se
     log(f"the largest g expected to fit: g = {g} ({duration(estimates[g].seconds)})")
     record = {"budget_seconds": budget, "g": g, "estimate_seconds": estimates[g].seconds,
               "epochs_from": sorted(estimates[g].sources), "earlier_runs": len(earlier.runs),
-              "train_examples": n, "probe_steps": steps, "threads": torch.get_num_threads(),
+              "train_examples": n, "probe_steps": steps, "threads": count,
               "estimates": {str(k): v.seconds for k, v in estimates.items()}}
     return g, record

@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         add_recipe_argument,
         val_fraction_arg,
     )
+    from mncompile.runtime.threads import add_threads_argument
 
     p.add_argument("spec", help="the .mnet file")
     p.add_argument("--data", metavar="NAME",
@@ -85,11 +86,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-mode", choices=NOISE_MODES, help="as train.py's option")
     add_hatched_lr_factor_argument(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
+    add_threads_argument(p)
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
     p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
     add_engine_arguments(p)
     add_method_arguments(p)
+
+
+def _threads(runs: Sequence[Any], now: int) -> str:
+    """The thread counts the runs trained at (a run from before --threads: the count of now)."""
+    counts = sorted({int(r.doc.get("info", {}).get("threads", now)) for r in runs} or {now})
+    return " and ".join(map(str, counts))
 
 
 #: methods whose result depends on the number of MotherNets g: run once per g
@@ -260,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--hatched-stop", given.hatched_stop),
                         ("--hatched-patience", given.hatched_patience),
                         ("--batch-order", given.batch_order), ("--noise-mode", given.noise_mode),
-                        ("--hatched-lr-factor", given.hatched_lr_factor)):
+                        ("--hatched-lr-factor", given.hatched_lr_factor),
+                        ("--threads", None if args.threads == "auto" else args.threads)):
         # only the options given: each run applies the recipe itself, for its own method
         if value is not None:
             common += [flag, str(value)]
@@ -327,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
              f"{e.name}: {m} members; {data}, {where} (data seed {args.data_seed}); g in "
              f"{', '.join(map(str, clusters))}; seeds {', '.join(map(str, seeds))}; early stopping on "
              f"{sizes.get('stop', '-')}; device {sizes.get('device', args.device)}, torch "
-             f"{torch.__version__} at {torch.get_num_threads()} thread(s).",
+             f"{torch.__version__} at {_threads(runs, torch.get_num_threads())} thread(s).",
              "Training time is wall clock on this machine; cost prices it at the paper's hourly rates."]
     title = f"ensemble '{e.name}' ({m} members); data {data}, {sizes.get('test_size')} test examples"
     paths = write_frontier(out, runs, title=title, notes=notes)

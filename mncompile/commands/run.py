@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             e, args.budget, rate=args.rate, steps=args.probe, runs=args.runs,
             train_size=args.budget_train_size or _trained_on(args.train_size, resolved.val_fraction),
             device=args.device, epochs_scale=args.epochs_scale,
-            data=args.data)
+            data=args.data, threads=args.threads)
     dest, _ = compile_to(args.spec, e, args.output, args.clusters, args.cluster_seed, args.force,
                          args.max_params)
     print(f"wrote {dest}; training with method {args.method}", flush=True)

@@ -23,6 +23,7 @@ from mncompile.runtime.engines import ENGINES
 from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import add_method_arguments
+from mncompile.runtime.threads import add_threads_argument
 from mncompile.validators import number
 
 #: the train keys, in the order `--help` lists their overrides
@@ -266,6 +267,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
                    "in predict_proba, results.json reports the test metrics before and after")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
+    add_threads_argument(g)
     g.add_argument("--out", metavar="DIR",
                    help=f"folder for results.json, history.csv, ensemble.pt and ckpt/ (default "
                    f"{out_default}); one that holds a finished run is refused without --resume or --force")

@@ -134,6 +134,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     from mncompile.runtime.data import load_dataset
     from mncompile.runtime.jobs import TrainSettings
     from mncompile.runtime.progress import Progress
+    from mncompile.runtime.threads import choose_threads, cpu_threads
     from mncompile.runtime.train import resolve_device
     from mncompile.runtime.userdata import read_function
     from mncompile.userfile import is_file_name
@@ -173,6 +174,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         resume=args.resume, method=args.method, noise=float(config["noise"]), noise_mode=args.noise_mode,
     )
     ctx.info["method_options"] = method_options(args)
+    threads, _ = choose_threads(getattr(args, "threads", "auto"), device,
+                                lambda: _largest_macs(models, plan), int(config["batch"]))
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": dataset.train_size,
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
@@ -192,7 +195,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "threads": threads,
     })
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
@@ -208,12 +211,24 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
         _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
         try:
-            doc = _train_and_evaluate(ctx, models, methods)
+            with cpu_threads(threads):
+                doc = _train_and_evaluate(ctx, models, methods)
         except MNError:
             # a fresh run that failed before it had results leaves nothing behind
             run_folder.discard()
             raise
     return doc
+
+
+def _largest_macs(models: Any, plan: Any) -> int:
+    """The forward multiply-accumulates per example of the largest member: plan.json's, or counted
+    on the modules where the plan has none."""
+    from mncompile.runtime.threads import largest_net_macs
+
+    counts = [plan.macs.get(m, 0) for m in plan.member_names]
+    if counts and all(c > 0 for c in counts):
+        return max(counts)
+    return largest_net_macs((models.MODELS[m] for m in plan.member_names), tuple(plan.input))
 
 
 def _check_streaming(user: UserData, args: argparse.Namespace, config: dict[str, Any], order: str) -> None:
