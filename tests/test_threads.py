@@ -52,8 +52,8 @@ def test_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_threads("auto", torch.device("cpu"), macs(1), 128) == (now, "OMP_NUM_THREADS")
 
 
-def test_a_run_records_its_threads_and_puts_torch_s_count_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_records_its_threads_and_puts_torch_s_count_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     spec = spec_in(tmp_path, monkeypatch, SPEC, "th.mnet")
     before = torch.get_num_threads()

@@ -1,18 +1,18 @@
 """How many CPU threads torch trains with: `--threads auto|N`.
 
 On a CPU, torch's default is one thread per core. For the small nets this project trains on
-CPUs that is a poor default: each operator is too small to split, and as soon as another process
-is busy on the machine the threads wait on each other. Measured on the 2-core machine of
-bench/README.md ("CPU threads") with three other single-thread processes running, a training
-step of mnist1d.mnet's c32 took 35 ms at one thread and 123-151 ms at two; v5-1d.mnet's VGG-16
-shape 106-110 ms against 503-518 ms.
+CPUs that breaks down beside any other busy process: the threads wait on each other. Measured
+on a 2-core machine (docs/training.md, "CPU threads"; `python bench/threads.py`): beside four
+other training processes, two threads were 1.14-2.9x slower than one for every net up to
+12.7 G multiply-accumulates per step; on the quiet machine they were 1.16-2.1x faster.
 
 `auto` (the default) is a fixed rule, never a timing taken at run time, so that a run and its
 resume train at the same count: on a CPU, one thread when the largest net's step (forward
-multiply-accumulates per example x batch) is at most `ONE_THREAD_MACS`, torch's default above
-it; on CUDA, or when the environment sets OMP_NUM_THREADS, torch's count as it is. A number sets
-it outright. The count is set for the run only (put back afterwards) and recorded in
-results.json (`info.threads`).
+multiply-accumulates per example x batch) is at most `ONE_THREAD_MACS` (where one thread's
+worst case, on a quiet machine, is milder than two threads' on a busy one), torch's default
+above it; on CUDA, or when the environment sets OMP_NUM_THREADS, torch's count as it is. A
+number sets it outright. The count is set for the run only (put back afterwards) and recorded
+in results.json (`info.threads`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 #: the largest step, in forward multiply-accumulates (per example x batch), that trains at one
-#: thread under `auto`: measured (bench/README.md, "CPU threads")
+#: thread under `auto`: measured (docs/training.md, "CPU threads")
 ONE_THREAD_MACS = 2_000_000_000
 #: the most threads `--threads N` takes
 MAX_THREADS = 1024
