@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPECS = ["examples/mnist1d.mnet", "examples/v5-1d.mnet", "examples/v5.mnet"]
+#: steps of at least this many multiply-accumulates are timed a fifth as often (seconds each)
+BIG_STEP = 5e9
 
 
 def _spin(stop: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
@@ -46,9 +48,9 @@ def _largest_member(spec: str) -> tuple[str, object, tuple[int, ...], int, int]:
     from mncompile.writer import write_folder
 
     e = load(str(ROOT / spec))
-    tmp = Path(tempfile.mkdtemp(prefix="mncompile-threads-"))
-    write_folder(tmp / "gen", compile_ensemble(e, clusters=1).files)
-    models, plan, _ = load_folder(tmp / "gen")
+    with tempfile.TemporaryDirectory(prefix="mncompile-threads-") as tmp:
+        write_folder(Path(tmp) / "gen", compile_ensemble(e, clusters=1).files)
+        models, plan, _ = load_folder(Path(tmp) / "gen")
     name = max(plan.member_names, key=lambda m: plan.macs[m])
     return name, models.MODELS[name], tuple(e.input), e.classes, plan.macs[name]
 
@@ -90,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"threads bench: torch {torch.__version__}, {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.2f}, {a.busy} busy process(es) beside it; batch {a.batch}, median of "
-              f"{a.steps} steps x {a.repeats} alternating rounds", flush=True)
+              f"{a.steps} steps ({max(2, a.steps // 5)} at {BIG_STEP / 1e9:g} G per step and above) x "
+              f"{a.repeats} alternating rounds", flush=True)
         rows = []
         for spec in a.specs:
             name, cls, shape, classes, macs = _largest_member(spec)
-            steps = a.steps if macs * a.batch < 5e9 else max(2, a.steps // 5)
+            steps = a.steps if macs * a.batch < BIG_STEP else max(2, a.steps // 5)
             ms: dict[int, list[float]] = {t: [] for t in a.threads}
             for _ in range(a.repeats):
                 for t in a.threads:

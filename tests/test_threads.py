@@ -73,6 +73,7 @@ def test_a_run_records_its_threads_and_puts_torch_s_count_back(
         assert torch.get_num_threads() == 2
         doc = json.loads((tmp_path / "auto" / "results.json").read_text())
         assert doc["info"]["threads"] == 1 and seen == [1]  # tiny nets: one thread
+        assert doc["info"]["threads_rule"].startswith("auto: the largest net's step is")
         assert cli_main(["run", str(spec), *RUN, "--threads", "2", "--out", str(tmp_path / "two")]) == 0
         assert json.loads((tmp_path / "two" / "results.json").read_text())["info"]["threads"] == 2
         assert seen == [1, 2] and torch.get_num_threads() == 2

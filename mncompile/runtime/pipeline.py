@@ -174,8 +174,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         resume=args.resume, method=args.method, noise=float(config["noise"]), noise_mode=args.noise_mode,
     )
     ctx.info["method_options"] = method_options(args)
-    threads, _ = choose_threads(getattr(args, "threads", "auto"), device,
-                                lambda: _largest_macs(models, plan), int(config["batch"]))
+    threads, threads_rule = choose_threads(getattr(args, "threads", "auto"), device,
+                                           lambda: _largest_macs(models, plan), int(config["batch"]))
     ctx.info.update({
         "ensemble": ensemble, "dataset": data_name, "train_size": dataset.train_size,
         "test_size": len(dataset.y_test), "data_seed": args.data_seed, "seed": ctx.seed,
@@ -195,7 +195,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "device": str(device), "g": plan.g, "clustering_seed": plan.seed,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
-        "torch": torch.__version__, "threads": threads,
+        "torch": torch.__version__, "threads": threads, "threads_rule": threads_rule,
     })
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
