@@ -34,6 +34,7 @@ HELP = "train the ensemble with MotherNets at several g and with the baselines; 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from mncompile.formats.settings import NOISE_MODES
+    from mncompile.runtime.fuse_rule import add_fuse_argument
     from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
     from mncompile.runtime.methods.options import add_method_arguments
     from mncompile.runtime.options import (
@@ -87,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_hatched_lr_factor_argument(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     add_threads_argument(p)
+    add_fuse_argument(p)
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that finished, resume the others from their checkpoints")
     p.add_argument("--verbose", action="store_true", help="show each run's epochs instead of a log file")
@@ -269,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--hatched-patience", given.hatched_patience),
                         ("--batch-order", given.batch_order), ("--noise-mode", given.noise_mode),
                         ("--hatched-lr-factor", given.hatched_lr_factor),
-                        ("--threads", None if args.threads == "auto" else args.threads)):
+                        ("--threads", None if args.threads == "auto" else args.threads),
+                        ("--fuse", None if args.fuse == "auto" else args.fuse)):
         # only the options given: each run applies the recipe itself, for its own method
         if value is not None:
             common += [flag, str(value)]

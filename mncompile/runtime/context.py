@@ -133,6 +133,7 @@ class RunContext:
     method: str = "mothernets"
     noise: float = 0.0
     noise_mode: str = "gaussian"
+    fuse: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +155,15 @@ class RunContext:
             torch.manual_seed(derive_seed(self.seed, "init", name, salt))
             model: nn.Module = cls()
         return model
+
+    def describe(self, model: nn.Module) -> Any:
+        """The plan's description of a net of models.py (`fit`'s fused groups), None for other modules."""
+        from mncompile.formats.ensemble_file import describe_net
+
+        for name, cls in getattr(self.models, "MODELS", {}).items():
+            if type(model) is cls and name in self.plan.nets:
+                return describe_net(self.plan.nets[name], self.plan.input, self.plan.classes)
+        return None
 
     def ckpt_dir(self, phase: str) -> Path:
         """Where the checkpoints of one phase of this method live: OUT/ckpt/<method>/<phase>.

@@ -2,7 +2,8 @@
 
 - `local`: this process, one device. The jobs of a phase that share the training data train in
   lockstep over one stream of mini-batches (the shared scan); a job with data of its own
-  (bagging's bootstrap samples) trains alone. With `--sequential`, every job trains alone over
+  (bagging's bootstrap samples) trains alone. With `--fuse` on, the lockstep nets of one
+  family train as fused groups (`runtime/fused.py`). With `--sequential`, every job trains alone over
   the stream the lockstep run would give it: the same weights on the CPU, one data pass per net.
 - `ray`: a Ray cluster of one or many machines (`runtime/ray_engine.py`, docs/ray.md).
 
@@ -76,7 +77,8 @@ class LocalEngine:
             label = phase.name if len(groups) == 1 else f"{phase.name} {group[0].name}"
             data = group[0].data if group[0].data is not None else ctx.dataset
             done = fit(group, data, seed=ctx.seed, device=ctx.device, checkpoint_dir=ctx.ckpt_dir(phase.name),
-                       resume=ctx.resume, progress=ctx.progress, phase=label, batch_hook=phase.batch_hook)
+                       resume=ctx.resume, progress=ctx.progress, phase=label, batch_hook=phase.batch_hook,
+                       fuse=ctx.fuse, describe=ctx.describe)
             results.update(done)
             # lockstep: each shared epoch counted once; one net alone: its own epochs
             seconds += group_seconds(done)

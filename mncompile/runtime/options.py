@@ -20,6 +20,7 @@ from mncompile.formats.settings import (
     validate_train,
 )
 from mncompile.runtime.engines import ENGINES
+from mncompile.runtime.fuse_rule import add_fuse_argument
 from mncompile.runtime.jobs import BATCH_ORDERS, STOP_RULES
 from mncompile.runtime.methods import METHODS
 from mncompile.runtime.methods.options import add_method_arguments
@@ -268,6 +269,7 @@ def add_run_arguments(p: argparse.ArgumentParser, ensemble: str | None = None) -
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto (CUDA when available), cpu or cuda (default auto)")
     add_threads_argument(g)
+    add_fuse_argument(g)
     g.add_argument("--out", metavar="DIR",
                    help=f"folder for results.json, history.csv, ensemble.pt and ckpt/ (default "
                    f"{out_default}); one that holds a finished run is refused without --resume or --force")

@@ -174,6 +174,14 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         resume=args.resume, method=args.method, noise=float(config["noise"]), noise_mode=args.noise_mode,
     )
     ctx.info["method_options"] = method_options(args)
+    fuse, fuse_rule = _fuse_choice(getattr(args, "fuse", "auto"), device,
+                                   out / "ckpt" / args.method / "run.json", args.resume)
+    if fuse and engine.name != "local":
+        if getattr(args, "fuse", "auto") == "on":
+            raise MNError(f"--fuse on trains fused groups in one process, but --engine {engine.name} trains "
+                          "each net in a worker of its own", hint="use --engine local, or --fuse auto|off")
+        fuse, fuse_rule = False, f"auto: off for --engine {engine.name} (each net trains in its own worker)"
+    ctx.fuse = fuse
     threads, threads_rule = choose_threads(getattr(args, "threads", "auto"), device,
                                            lambda: _largest_macs(models, plan), int(config["batch"]))
     ctx.info.update({
@@ -196,6 +204,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
         "method": args.method, "config": config, "epochs_scale": args.epochs_scale,
         "noise_mode": args.noise_mode, "sequential": args.sequential, "mncompile": __version__,
         "torch": torch.__version__, "threads": threads, "threads_rule": threads_rule,
+        "fuse": fuse, "fuse_rule": fuse_rule,
     })
     record = {k: ctx.info[k] for k in ("ensemble", "dataset", "train_size", "test_size", "data_seed",
                                        "seed", "method", "config", "noise_mode", "method_options", "g",
@@ -207,6 +216,8 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     # the recipe's choices beyond the paper's, only where they differ (older records resume)
     record.update({k: ctx.info[k] for k in ("hatched_stop", "hatched_patience", "batch_order")
                    if k in ctx.info})
+    if fuse:  # fused and unfused steps differ in the last bits: a resume keeps the run's choice
+        record["fuse"] = True
     force = bool(getattr(args, "force", False))
     with RunFolder(out, method=args.method, resume=args.resume, force=force) as run_folder:
         _check_run_record(out / "ckpt" / args.method / "run.json", record, args.resume)
@@ -218,6 +229,20 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
             run_folder.discard()
             raise
     return doc
+
+
+def _fuse_choice(option: str, device: Any, record: Path, resume: bool) -> tuple[bool, str]:
+    """--fuse's choice for this run: on --resume with `auto`, the one the run recorded."""
+    from mncompile.runtime.fuse_rule import choose_fuse
+
+    if resume and option == "auto" and record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None  # _check_run_record reports the damage
+        if isinstance(old, dict):
+            return bool(old.get("fuse", False)), "resumed: the run's recorded choice"
+    return choose_fuse(option, device)
 
 
 def _largest_macs(models: Any, plan: Any) -> int:

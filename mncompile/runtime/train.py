@@ -362,6 +362,86 @@ def validate(job: Job, data: Dataset, device: torch.device,
     return value, acc, time.perf_counter() - start
 
 
+class _Fused:
+    """A fused group of one epoch: its module and the training states of its members."""
+
+    def __init__(self, group: Any, states: list[_State], epoch: int, dev: torch.device) -> None:
+        self.group, self.states = group, states
+        s = [st.job.settings for st in states]
+        self.lr = torch.tensor([x.lr_at(epoch) for x in s], device=dev)
+        self.momentum = torch.tensor([x.momentum for x in s], device=dev)
+        self.weight_decay = torch.tensor([x.weight_decay for x in s], device=dev)
+        self.keys = [id(st) for st in states]
+        group.pack([st.job.model for st in states], [st.optimizer for st in states])
+
+    def own(self, mine: Mapping[int, Any]) -> list[int]:
+        """The members that draw batches of their own."""
+        return [k for k in self.keys if k in mine]
+
+    def unpack(self) -> None:
+        self.group.unpack([st.job.model for st in self.states], [st.optimizer for st in self.states],
+                          [st.job.settings.momentum for st in self.states])
+
+
+def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any] | None, dev: torch.device,
+                  cache: dict[tuple[Any, ...], Any], epoch: int) -> list[_Fused]:
+    """This epoch's fused groups of the active states (groups of two or more), packed."""
+    from mncompile.runtime.fused import FusedGroup, describe_module, fusable, groups_of, waste_for
+
+    descs = {}
+    for i, st in enumerate(active):
+        if fusable(st.job):
+            d = describe_module(st.job.model, describe)
+            if d is not None:
+                descs[i] = d
+    out, keys = [], set()
+    for members in groups_of(descs):
+        states = [active[i] for i in members]
+        shared = all(st.job.settings.order != "member" for st in states)
+        waste = waste_for(dev)
+        key = (tuple(st.job.name for st in states), shared, waste)
+        keys.add(key)
+        if key not in cache:
+            cache[key] = FusedGroup([descs[i] for i in members], shared_input=shared, waste=waste).to(dev)
+        out.append(_Fused(cache[key], states, epoch, dev))
+    for stale in set(cache) - keys:  # a member left: that group is not needed again
+        del cache[stale]
+    return out
+
+
+def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, Any], dev: torch.device,
+                totals: Mapping[int, torch.Tensor], first_lr: dict[str, float]) -> None:
+    """One forward, backward and SGD step of a fused group on the shared batch or the members' own."""
+    from mncompile.runtime.fused import member_correct, member_losses
+
+    if not g.group.shared_input:
+        xs, ys = [], []
+        for k in g.keys:
+            xk, yk = mine[k] if k in mine else (x, y)
+            xs.append(xk)
+            ys.append(yk)
+        if len({len(v) for v in ys}) > 1:
+            raise ValueError("the members of a fused group drew batches of different sizes")
+        x, y = torch.stack(xs, 1), torch.stack(ys, 1)
+    for st, lr in zip(g.states, g.lr.tolist(), strict=True):
+        first_lr.setdefault(st.job.name, lr)
+    g.group.train()
+    with _autocast(dev):
+        out = g.group(x)
+    losses = member_losses(out, y)
+    g.group.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    g.group.sgd_step(g.lr, g.momentum, g.weight_decay)
+    with torch.no_grad():
+        correct = member_correct(out, y)
+        n = y.shape[0]
+        for i, k in enumerate(g.keys):
+            t = totals[k]
+            t[0] += losses[i].detach().double() * n
+            t[1] += correct[i].double()
+            t[2] += n
+
+
 def fit(
     jobs: Sequence[Job],
     data: Dataset,
@@ -375,6 +455,8 @@ def fit(
     batch_hook: Callable[[torch.Tensor], Any] | None = None,
     evaluate_test: bool = False,
     shard: Shard | None = None,
+    fuse: bool = False,
+    describe: Callable[[nn.Module], Any] | None = None,
 ) -> dict[str, ModelResult]:
     """The epoch loop: train `jobs` in lockstep over one shared stream of mini-batches.
 
@@ -386,6 +468,11 @@ def fit(
     each of its epochs; `resume=True` continues those that exist. `evaluate_test` adds each
     epoch's test accuracy to the history (one extra pass over the test set per model and epoch).
     `shard` is a data-parallel worker's share of each step (default: the whole batch).
+    With `fuse`, the plain jobs whose models are nets of the language train in fused groups
+    (`runtime/fused.py`): one forward, backward and SGD step per group and batch, the same
+    results to float32 rounding; `describe(model)` gives a generated models.py net's
+    description (a `runtime.nets.Net` carries its own). A data-parallel shard or a batch hook
+    is never fused.
     Returns each job's `ModelResult`; a diverged model is reported there, not raised.
     """
     dev = resolve_device(device)
@@ -431,6 +518,7 @@ def fit(
     first = min(st.next_epoch for st in todo)
     last = max(st.job.settings.max_epochs for st in todo)
     n_batches = num_batches(data, batch)
+    cache: dict[tuple[Any, ...], Any] = {}
     progress.begin(phase, [j.name for j in jobs], last, n_batches, done_epochs=first)
     for note in notes:
         progress.note(note)
@@ -452,6 +540,9 @@ def fit(
             # a model with a batch order of its own draws its own permutation (and augmentation)
             own = {id(st): batches(data, batch, epoch_generator(seed, epoch, st.job.name), dev)
                    for st in active if st.job.settings.order == "member"}
+            fused = (_fused_groups(active, describe, dev, cache, epoch)
+                     if fuse and batch_hook is None and type(shard) is Shard else [])
+            in_group = {id(st) for g in fused for st in g.states}
             # in-memory data is on `dev` already; a streamed split is read and moved batch by batch
             shared_stream = batches(data, batch, epoch_generator(seed, epoch), dev)
             for step, (x, y) in enumerate(shared_stream):
@@ -465,7 +556,11 @@ def fit(
                 x = prepare_input(x, dev)
                 aux = batch_hook(x) if batch_hook is not None else None
                 shared_part = (x, y, weight)
+                for g in fused:
+                    _fused_step(g, x, y, {k: mine[k] for k in g.own(mine)}, dev, totals, first_lr)
                 for st in active:
+                    if id(st) in in_group:
+                        continue
                     j = st.job
                     if id(st) in mine:
                         own_part = shard.split(*mine[id(st)])
@@ -504,6 +599,8 @@ def fit(
             # the shared epoch's training wall time (one data pass, every active model's steps);
             # the optional test pass is evaluation, not training, so it is left out
             elapsed = time.perf_counter() - start
+            for g in fused:
+                g.unpack()
             for st in active:
                 shard.end_epoch(st.job.model)
                 t, seconds = shard.reduce(totals[id(st)], elapsed)

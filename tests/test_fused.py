@@ -1,0 +1,357 @@
+"""Fused lockstep groups (runtime/fused.py): one fused step equals K unfused steps.
+
+The property: for random ensembles of every family and input rank, with per-member learning
+rates, momenta and weight decays, `fit(..., fuse=True)` leaves every tensor of every member
+(weights, BN statistics, SGD momentum buffers) within 1e-5 relative of `fit(..., fuse=False)`,
+in float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from mncompile.formats.ensemble_file import NetDescription, net_tensors
+from mncompile.runtime import fused as fused_module
+from mncompile.runtime.checkpoint import load_checkpoint
+from mncompile.runtime.data import load_dataset
+from mncompile.runtime.fuse_rule import choose_fuse
+from mncompile.runtime.fused import FusedGroup, describe_module, group_key
+from mncompile.runtime.jobs import Job, TrainSettings
+from mncompile.runtime.nets import build_net
+from mncompile.runtime.progress import Progress
+from mncompile.runtime.train import fit
+from mncompile.shapes import max_pools
+
+TOLERANCE = 1e-5
+BATCH = 8
+
+
+WIDTHS = st.integers(3, 12)
+KERNELS = st.sampled_from([1, 3, 5])
+
+
+@st.composite
+def descriptions(
+    draw: st.DrawFn, family: str, shape: tuple[int, ...], classes: int, blocks: int
+) -> NetDescription:
+    """A random net of `family` with `blocks` blocks (widths of 3 or more: see `ensembles`)."""
+    dense = tuple(draw(st.lists(st.integers(2, 16), max_size=2)))
+    if family == "mlp":
+        return NetDescription("mlp", shape, classes, None, (), dense)
+    stem = (draw(KERNELS), draw(WIDTHS)) if family in ("residual", "dense") else None
+    out = []
+    for _ in range(blocks):
+        n = draw(st.integers(1, 2))
+        if family == "residual":
+            w = draw(WIDTHS)
+            out.append(tuple((draw(KERNELS), w) for _ in range(n)))
+        else:
+            out.append(tuple((draw(KERNELS), draw(WIDTHS)) for _ in range(n)))
+    return NetDescription(family, shape, classes, stem, tuple(out), dense)
+
+
+@st.composite
+def ensembles(draw: st.DrawFn) -> tuple[list[NetDescription], list[TrainSettings], float]:
+    """2-4 nets of one family with the same number of blocks (one fused group), their settings,
+    and the padding the group may add (`fused.WASTE`)."""
+    family = draw(st.sampled_from(["plain", "residual", "dense", "mlp"]))
+    rank = draw(st.sampled_from([0, 1, 2] if family == "mlp" else [1, 2]))
+    c = draw(st.integers(1, 3))
+    shape = (
+        (draw(st.integers(4, 24)),)
+        if rank == 0
+        else (c, draw(st.sampled_from([8, 12, 16])))
+        if rank == 1
+        else (c, *([draw(st.sampled_from([6, 8]))] * 2))
+    )
+    pools = max_pools(shape) if rank else 0
+    most = {"plain": pools, "dense": pools + 1, "residual": 2, "mlp": 0}[family]
+    blocks = draw(st.integers(1, max(1, min(2, most)))) if family != "mlp" else 0
+    classes = draw(st.integers(2, 5))
+    descs = [draw(descriptions(family, shape, classes, blocks)) for _ in range(draw(st.integers(2, 4)))]
+    # a convolution of a single weight per filter feeds a BatchNorm, which makes its output
+    # invariant to that weight's scale: its gradient is zero but for rounding, and a relative
+    # error of rounding noise says nothing. Real nets never have one; these draws are skipped.
+    assume(
+        all(
+            math.prod(dims[1:]) >= 2
+            for d in descs
+            for key, dims in net_tensors(d).items()
+            if key.endswith("conv.weight") or key.endswith("conv1.weight") or key.endswith("conv2.weight")
+        )
+    )
+    order = draw(st.sampled_from(["shared", "member"]))
+    runs = [
+        TrainSettings(
+            batch=BATCH,
+            lr=draw(st.sampled_from([0.01, 0.05, 0.1])),
+            momentum=draw(st.sampled_from([0.0, 0.9])),
+            weight_decay=draw(st.sampled_from([0.0, 5e-4])),
+            max_epochs=2,
+            patience=0,
+            order=order,
+        )
+        for _ in descs
+    ]
+    # how much padding a position may add: equal shapes only (the CPU's rule), CUDA's, or all padded
+    return descs, runs, draw(st.sampled_from([1.0, 1.5, math.inf]))
+
+
+def train(
+    descs: list[NetDescription], runs: list[TrainSettings], fuse: bool, steps: int = 2, **kwargs: object
+) -> tuple[list[nn.Module], list[Job]]:
+    data = load_dataset(
+        "synthetic", descs[0].input, descs[0].classes, seed=0, train_size=BATCH * steps, test_size=4
+    )
+    torch.manual_seed(0)
+    models = [build_net(d, f"m{i}") for i, d in enumerate(descs)]
+    jobs = [Job(f"m{i}", m, s) for i, (m, s) in enumerate(zip(models, runs, strict=True))]
+    fit(jobs, data, seed=0, device="cpu", progress=Progress(quiet=True), fuse=fuse, **kwargs)  # type: ignore[arg-type]
+    return models, jobs
+
+
+def with_momenta(
+    descs: list[NetDescription], runs: list[TrainSettings], fuse: bool, steps: int
+) -> tuple[list[nn.Module], list[torch.Tensor]]:
+    """The members after training, and each one's SGD momentum buffers (read from its checkpoint)
+    as one vector (empty without momentum)."""
+    buffers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models, jobs = train(descs, runs, fuse, steps, checkpoint_dir=tmp)
+        for i, (model, job) in enumerate(zip(models, jobs, strict=True)):
+            copy_ = copy.deepcopy(model)
+            s = job.settings
+            opt = torch.optim.SGD(
+                copy_.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+            )
+            load_checkpoint(Path(tmp) / f"m{i}.pt", copy_, opt)
+            bufs = [
+                opt.state[p]["momentum_buffer"].flatten()
+                for p in copy_.parameters()
+                if "momentum_buffer" in opt.state.get(p, {})
+            ]
+            assert len(bufs) in (0, len(list(copy_.parameters())))
+            buffers.append(torch.cat(bufs) if bufs else torch.zeros(0))
+    return models, buffers
+
+
+def assert_momenta_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    """Momentum buffers, per member, within TOLERANCE of that member's whole buffer.
+
+    Not per tensor: some gradients are zero but for rounding (the scale of a BatchNorm whose
+    every consumer is another BatchNorm, as a DenseNet stem's), and the relative error of
+    rounding noise says nothing.
+    """
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape
+        if x.numel():
+            assert float((x - y).norm() / (x.norm() + 1e-12)) <= TOLERANCE
+
+
+def assert_close(a: list[nn.Module], b: list[nn.Module]) -> float:
+    worst = 0.0
+    for ma, mb in zip(a, b, strict=True):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert list(sa) == list(sb)
+        for key in sa:
+            x, y = sa[key], sb[key]
+            if not x.dtype.is_floating_point:
+                assert torch.equal(x, y), key
+                continue
+            rel = float((x - y).norm() / (x.norm() + 1e-12))
+            assert rel <= TOLERANCE, f"{key}: {rel:.3g}"
+            worst = max(worst, rel)
+    return worst
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+@given(ensembles())
+def test_a_fused_step_equals_the_unfused_steps(
+    case: tuple[list[NetDescription], list[TrainSettings], float],
+) -> None:
+    descs, runs, waste = case
+    assert len({group_key(d) for d in descs}) == 1
+    runs = [dataclasses.replace(s, max_epochs=1) for s in runs]
+    unfused, ubuf = with_momenta(descs, runs, fuse=False, steps=1)
+    with mock.patch.dict(fused_module.WASTE, {"cpu": waste}):
+        fused, fbuf = with_momenta(descs, runs, fuse=True, steps=1)
+    assert_close(unfused, fused)
+    assert_momenta_close(ubuf, fbuf)
+
+
+FIXED = {
+    "plain": [
+        NetDescription("plain", (1, 24), 4, None, (((5, 8),), ((3, 12), (3, 12))), (16,)),
+        NetDescription("plain", (1, 24), 4, None, (((7, 12), (3, 8)), ((3, 16),)), ()),
+    ],
+    "residual": [
+        NetDescription("residual", (2, 16), 4, (3, 8), (((3, 8),), ((3, 12), (3, 12))), (6,)),
+        NetDescription("residual", (2, 16), 4, (5, 6), (((3, 8), (5, 8)), ((3, 8),)), ()),
+        NetDescription("residual", (2, 16), 4, (3, 4), (((3, 6),), ((3, 6),)), (5, 7)),
+    ],
+    "dense": [
+        NetDescription("dense", (2, 8, 8), 4, (3, 8), (((3, 4), (3, 4)), ((3, 6),)), (6,)),
+        NetDescription("dense", (2, 8, 8), 4, (5, 6), (((3, 2),), ((5, 4), (3, 4))), (3, 3)),
+    ],
+    "mlp": [
+        NetDescription("mlp", (2, 8), 4, None, (), (8,)),
+        NetDescription("mlp", (2, 8), 4, None, (), (16, 4)),
+        NetDescription("mlp", (2, 8), 4, None, (), ()),
+    ],
+}
+
+
+@pytest.mark.parametrize("waste", [1.0, math.inf])
+@pytest.mark.parametrize("order", ["shared", "member"])
+@pytest.mark.parametrize("family", sorted(FIXED))
+def test_epochs_of_fused_steps_stay_with_the_unfused(family: str, order: str, waste: float) -> None:
+    """Three epochs of two steps: momentum and BN statistics carried across the epochs' pack and unpack."""
+    descs = FIXED[family]
+    runs = [
+        TrainSettings(
+            batch=BATCH,
+            lr=0.02 * (i + 1),
+            momentum=0.9 if i != 1 else 0.0,
+            weight_decay=5e-4 * i,
+            max_epochs=3,
+            patience=0,
+            order=order,
+        )
+        for i in range(len(descs))
+    ]
+    unfused, ubuf = with_momenta(descs, runs, False, 2)
+    with mock.patch.dict(fused_module.WASTE, {"cpu": waste}):
+        fused, fbuf = with_momenta(descs, runs, True, 2)
+    assert_close(unfused, fused)
+    assert_momenta_close(ubuf, fbuf)
+
+
+def test_the_group_really_runs_fused() -> None:
+    """Guard against a fusion that silently falls back to the unfused path."""
+    descs = [
+        NetDescription("plain", (1, 16), 3, None, (((3, 4),), ((5, 6), (3, 6))), (8,)),
+        NetDescription("plain", (1, 16), 3, None, (((5, 6), (3, 4)), ((3, 8),)), ()),
+    ]
+    runs = [TrainSettings(batch=BATCH, lr=0.05, max_epochs=1, patience=0)] * 2
+    calls = []
+    original = FusedGroup.forward
+
+    def spy(self: FusedGroup, x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return original(self, x)
+
+    FusedGroup.forward = spy  # type: ignore[method-assign]
+    try:
+        unfused, _ = train(descs, runs, fuse=False)
+        fused, _ = train(descs, runs, fuse=True)
+    finally:
+        FusedGroup.forward = original  # type: ignore[method-assign]
+    assert len(calls) == 2  # one fused forward per batch
+    assert 0 < assert_close(unfused, fused)  # another summation order: not the same bits
+
+
+@torch.no_grad()
+def test_the_forward_pass_equals_each_members() -> None:
+    torch.manual_seed(1)
+    descs = [
+        NetDescription("dense", (2, 8, 8), 4, (3, 8), (((3, 4), (3, 4)), ((3, 6),)), (6,)),
+        NetDescription("dense", (2, 8, 8), 4, (5, 6), (((3, 2),), ((5, 4), (3, 4))), (3, 3)),
+    ]
+    members = [build_net(d) for d in descs]
+    group = FusedGroup(descs)
+    group.pack(members, [None, None])
+    x = torch.randn(6, 2, 8, 8)
+    out = group(x)
+    for i, m in enumerate(members):
+        ref = m(x)
+        assert float((out[:, i] - ref).norm() / ref.norm()) <= TOLERANCE
+
+
+def test_members_that_stop_leave_the_group_and_the_rest_train_on() -> None:
+    descs = [
+        NetDescription("mlp", (6,), 3, None, (), (8,)),
+        NetDescription("mlp", (6,), 3, None, (), (4, 4)),
+        NetDescription("mlp", (6,), 3, None, (), ()),
+    ]
+    runs = [
+        TrainSettings(batch=BATCH, lr=0.05, max_epochs=4, patience=0),
+        TrainSettings(batch=BATCH, lr=0.05, max_epochs=4, patience=1, tolerance=10.0),  # stops after 1
+        TrainSettings(batch=BATCH, lr=0.05, max_epochs=2, patience=0),
+    ]
+    unfused, uj = train(descs, runs, fuse=False)
+    fused, fj = train(descs, runs, fuse=True)
+    assert_close(unfused, fused)
+
+
+def test_resume_of_a_fused_run_is_bit_identical(tmp_path: Path) -> None:
+    descs = [
+        NetDescription("residual", (2, 12), 3, (3, 4), (((3, 4),), ((3, 6),)), ()),
+        NetDescription("residual", (2, 12), 3, (3, 6), (((5, 6), (3, 6)), ((3, 4),)), (5,)),
+    ]
+    four = [TrainSettings(batch=BATCH, lr=0.05, max_epochs=4, patience=0, momentum=0.9)] * 2
+    straight, _ = train(descs, four, fuse=True)
+    # the same run cut after epoch 2 (a run of max_epochs 2 would change the cosine schedule:
+    # stop it with an exception from the progress bar instead)
+    data = load_dataset(
+        "synthetic", descs[0].input, descs[0].classes, seed=0, train_size=BATCH * 2, test_size=4
+    )
+
+    class Stop(Exception):
+        pass
+
+    class Cut(Progress):
+        def epoch(self, name: str, epoch: int, *args: object, **kwargs: object) -> None:
+            super().epoch(name, epoch, *args, **kwargs)  # type: ignore[arg-type]
+            if epoch == 3 and name == "m0":  # both have saved epoch 2
+                raise Stop
+
+    torch.manual_seed(0)
+    models = [build_net(d, f"m{i}") for i, d in enumerate(descs)]
+    jobs = [Job(f"m{i}", m, s) for i, (m, s) in enumerate(zip(models, four, strict=True))]
+    with pytest.raises(Stop):
+        fit(jobs, data, seed=0, device="cpu", progress=Cut(quiet=True), fuse=True, checkpoint_dir=tmp_path)
+    torch.manual_seed(0)
+    models = [build_net(d, f"m{i}") for i, d in enumerate(descs)]
+    jobs = [Job(f"m{i}", copy.deepcopy(m), s) for i, (m, s) in enumerate(zip(models, four, strict=True))]
+    fit(
+        jobs,
+        data,
+        seed=0,
+        device="cpu",
+        progress=Progress(quiet=True),
+        fuse=True,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
+    for a, job in zip(straight, jobs, strict=True):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, job.model.state_dict()[key]), key
+
+
+def test_other_modules_and_hooked_jobs_train_unfused() -> None:
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    assert describe_module(plain) is None
+    net = build_net(NetDescription("mlp", (6,), 3, None, (), (4,)))
+    assert describe_module(net) is not None
+    net.head.fc1 = nn.Linear(6, 5)  # no longer the net its description names
+    assert describe_module(net) is None
+
+
+def test_choose_fuse_is_a_fixed_rule() -> None:
+    assert choose_fuse("auto", torch.device("cpu"))[0] is False
+    assert choose_fuse("auto", torch.device("cuda"))[0] is True
+    assert choose_fuse("on", torch.device("cpu"))[0] is True
+    assert choose_fuse("off", torch.device("cuda"))[0] is False
