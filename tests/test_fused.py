@@ -9,6 +9,7 @@ in float32 on the CPU.
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 import math
 import tempfile
@@ -355,3 +356,55 @@ def test_choose_fuse_is_a_fixed_rule() -> None:
     assert choose_fuse("auto", torch.device("cuda"))[0] is True
     assert choose_fuse("on", torch.device("cpu"))[0] is True
     assert choose_fuse("off", torch.device("cuda"))[0] is False
+
+
+RUN_SPEC = """ensemble fz { input 1x16 classes 3
+    net a plain { block { 3:4 } block { 3:6 } dense 8 }
+    net b plain { block { 5:6 3:6 } block { 3:6 } }
+    net c plain { block { 3:4 } block { 3:6 } dense 8 } }"""
+RUN = [
+    "--data",
+    "synthetic",
+    "--train-size",
+    "64",
+    "--test-size",
+    "16",
+    "--batch",
+    "16",
+    "--max-epochs",
+    "2",
+    "--hatched-max-epochs",
+    "2",
+    "--seed",
+    "0",
+]
+
+
+def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mncompile.cli import main as cli_main
+    from tests.conftest import spec_in
+
+    spec = spec_in(tmp_path, monkeypatch, RUN_SPEC, "fz.mnet")
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "off")]) == 0
+    off = json.loads((tmp_path / "off" / "results.json").read_text())
+    assert off["info"]["fuse"] is False and off["info"]["fuse_rule"].startswith("auto: off for the CPU")
+    capsys.readouterr()
+    assert cli_main(["run", str(spec), *RUN, "--fuse", "on", "--out", str(tmp_path / "on")]) == 0
+    out = capsys.readouterr().out
+    assert "fused from epoch 1: a, b, c (largest op 2 of 3 nets)" in out, out
+    on = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert on["info"]["fuse"] is True and on["info"]["fuse_rule"] == "--fuse on"
+    record = json.loads((tmp_path / "on" / "ckpt" / "mothernets" / "run.json").read_text())
+    assert record["fuse"] is True
+    # the same training to float32 rounding: the members' final losses agree closely
+    for name in ("a", "b", "c"):
+        lo, lf = (d["models"][name]["final_train_loss"] for d in (off, on))
+        assert abs(lo - lf) <= 1e-4 * max(1.0, abs(lo)), name
+    # a resume with --fuse auto keeps the recorded choice; an explicit other one is refused
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "on"), "--resume", "--quiet"]) == 0
+    again = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert again["info"]["fuse"] is True and again["info"]["fuse_rule"].startswith("resumed")
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "on"), "--resume", "--fuse", "off"]) == 2
+    assert "cannot resume" in capsys.readouterr().err

@@ -163,6 +163,12 @@ class _Op(nn.Module):
         mask = self.masked.get(name)
         return w * getattr(self, mask) if mask is not None else w
 
+    def drop_full_masks(self) -> None:
+        """Forget the masks that pad nothing (every member of the op has the op's shape)."""
+        for name, mask in list(self.masked.items()):
+            if bool(getattr(self, mask).all()):
+                del self.masked[name]
+
 
 class _Conv(_Op):
     """Grouped convolution: member s maps its channels at `in_pos[s]` to its first `outs[s]`."""
@@ -302,52 +308,97 @@ def _fit_width(x: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(x, pad)
 
 
-class _Split(nn.Module):
-    """One layer position: each part runs its members' inner op, the other members pass through.
+Segments = list[torch.Tensor]
+Plan = list[tuple[int, torch.Tensor | None]]
 
-    `parts` are (members, inner op, input width or None): a part's members' activations are
-    gathered (and cut to the part's input width, where their channels are a prefix), run through
-    its op and padded to `width`; the outputs go back in member order. With `shared`, every part
-    takes the shared batch as it is.
+
+def _gather(segs: Segments, plan: Plan) -> torch.Tensor:
+    """Members from the segments (each [N, n_j, C_j, ...]), padded to one width, as one tensor."""
+    pieces = [segs[j] if idx is None else segs[j].index_select(1, idx) for j, idx in plan]
+    if len(pieces) == 1:
+        return pieces[0]
+    width = max(t.shape[2] for t in pieces)
+    return torch.cat([_fit_width(t, width) for t in pieces], 1)
+
+
+class _Position(nn.Module):
+    """One layer position over the group's segments (the activations of parts of its members).
+
+    Each part gathers its members from the segments they are in (no copy when a part is one
+    segment as it is), cuts the channels to its input width where given, and runs its op; its
+    output is a new segment. The members the position does not cover pass through as they are.
+    With `shared`, every part takes the shared batch as it is.
     """
 
-    inverse: torch.Tensor
-    rest: torch.Tensor
-
     def __init__(
-        self, parts: Sequence[tuple[Sequence[int], nn.Module, int | None]], k: int, width: int, shared: bool
+        self, parts: Sequence[tuple[Plan, nn.Module, int | None]], rest: Sequence[Plan], shared: bool
     ) -> None:
         super().__init__()
         self.inner = nn.ModuleList([op for _, op, _ in parts])
-        self.width, self.shared = width, shared
         self.cuts = [cut for _, _, cut in parts]
-        covered = [i for idx, _, _ in parts for i in idx]
-        rest = [i for i in range(k) if i not in set(covered)]
-        order = covered + rest
-        self.whole = covered == list(range(k)) and len(parts) == 1  # one op, every member in order
-        for j, (idx, _, _) in enumerate(parts):
-            self.register_buffer(f"idx{j}", torch.tensor(list(idx), dtype=torch.long), persistent=False)
-        self.register_buffer("rest", torch.tensor(rest, dtype=torch.long), persistent=False)
+        self.shared = shared
+        # the plans keep buffer names, so that the index tensors move with the module
+        self.plans: list[list[tuple[int, str | None]]] = []
+        for j, plan in enumerate([*(plan for plan, _, _ in parts), *rest]):
+            named: list[tuple[int, str | None]] = []
+            for n, (seg, idx) in enumerate(plan):
+                name = None
+                if idx is not None:
+                    name = f"index{j}_{n}"
+                    self.register_buffer(name, idx, persistent=False)
+                named.append((seg, name))
+            self.plans.append(named)
+
+    def _plan(self, j: int) -> Plan:
+        return [(seg, None if name is None else getattr(self, name)) for seg, name in self.plans[j]]
+
+    def forward(self, segs: Segments | torch.Tensor) -> Segments:
+        out = []
+        for j, (op, cut) in enumerate(zip(self.inner, self.cuts, strict=True)):
+            if self.shared:
+                assert isinstance(segs, torch.Tensor)
+                out.append(op(segs))
+                continue
+            assert isinstance(segs, list)
+            x = _gather(segs, self._plan(j))
+            if cut is not None and cut < x.shape[2]:
+                x = x[:, :, :cut]
+            out.append(op(x))
+        for j in range(len(self.inner), len(self.plans)):
+            assert isinstance(segs, list)
+            out.append(_gather(segs, self._plan(j)))
+        return out
+
+
+class _Each(nn.Module):
+    """An op without weights (a pooling) on every segment."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, segs: Segments) -> Segments:
+        return [self.op(t) for t in segs]
+
+
+class _Out(nn.Module):
+    """The segments' logits ([N, n_j, classes] each) as [N, K, classes] in member order."""
+
+    inverse: torch.Tensor
+
+    def __init__(self, segments: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        order = [i for seg in segments for i in seg]
+        self.single = order == list(range(len(order)))
         self.register_buffer(
-            "inverse", torch.tensor([order.index(i) for i in range(k)], dtype=torch.long), persistent=False
+            "inverse",
+            torch.tensor([order.index(i) for i in range(len(order))], dtype=torch.long),
+            persistent=False,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ys = []
-        for j, op in enumerate(self.inner):
-            if self.shared:
-                xj = x
-            else:
-                xj = x if self.whole else x.index_select(1, getattr(self, f"idx{j}"))
-                cut = self.cuts[j]
-                if cut is not None and cut < xj.shape[2]:
-                    xj = xj[:, :, :cut]
-            ys.append(_fit_width(op(xj), self.width))
-        if self.whole:
-            return ys[0]
-        if len(self.rest):
-            ys.append(_fit_width(x.index_select(1, self.rest), self.width))
-        return torch.cat(ys, 1).index_select(1, self.inverse)
+    def forward(self, segs: Segments) -> torch.Tensor:
+        out = segs[0] if len(segs) == 1 else torch.cat(segs, 1)
+        return out if self.single else out.index_select(1, self.inverse)
 
 
 def _partition(
@@ -500,6 +551,9 @@ class _Builder:
         c = descs[0].input[0]
         self.width = c
         self.pos: list[list[int]] = [list(range(c)) for _ in descs]
+        # the segments: which members each holds (in order) and its channel count
+        self.segs: list[list[int]] = [list(range(self.k))]
+        self.segw: list[int] = [c]
 
     def _begin(self, idx: Sequence[int]) -> bool:
         """Before an op on `idx`: whether it takes the shared input; expand that input if not."""
@@ -509,9 +563,32 @@ class _Builder:
         self.first = False
         return shared
 
-    def _width_after(self) -> int:
-        # wide enough for every member's channels, wherever its layout puts them
-        return max((max(p) + 1 for p in self.pos if p), default=1)
+    def _plan(self, members: Sequence[int]) -> Plan:
+        """Where `members` (in this order) lie in the segments: (segment, index or None for all of it)."""
+        plan: Plan = []
+        run: list[int] = []
+        seg_of = {i: j for j, seg in enumerate(self.segs) for i in seg}
+        for i in [*members, -1]:
+            if run and (i == -1 or seg_of[i] != seg_of[run[0]]):
+                j = seg_of[run[0]]
+                where = [self.segs[j].index(m) for m in run]
+                plan.append(
+                    (
+                        j,
+                        None
+                        if where == list(range(len(self.segs[j])))
+                        else torch.tensor(where, dtype=torch.long),
+                    )
+                )
+                run = []
+            if i != -1:
+                run.append(i)
+        return plan
+
+    def _in_order(self, members: Sequence[int]) -> list[int]:
+        """`members` ordered by segment and place in it: gathered with the fewest copies."""
+        rank = {i: (j, n) for j, seg in enumerate(self.segs) for n, i in enumerate(seg)}
+        return sorted(members, key=lambda i: rank[i])
 
     def position(
         self,
@@ -521,28 +598,41 @@ class _Builder:
         cost: Callable[[tuple[int, ...]], float],
         build: Callable[..., nn.Module],
         cut: bool = True,
+        parts: Sequence[Sequence[int]] | None = None,
     ) -> None:
         """One layer position on the members `idx`: parted by shape (`_partition`), one op per part.
 
-        `build(members, specs, shared)` makes a part's op from `self.width` and `self.pos`, and
-        sets its members' new layouts. With `cut`, a part's input is cut to its members' widest
-        (prefix layouts only).
+        `build(members, specs, shared)` makes a part's op from `self.width` (its input's
+        channels) and `self.pos`, and sets its members' new layouts. With `cut`, a part's input is
+        cut to its members' widest (prefix layouts only). `parts` (members) overrides the partition.
         """
         shared = self._begin(idx)
-        parts = _partition([shape(i, sp) for i, sp in zip(idx, specs, strict=True)], cost, self.waste)
-        before = [list(p) for p in self.pos]
-        full = self.width
-        built = []
+        spec_of = dict(zip(idx, specs, strict=True))
+        if parts is None:
+            parted = _partition([shape(i, sp) for i, sp in zip(idx, specs, strict=True)], cost, self.waste)
+            parts = [[idx[s] for s in part] for part in parted]
+        seg_of = {i: j for j, seg in enumerate(self.segs) for i in seg}
+        built, segs, segw = [], [], []
         for part in parts:
-            members, mine = [idx[s] for s in part], [specs[s] for s in part]
-            width = max(len(before[i]) for i in members) if cut and not shared else full
-            for i in members:
-                self.pos[i] = before[i]
+            members = self._in_order(part)
+            plan = self._plan(members)
+            container = self.segw[0] if shared else max(self.segw[seg_of[i]] for i in members)
+            width = max(len(self.pos[i]) for i in members) if cut and not shared else container
             self.width = width
-            built.append((members, build(members, mine, shared), width if width < full else None))
-            self.width = full
-        self.width = self._width_after()
-        self.ops.append(_Split(built, self.k, self.width, shared))
+            op = build(members, [spec_of[i] for i in members], shared)
+            built.append((plan, op, width if width < container else None))
+            segs.append(members)
+            segw.append(max((max(self.pos[i]) + 1 for i in members if self.pos[i]), default=1))
+        covered = {i for part in parts for i in part}
+        rest = []
+        for j, seg in enumerate(self.segs):
+            left = [i for i in seg if i not in covered]
+            if left:
+                rest.append(self._plan(left))
+                segs.append(left)
+                segw.append(self.segw[j])
+        self.ops.append(_Position(built, rest, shared))
+        self.segs, self.segw = segs, segw
 
     def conv(
         self,
@@ -662,14 +752,27 @@ class _Builder:
         self.position(every, chans, lambda i, c: (c, c), lambda sh: float(sh[0] * sh[1]), build, cut=False)
 
     def spatial(self, kind: str) -> None:
-        self._begin(range(self.k))
-        self.ops.append(_Spatial(kind, self.rank))
+        if self.first and self.shared_input:
+            self.ops.append(_Expand(self.k))
+        self.first = False
+        self.ops.append(_Each(_Spatial(kind, self.rank)))
 
     def head_bn(self) -> None:
-        self._begin(range(self.k))
+        def build(members: Sequence[int], mine: Sequence[int], shared: bool) -> nn.Module:
+            bn = self.bn(members, self.width, [self.pos[i] for i in members], ["head.bn"] * len(members))
+            return _ConvBN(_Identity(), bn)  # type: ignore[arg-type]
+
+        # on the segments as they are
         every = list(range(self.k))
-        bn = self.bn(every, self.width, self.pos, ["head.bn"] * self.k)
-        self.ops.append(_ConvBN(_Identity(), bn))  # type: ignore[arg-type]
+        self.position(
+            every,
+            every,
+            lambda i, sp: (0,),
+            lambda sh: 1.0,
+            build,
+            cut=False,
+            parts=[list(seg) for seg in self.segs],
+        )
 
     def linear(self, idx: Sequence[int], outs: Sequence[int], key: str, relu: bool) -> None:
         def build(members: Sequence[int], mine: Sequence[int], shared: bool) -> nn.Module:
@@ -699,8 +802,8 @@ class _Expand(nn.Module):
         super().__init__()
         self.k = k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(1).expand(x.shape[0], self.k, *x.shape[1:])
+    def forward(self, x: torch.Tensor) -> Segments:
+        return [x.unsqueeze(1).expand(x.shape[0], self.k, *x.shape[1:])]
 
 
 class _Flatten(nn.Module):
@@ -710,8 +813,8 @@ class _Flatten(nn.Module):
         super().__init__()
         self.shared = shared
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) if self.shared else x.flatten(2)
+    def forward(self, x: torch.Tensor | Segments) -> torch.Tensor | Segments:
+        return [t.flatten(2) for t in x] if isinstance(x, list) else x.flatten(1)
 
 
 def _positions(lengths: Sequence[int]) -> list[list[int]]:
@@ -742,6 +845,7 @@ class FusedGroup(nn.Module):
             b.ops.append(_Flatten(shared_input))
             b.width = int(torch.tensor(descs[0].input).prod())
             b.pos = [list(range(b.width)) for _ in descs]
+            b.segw = [b.width]
         if descs[0].stem is not None:
             b.conv_layer(every, [d.stem for d in descs if d.stem is not None], "stem")  # type: ignore[misc]
         for bi in range(len(descs[0].blocks)):
@@ -766,15 +870,25 @@ class FusedGroup(nn.Module):
         for p, idx in enumerate(_positions([len(d.dense) for d in descs]), start=1):
             b.linear(idx, [descs[i].dense[p - 1] for i in idx], f"head.fc{p}", relu=True)
         b.linear(every, [d.classes for d in descs], "head.out", relu=False)
+        b.ops.append(_Out(b.segs))
+        for op in b.layers:
+            op.drop_full_masks()
         self.ops = nn.ModuleList(b.ops)
         self.layers = b.layers
+        self.segments = [list(seg) for seg in b.segs]
         self.steps = 0
         self.buffers_of: dict[tuple[int, str], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state: Any = x if self.shared_input else [x]
         for op in self.ops:
-            x = op(x)
-        return x
+            state = op(state)
+        out: torch.Tensor = state
+        return out
+
+    def largest_parts(self) -> int:
+        """The most members any one of the group's weight ops computes for."""
+        return max((len(op.slot_members) for op in self.layers), default=0)
 
     # ------------------------------------------------------------------ pack / unpack
 
@@ -826,27 +940,49 @@ class FusedGroup(nn.Module):
 
     # ------------------------------------------------------------------ the optimizer
 
-    def sgd_step(self, lr: torch.Tensor, momentum: torch.Tensor, weight_decay: torch.Tensor) -> None:
+    def sgd_step(
+        self,
+        lr: torch.Tensor,
+        momentum: torch.Tensor,
+        weight_decay: torch.Tensor,
+        uniform: tuple[float, float, float] | None = None,
+    ) -> None:
         """One SGD step per member, PyTorch's: coupled weight decay, momentum without dampening.
 
-        `lr`, `momentum` and `weight_decay` are [K] vectors over the group's members. A member's
-        momentum buffer packed as zeros (it has none yet) becomes its first gradient, as
-        torch.optim.SGD starts it; with momentum 0 the step is the gradient's.
+        `lr`, `momentum` and `weight_decay` are [K] vectors over the group's members; `uniform`,
+        when every member has the same (lr, momentum, weight decay), takes torch.optim.SGD's own
+        operations with those numbers. A momentum buffer packed as zeros (a member that has none
+        yet) becomes its first gradient, as torch.optim.SGD starts it; with momentum 0 the step
+        is the gradient's.
         """
         with torch.no_grad():
-            for op in self.layers:
-                sel = op.slot_members
-                for p in op.parameters(recurse=False):
-                    if p.grad is None:
-                        continue
-                    view = (-1,) + (1,) * (p.dim() - 1)
-                    wd, mom, rate = (
-                        v.index_select(0, sel).view(view).to(p.dtype) for v in (weight_decay, momentum, lr)
-                    )
-                    d = p.grad + wd * p
-                    buf = self.momentum[id(p)]
-                    buf.mul_(mom).add_(d)
-                    p.sub_(rate * torch.where(mom != 0, buf, d))
+            params = [p for op in self.layers for p in op.parameters(recurse=False) if p.grad is not None]
+            if uniform is not None:
+                rate, mom, wd = uniform
+                grads = [p.grad for p in params]
+                if wd != 0:
+                    grads = list(torch._foreach_add(grads, params, alpha=wd))  # type: ignore[arg-type]
+                if mom != 0:
+                    bufs = [self.momentum[id(p)] for p in params]
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, grads)  # type: ignore[arg-type]
+                    grads = bufs
+                torch._foreach_add_(params, grads, alpha=-rate)  # type: ignore[arg-type]
+            else:
+                for op in self.layers:
+                    sel = op.slot_members
+                    for p in op.parameters(recurse=False):
+                        if p.grad is None:
+                            continue
+                        view = (-1,) + (1,) * (p.dim() - 1)
+                        wdv, momv, ratev = (
+                            v.index_select(0, sel).view(view).to(p.dtype)
+                            for v in (weight_decay, momentum, lr)
+                        )
+                        d = p.grad + wdv * p
+                        buf = self.momentum[id(p)]
+                        buf.mul_(momv).add_(d)
+                        p.sub_(ratev * torch.where(momv != 0, buf, d))
         self.steps += 1
 
 

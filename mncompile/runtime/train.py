@@ -372,6 +372,8 @@ class _Fused:
         self.momentum = torch.tensor([x.momentum for x in s], device=dev)
         self.weight_decay = torch.tensor([x.weight_decay for x in s], device=dev)
         self.keys = [id(st) for st in states]
+        same = {(x.lr_at(epoch), x.momentum, x.weight_decay) for x in s}
+        self.uniform = same.pop() if len(same) == 1 else None
         group.pack([st.job.model for st in states], [st.optimizer for st in states])
 
     def own(self, mine: Mapping[int, Any]) -> list[int]:
@@ -384,7 +386,7 @@ class _Fused:
 
 
 def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any] | None, dev: torch.device,
-                  cache: dict[tuple[Any, ...], Any], epoch: int) -> list[_Fused]:
+                  cache: dict[tuple[Any, ...], Any], epoch: int, progress: Progress) -> list[_Fused]:
     """This epoch's fused groups of the active states (groups of two or more), packed."""
     from mncompile.runtime.fused import FusedGroup, describe_module, fusable, groups_of, waste_for
 
@@ -403,6 +405,9 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
         keys.add(key)
         if key not in cache:
             cache[key] = FusedGroup([descs[i] for i in members], shared_input=shared, waste=waste).to(dev)
+            parts = cache[key].largest_parts()
+            progress.note(f"fused from epoch {epoch + 1}: {', '.join(key[0])} (largest op {parts} of "
+                          f"{len(members)} nets)")
         out.append(_Fused(cache[key], states, epoch, dev))
     for stale in set(cache) - keys:  # a member left: that group is not needed again
         del cache[stale]
@@ -431,7 +436,7 @@ def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, 
     losses = member_losses(out, y)
     g.group.zero_grad(set_to_none=True)
     losses.sum().backward()
-    g.group.sgd_step(g.lr, g.momentum, g.weight_decay)
+    g.group.sgd_step(g.lr, g.momentum, g.weight_decay, g.uniform)
     with torch.no_grad():
         correct = member_correct(out, y)
         n = y.shape[0]
@@ -540,7 +545,7 @@ def fit(
             # a model with a batch order of its own draws its own permutation (and augmentation)
             own = {id(st): batches(data, batch, epoch_generator(seed, epoch, st.job.name), dev)
                    for st in active if st.job.settings.order == "member"}
-            fused = (_fused_groups(active, describe, dev, cache, epoch)
+            fused = (_fused_groups(active, describe, dev, cache, epoch, progress)
                      if fuse and batch_hook is None and type(shard) is Shard else [])
             in_group = {id(st) for g in fused for st in g.states}
             # in-memory data is on `dev` already; a streamed split is read and moved batch by batch
