@@ -9,8 +9,8 @@ in float32 on the CPU.
 from __future__ import annotations
 
 import copy
-import json
 import dataclasses
+import json
 import math
 import tempfile
 from pathlib import Path

@@ -959,15 +959,15 @@ class FusedGroup(nn.Module):
             params = [p for op in self.layers for p in op.parameters(recurse=False) if p.grad is not None]
             if uniform is not None:
                 rate, mom, wd = uniform
-                grads = [p.grad for p in params]
+                grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
                 if wd != 0:
-                    grads = list(torch._foreach_add(grads, params, alpha=wd))  # type: ignore[arg-type]
+                    grads = list(torch._foreach_add(grads, params, alpha=wd))
                 if mom != 0:
                     bufs = [self.momentum[id(p)] for p in params]
                     torch._foreach_mul_(bufs, mom)
-                    torch._foreach_add_(bufs, grads)  # type: ignore[arg-type]
+                    torch._foreach_add_(bufs, grads)
                     grads = bufs
-                torch._foreach_add_(params, grads, alpha=-rate)  # type: ignore[arg-type]
+                torch._foreach_add_(params, grads, alpha=-rate)
             else:
                 for op in self.layers:
                     sel = op.slot_members
