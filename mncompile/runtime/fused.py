@@ -956,7 +956,8 @@ class FusedGroup(nn.Module):
         is the gradient's.
         """
         with torch.no_grad():
-            params = [p for op in self.layers for p in op.parameters(recurse=False) if p.grad is not None]
+            params: list[torch.Tensor] = [p for op in self.layers for p in op.parameters(recurse=False)
+                                          if p.grad is not None]
             if uniform is not None:
                 rate, mom, wd = uniform
                 grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
