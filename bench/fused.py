@@ -18,6 +18,8 @@ a V25/V100-style ensemble (VGG-16 variants, each changing one layer's filters or
     python bench/fused.py --specs examples/mnist1d.mnet --threads 1 --repeats 5
     python bench/fused.py --members 5,25,100 --threads 1   # scaling with ensemble size
     python bench/fused.py --device cuda                    # on a GPU (bf16 autocast, channels_last)
+    python bench/fused.py --waste inf                      # pad every member to the largest (HFTA-style)
+    python bench/fused.py --order member                   # each member its own batches (stacked)
 
 It prints the device, torch version and thread count of every figure.
 """
@@ -67,7 +69,8 @@ def vgg_members(k: int, shape: tuple[int, ...], width_div: int) -> list[Any]:
     return out
 
 
-def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: str) -> float:
+def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: str,
+               order: str = "shared") -> float:
     """Seconds of one training epoch of `descs` in `mode` (fresh nets, plain SGD)."""
     import torch
 
@@ -78,7 +81,8 @@ def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: s
 
     torch.manual_seed(0)
     nets = [build_net(d, f"m{i}") for i, d in enumerate(descs)]
-    settings = TrainSettings(batch=batch, lr=0.01, momentum=0.9, weight_decay=5e-4, max_epochs=1, patience=0)
+    settings = TrainSettings(batch=batch, lr=0.01, momentum=0.9, weight_decay=5e-4, max_epochs=1, patience=0,
+                             order=order)
     jobs = [Job(f"m{i}", n, settings) for i, n in enumerate(nets)]
     quiet = Progress(quiet=True)
     if device.startswith("cuda"):
@@ -102,10 +106,10 @@ def measure(descs: Sequence[Any], shape: tuple[int, ...], classes: int, args: ar
     data = load_dataset("synthetic", shape, classes, seed=0, train_size=args.train_size, test_size=8)
     times: dict[str, list[float]] = {m: [] for m in modes}
     for m in modes:
-        time_epoch(m, descs, data, args.batch, args.device)
+        time_epoch(m, descs, data, args.batch, args.device, args.order)
     for _ in range(args.repeats):
         for m in modes:
-            times[m].append(time_epoch(m, descs, data, args.batch, args.device))
+            times[m].append(time_epoch(m, descs, data, args.batch, args.device, args.order))
     return {m: statistics.median(v) for m, v in times.items()}
 
 
@@ -134,7 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width-div", type=int, default=8,
                    help="scaling mode on the CPU: VGG-16 widths divided by this (default 8)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    p.add_argument("--order", choices=("shared", "member"), default="shared",
+                   help="batches: one shared batch per step (default), or each member's own "
+                   "(stacked when fused)")
+    p.add_argument("--waste", type=float, default=None,
+                   help="the padding a fused layer position may add on this device (runtime/fused.py WASTE: "
+                   "1 = equal shapes only, inf = every member padded to the largest; default the device's)")
     args = p.parse_args(argv)
+    from mncompile.runtime import fused
+
+    kind = args.device.split(":")[0]
+    if args.waste is not None:
+        for key in ((kind, f"{kind}-2d") if kind == "cpu" else (kind,)):
+            fused.WASTE[key] = args.waste
+    waste = ", ".join(f"{k} {v:g}" for k, v in fused.WASTE.items() if k.startswith(kind))
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         print("bench/fused.py: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
@@ -142,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name() if cuda else "CPU"
     counts = [torch.get_num_threads()] if cuda else args.threads
     print(f"bench/fused.py: device {args.device} ({card}), torch {torch.__version__}, batch {args.batch}, "
-          f"{args.train_size} examples per epoch, median of {args.repeats} epochs per mode", flush=True)
+          f"{args.train_size} examples per epoch, median of {args.repeats} epochs per mode, batches "
+          f"{args.order}, fused padding bounds {waste}", flush=True)
     for threads in counts:
         torch.set_num_threads(threads)
         print(f"\n## {threads} CPU thread(s)", flush=True)

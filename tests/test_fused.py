@@ -27,7 +27,7 @@ from mncompile.runtime import fused as fused_module
 from mncompile.runtime.checkpoint import load_checkpoint
 from mncompile.runtime.data import load_dataset
 from mncompile.runtime.fuse_rule import choose_fuse
-from mncompile.runtime.fused import FusedGroup, describe_module, group_key
+from mncompile.runtime.fused import FusedGroup, describe_module, fusable, group_key
 from mncompile.runtime.jobs import Job, TrainSettings
 from mncompile.runtime.nets import build_net
 from mncompile.runtime.progress import Progress
@@ -105,8 +105,9 @@ def ensembles(draw: st.DrawFn) -> tuple[list[NetDescription], list[TrainSettings
         )
         for _ in descs
     ]
-    # how much padding a position may add: equal shapes only (the CPU's rule), CUDA's, or all padded
-    return descs, runs, draw(st.sampled_from([1.0, 1.5, math.inf]))
+    # how much padding a position may add: none (a part per member: the CPU's rule for 2-D nets),
+    # equal shapes only (its rule for the others), CUDA's, or every member padded to the largest
+    return descs, runs, draw(st.sampled_from([0.0, 1.0, 1.5, math.inf]))
 
 
 def train(
@@ -187,7 +188,7 @@ def test_a_fused_step_equals_the_unfused_steps(
     assert len({group_key(d) for d in descs}) == 1
     runs = [dataclasses.replace(s, max_epochs=1) for s in runs]
     unfused, ubuf = with_momenta(descs, runs, fuse=False, steps=1)
-    with mock.patch.dict(fused_module.WASTE, {"cpu": waste}):
+    with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
         fused, fbuf = with_momenta(descs, runs, fuse=True, steps=1)
     assert_close(unfused, fused)
     assert_momenta_close(ubuf, fbuf)
@@ -215,12 +216,28 @@ FIXED = {
 }
 
 
+@pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize("waste", [1.0, math.inf])
 @pytest.mark.parametrize("order", ["shared", "member"])
 @pytest.mark.parametrize("family", sorted(FIXED))
-def test_epochs_of_fused_steps_stay_with_the_unfused(family: str, order: str, waste: float) -> None:
-    """Three epochs of two steps: momentum and BN statistics carried across the epochs' pack and unpack."""
+def test_epochs_of_fused_steps_stay_with_the_unfused(
+    family: str, order: str, waste: float, uniform: bool
+) -> None:
+    """Three epochs of two steps: momentum and BN statistics carried across the epochs' pack and unpack;
+    members with settings of their own (the per-member step) or one setting for all (torch's foreach)."""
     descs = FIXED[family]
+    if uniform:
+        runs = [
+            TrainSettings(
+                batch=BATCH, lr=0.05, momentum=0.9, weight_decay=5e-4, max_epochs=3, patience=0, order=order
+            )
+        ] * len(descs)
+        unfused, ubuf = with_momenta(descs, runs, False, 2)
+        with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
+            fused, fbuf = with_momenta(descs, runs, True, 2)
+        assert_close(unfused, fused)
+        assert_momenta_close(ubuf, fbuf)
+        return
     runs = [
         TrainSettings(
             batch=BATCH,
@@ -234,7 +251,7 @@ def test_epochs_of_fused_steps_stay_with_the_unfused(family: str, order: str, wa
         for i in range(len(descs))
     ]
     unfused, ubuf = with_momenta(descs, runs, False, 2)
-    with mock.patch.dict(fused_module.WASTE, {"cpu": waste}):
+    with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
         fused, fbuf = with_momenta(descs, runs, True, 2)
     assert_close(unfused, fused)
     assert_momenta_close(ubuf, fbuf)
@@ -261,21 +278,40 @@ def test_the_group_really_runs_fused() -> None:
     finally:
         FusedGroup.forward = original  # type: ignore[method-assign]
     assert len(calls) == 2  # one fused forward per batch
-    assert 0 < assert_close(unfused, fused)  # another summation order: not the same bits
+    assert_close(unfused, fused)
+
+
+FORWARD = [
+    [
+        NetDescription("dense", (2, 8, 8), 4, (3, 8), (((3, 4), (3, 4)), ((3, 6),)), (6,)),
+        NetDescription("dense", (2, 8, 8), 4, (5, 6), (((3, 2),), ((5, 4), (3, 4))), (3, 3)),
+    ],
+    # a member merged with a wider one, then passed through a layer it lacks (a segment wider
+    # than its members' channels reach)
+    [
+        NetDescription("dense", (1, 8), 3, (3, 8), (((3, 8), (3, 1)),), ()),
+        NetDescription("dense", (1, 8), 3, (3, 6), (((3, 6),),), (4,)),
+    ],
+    [
+        NetDescription("residual", (2, 16), 4, (3, 8), (((3, 8),), ((3, 12), (3, 12))), (6,)),
+        NetDescription("residual", (2, 16), 4, (5, 6), (((3, 8), (5, 8)), ((3, 8),)), ()),
+        NetDescription("residual", (2, 16), 4, (3, 4), (((3, 6),), ((3, 6),)), (5, 7)),
+    ],
+]
 
 
 @torch.no_grad()
-def test_the_forward_pass_equals_each_members() -> None:
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("waste", [0.0, 1.0, 1.5, math.inf])
+@pytest.mark.parametrize("case", range(len(FORWARD)))
+def test_the_forward_pass_equals_each_members(case: int, waste: float, shared: bool) -> None:
     torch.manual_seed(1)
-    descs = [
-        NetDescription("dense", (2, 8, 8), 4, (3, 8), (((3, 4), (3, 4)), ((3, 6),)), (6,)),
-        NetDescription("dense", (2, 8, 8), 4, (5, 6), (((3, 2),), ((5, 4), (3, 4))), (3, 3)),
-    ]
+    descs = FORWARD[case]
     members = [build_net(d) for d in descs]
-    group = FusedGroup(descs)
-    group.pack(members, [None, None])
-    x = torch.randn(6, 2, 8, 8)
-    out = group(x)
+    group = FusedGroup(descs, shared_input=shared, waste=waste)
+    group.pack(members, [None] * len(members))
+    x = torch.randn(6, *descs[0].input)
+    out = group(x if shared else x.unsqueeze(1).expand(6, len(descs), *x.shape[1:]).contiguous())
     for i, m in enumerate(members):
         ref = m(x)
         assert float((out[:, i] - ref).norm() / ref.norm()) <= TOLERANCE
@@ -342,7 +378,29 @@ def test_resume_of_a_fused_run_is_bit_identical(tmp_path: Path) -> None:
             assert torch.equal(value, job.model.state_dict()[key]), key
 
 
-def test_other_modules_and_hooked_jobs_train_unfused() -> None:
+def test_hooked_jobs_train_unfused() -> None:
+    """A job with a hook of its own (a cyclic learning rate, a loss) is never put in a group."""
+    descs = FIXED["mlp"][:2]
+    runs = [TrainSettings(batch=BATCH, lr=0.05, max_epochs=1, patience=0)] * 2
+    data = load_dataset(
+        "synthetic", descs[0].input, descs[0].classes, seed=0, train_size=BATCH * 2, test_size=4
+    )
+    calls = []
+    original = FusedGroup.forward
+
+    def spy(self: FusedGroup, x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return original(self, x)
+
+    models = [build_net(d) for d in descs]
+    jobs = [Job("a", models[0], runs[0], lr=lambda it: 0.05), Job("b", models[1], runs[1])]
+    assert not fusable(jobs[0]) and fusable(jobs[1])
+    with mock.patch.object(FusedGroup, "forward", spy):
+        fit(jobs, data, seed=0, device="cpu", progress=Progress(quiet=True), fuse=True)
+    assert calls == []  # one fusable net is no group
+
+
+def test_other_modules_train_unfused() -> None:
     plain = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     assert describe_module(plain) is None
     net = build_net(NetDescription("mlp", (6,), 3, None, (), (4,)))
@@ -408,3 +466,10 @@ def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(
     assert again["info"]["fuse"] is True and again["info"]["fuse_rule"].startswith("resumed")
     assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "on"), "--resume", "--fuse", "off"]) == 2
     assert "cannot resume" in capsys.readouterr().err
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "on"), "--resume", "--sequential"]) == 2
+    assert "trained its nets in fused groups, and --sequential" in capsys.readouterr().err
+    assert (
+        cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "seq"), "--sequential", "--fuse", "on"])
+        == 2
+    )
+    assert "not both" in capsys.readouterr().err

@@ -58,16 +58,21 @@ __all__ = [
 
 _BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}
 
-#: how much padding a layer position may add, by device type (`_partition`): members of one
-#: shape always run as one op; on the CPU (compute-bound: padded multiply-accumulates cost
-#: their full price, bench/fused.py) nothing else merges; on CUDA (launch-bound for small
-#: nets) parts merge while the padded work stays within 1.5x the members' own (a rule, not yet
-#: measured on a GPU)
-WASTE = {"cpu": 1.0, "cuda": 1.5}
+#: how much padding a layer position may add, by device (`_partition`), measured with
+#: bench/fused.py. Members of one shape run as one op where the bound is 1 or more: on the CPU
+#: for 1-D and flat nets (compute-bound, so padded multiply-accumulates cost their full price and
+#: nothing else merges; equal shapes fused ran 1.0-1.2x faster than unfused). Below 1 (`cpu-2d`)
+#: every member runs its own ops: on the CPU, 2-D activations stacked over members outgrew the
+#: caches, and BatchNorm, ReLU and the grouped convolutions ran 1.5x slower than per member
+#: (fused 0.65x unfused on v5.mnet). On CUDA (launch-bound for small nets) parts merge while the
+#: padded work stays within 1.5x the members' own (a rule, not yet measured on a GPU).
+WASTE = {"cpu": 1.0, "cpu-2d": 0.0, "cuda": 1.5}
 
 
-def waste_for(device: torch.device) -> float:
-    """The padding a fused group may add on `device` (`WASTE`; 1 for other device types)."""
+def waste_for(device: torch.device, rank: int) -> float:
+    """The padding a fused group of nets of input `rank` may add on `device` (`WASTE`)."""
+    if device.type == "cpu":
+        return WASTE["cpu-2d" if rank >= 2 else "cpu"]
     return WASTE.get(device.type, 1.0)
 
 
@@ -210,7 +215,13 @@ class _Conv(_Op):
         conv = F.conv1d if self.rank == 1 else F.conv2d
         if self.shared_input:  # x [N, C, *sp]: one ordinary convolution with n x out channels
             y = conv(x, w.flatten(0, 1), None, self.stride, self.k // 2)
-        else:  # x [N, n, C, *sp]
+        elif self.n > 1 and self.rank == 2 and x.device.type == "cpu":
+            # the CPU's grouped 2-D convolutions ran 1.3-1.7x slower than one per member (bench/fused.py,
+            # v5.mnet): there, each member's slice of the stacked weight convolves its own input
+            # (unbind, not indexing: its backward is one stack, not a zero-filled gradient per member)
+            pairs = zip(x.unbind(1), w.unbind(0), strict=True)
+            return torch.stack([conv(xs, ws, None, self.stride, self.k // 2) for xs, ws in pairs], 1)
+        else:  # x [N, n, C, *sp]: one grouped convolution
             y = conv(x.flatten(1, 2), w.flatten(0, 1), None, self.stride, self.k // 2, 1, self.n)
         return y.unflatten(1, (self.n, self.out_width))
 
@@ -408,8 +419,11 @@ def _partition(
 
     Members of one shape always share a part; parts merge (largest first) while the padded cost
     (members x the cost of the elementwise largest shape) stays within `waste` x their own: 1
-    fuses equal shapes only, infinity pads every member to the position's largest.
+    fuses equal shapes only, infinity pads every member to the position's largest, and below 1
+    every member is a part of its own.
     """
+    if waste < 1:
+        return [[s] for s in range(len(shapes))]
     by: dict[tuple[int, ...], list[int]] = {}
     for s, shape in enumerate(shapes):
         by.setdefault(shape, []).append(s)
@@ -554,6 +568,7 @@ class _Builder:
         # the segments: which members each holds (in order) and its channel count
         self.segs: list[list[int]] = [list(range(self.k))]
         self.segw: list[int] = [c]
+        self.built_width = c  # set by each part's build: the channels its op puts out
 
     def _begin(self, idx: Sequence[int]) -> bool:
         """Before an op on `idx`: whether it takes the shared input; expand that input if not."""
@@ -622,7 +637,7 @@ class _Builder:
             op = build(members, [spec_of[i] for i in members], shared)
             built.append((plan, op, width if width < container else None))
             segs.append(members)
-            segw.append(max((max(self.pos[i]) + 1 for i in members if self.pos[i]), default=1))
+            segw.append(self.built_width)  # the op's real output channels, padding included
         covered = {i for part in parts for i in part}
         rest = []
         for j, seg in enumerate(self.segs):
@@ -669,6 +684,7 @@ class _Builder:
             bn = self.bn(members, max(outs), [list(range(f)) for f in outs], [f"{prefix}.bn"] * len(members))
             for i, f in zip(members, outs, strict=True):
                 self.pos[i] = list(range(f))
+            self.built_width = conv.out_width
             return _ConvBN(conv, bn)
 
         self.position(idx, specs, lambda i, sp: (len(self.pos[i]), sp[1], sp[0]), self._conv_cost, build)
@@ -714,6 +730,7 @@ class _Builder:
                 for s in proj:
                     self.pos[members[s]] = list(range(widths[s]))
             self.width = width_in
+            self.built_width = wmax
             return _Residual(_ConvBN(conv1, bn1), _ConvBN(conv2, bn2, relu=False), shortcut, proj, n, wmax)
 
         def cost(shape: tuple[int, ...]) -> float:
@@ -731,6 +748,7 @@ class _Builder:
             old = self.width
             for i, g in zip(members, growth, strict=True):
                 self.pos[i] = self.pos[i] + [old + j for j in range(g)]
+            self.built_width = old + conv.out_width
             return _DenseLayer(bn, conv)
 
         # the new channels go after the group's old ones: its input is never cut
@@ -745,6 +763,7 @@ class _Builder:
             conv = self.conv(members, list(mine), [1] * n, 1, [key + ".conv.weight"] * n, False)
             for i, c in zip(members, mine, strict=True):
                 self.pos[i] = list(range(c))
+            self.built_width = conv.out_width
             return _Transition(bn, conv, self.rank)
 
         every = list(range(self.k))
@@ -760,6 +779,7 @@ class _Builder:
     def head_bn(self) -> None:
         def build(members: Sequence[int], mine: Sequence[int], shared: bool) -> nn.Module:
             bn = self.bn(members, self.width, [self.pos[i] for i in members], ["head.bn"] * len(members))
+            self.built_width = self.width
             return _ConvBN(_Identity(), bn)  # type: ignore[arg-type]
 
         # on the segments as they are
@@ -782,6 +802,7 @@ class _Builder:
             self.layers.append(lin)
             for i, o in zip(members, mine, strict=True):
                 self.pos[i] = list(range(o))
+            self.built_width = lin.out_width
             return _LinearReLU(lin, relu)
 
         prefix = all(p == list(range(len(p))) for p in self.pos)
@@ -931,7 +952,10 @@ class FusedGroup(nn.Module):
                         and momenta[pl.member] != 0
                         and self.steps
                     ):
-                        buf = self.momentum[id(getattr(op, pl.tensor))][pl.slot][pl.index].clone()
+                        # in the parameter's own memory layout (channels_last on CUDA), as SGD keeps it
+                        buf = torch.empty_like(dst).copy_(
+                            self.momentum[id(getattr(op, pl.tensor))][pl.slot][pl.index]
+                        )
                         opt.state[dst]["momentum_buffer"] = buf
             if self.steps:
                 for op in self.layers:
@@ -956,8 +980,9 @@ class FusedGroup(nn.Module):
         is the gradient's.
         """
         with torch.no_grad():
-            params: list[torch.Tensor] = [p for op in self.layers for p in op.parameters(recurse=False)
-                                          if p.grad is not None]
+            params: list[torch.Tensor] = [
+                p for op in self.layers for p in op.parameters(recurse=False) if p.grad is not None
+            ]
             if uniform is not None:
                 rate, mom, wd = uniform
                 grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]

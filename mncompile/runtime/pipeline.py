@@ -176,11 +176,17 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     ctx.info["method_options"] = method_options(args)
     fuse, fuse_rule = _fuse_choice(getattr(args, "fuse", "auto"), device,
                                    out / "ckpt" / args.method / "run.json", args.resume)
-    if fuse and engine.name != "local":
+    apart = (f"--engine {engine.name}" if engine.name != "local" else
+             "--sequential" if getattr(args, "sequential", False) else None)
+    if fuse and apart is not None:
+        if fuse_rule.startswith("resumed"):
+            raise MNError(f"cannot resume: the run in {out} trained its nets in fused groups, and {apart} "
+                          "trains each net apart",
+                          hint=f"resume without {apart}, or drop --resume to start over")
         if getattr(args, "fuse", "auto") == "on":
-            raise MNError(f"--fuse on trains fused groups in one process, but --engine {engine.name} trains "
-                          "each net in a worker of its own", hint="use --engine local, or --fuse auto|off")
-        fuse, fuse_rule = False, f"auto: off for --engine {engine.name} (each net trains in its own worker)"
+            raise MNError(f"--fuse on trains the nets of a phase together in one process, but {apart} trains "
+                          "each net apart", hint=f"give --fuse on or {apart}, not both")
+        fuse, fuse_rule = False, f"auto: off for {apart} (each net trains apart)"
     ctx.fuse = fuse
     threads, threads_rule = choose_threads(getattr(args, "threads", "auto"), device,
                                            lambda: _largest_macs(models, plan), int(config["batch"]))

@@ -368,7 +368,8 @@ class _Fused:
     def __init__(self, group: Any, states: list[_State], epoch: int, dev: torch.device) -> None:
         self.group, self.states = group, states
         s = [st.job.settings for st in states]
-        self.lr = torch.tensor([x.lr_at(epoch) for x in s], device=dev)
+        self.rates = [x.lr_at(epoch) for x in s]  # as recorded: the settings' floats
+        self.lr = torch.tensor(self.rates, device=dev)
         self.momentum = torch.tensor([x.momentum for x in s], device=dev)
         self.weight_decay = torch.tensor([x.weight_decay for x in s], device=dev)
         self.keys = [id(st) for st in states]
@@ -383,6 +384,9 @@ class _Fused:
     def unpack(self) -> None:
         self.group.unpack([st.job.model for st in self.states], [st.optimizer for st in self.states],
                           [st.job.settings.momentum for st in self.states])
+        for st, lr in zip(self.states, self.rates, strict=True):
+            for group in st.optimizer.param_groups:  # as an unfused epoch leaves it
+                group["lr"] = lr
 
 
 def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any] | None, dev: torch.device,
@@ -400,7 +404,7 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
     for members in groups_of(descs):
         states = [active[i] for i in members]
         shared = all(st.job.settings.order != "member" for st in states)
-        waste = waste_for(dev)
+        waste = waste_for(dev, descs[members[0]].rank)
         key = (tuple(st.job.name for st in states), shared, waste)
         keys.add(key)
         if key not in cache:
@@ -428,7 +432,7 @@ def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, 
         if len({len(v) for v in ys}) > 1:
             raise ValueError("the members of a fused group drew batches of different sizes")
         x, y = torch.stack(xs, 1), torch.stack(ys, 1)
-    for st, lr in zip(g.states, g.lr.tolist(), strict=True):
+    for st, lr in zip(g.states, g.rates, strict=True):
         first_lr.setdefault(st.job.name, lr)
     g.group.train()
     with _autocast(dev):
