@@ -473,3 +473,16 @@ def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(
         == 2
     )
     assert "not both" in capsys.readouterr().err
+
+
+def test_on_the_cpu_nets_of_2d_inputs_train_unfused_bit_for_bit() -> None:
+    """fused.WASTE['cpu-2d'] < 0: measured slower fused, such groups are never built on the CPU."""
+    descs = [NetDescription("plain", (2, 8, 8), 3, None, (((3, 4),), ((3, 6),)), (8,))] * 2
+    runs = [TrainSettings(batch=BATCH, lr=0.05, max_epochs=1, patience=0)] * 2
+    assert fused_module.WASTE["cpu-2d"] < 0
+    with mock.patch.object(FusedGroup, "forward", side_effect=AssertionError("fused")):
+        fused, _ = train(descs, runs, fuse=True)
+    unfused, _ = train(descs, runs, fuse=False)
+    for a, b in zip(unfused, fused, strict=True):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key]), key

@@ -61,12 +61,13 @@ _BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}
 #: how much padding a layer position may add, by device (`_partition`), measured with
 #: bench/fused.py. Members of one shape run as one op where the bound is 1 or more: on the CPU
 #: for 1-D and flat nets (compute-bound, so padded multiply-accumulates cost their full price and
-#: nothing else merges; equal shapes fused ran 1.0-1.2x faster than unfused). Below 1 (`cpu-2d`)
-#: every member runs its own ops: on the CPU, 2-D activations stacked over members outgrew the
-#: caches, and BatchNorm, ReLU and the grouped convolutions ran 1.5x slower than per member
-#: (fused 0.65x unfused on v5.mnet). On CUDA (launch-bound for small nets) parts merge while the
-#: padded work stays within 1.5x the members' own (a rule, not yet measured on a GPU).
-WASTE = {"cpu": 1.0, "cpu-2d": 0.0, "cuda": 1.5}
+#: nothing else merges; equal shapes fused ran 1.0-1.2x faster than unfused, every member padded
+#: to the largest 0.63-0.84x). From 0 to 1 every member runs ops of its own. Below 0 a group is
+#: not fused at all: 2-D nets on the CPU (`cpu-2d`), where stacked 3x32x32 activations outgrew
+#: the caches (grouped: 0.65x unfused on v5.mnet; a part per member still 0.87x per step). On
+#: CUDA (launch-bound for small nets) parts merge while the padded work stays within 1.5x the
+#: members' own (a rule, not yet measured on a GPU).
+WASTE = {"cpu": 1.0, "cpu-2d": -1.0, "cuda": 1.5}
 
 
 def waste_for(device: torch.device, rank: int) -> float:
@@ -201,12 +202,19 @@ class _Conv(_Op):
         shape = (self.n, self.out_width, width_in, *taps)
         self.set_members(members)
         self.weight = nn.Parameter(torch.zeros(shape))
-        self.register_buffer("weight_mask", torch.zeros(shape), persistent=False)
-        self.masked["weight"] = "weight_mask"
+        # a mask only where some member's weights do not fill the stacked tensor
+        pads = any(
+            out != self.out_width or k != self.k or list(pos) != list(range(width_in))
+            for pos, out, k in zip(in_pos, outs, kernels, strict=True)
+        )
+        if pads:
+            self.register_buffer("weight_mask", torch.zeros(shape), persistent=False)
+            self.masked["weight"] = "weight_mask"
         for s, (pos, out, k, key, m) in enumerate(zip(in_pos, outs, kernels, keys, members, strict=True)):
             off = (self.k - k) // 2
             index = (slice(0, out), _where(pos), *([slice(off, off + k)] * rank))
-            self.weight_mask[s][index] = 1.0
+            if pads:
+                self.weight_mask[s][index] = 1.0
             if key is not None:
                 self.placements.append(_Placement("weight", s, m, key, index))
 
@@ -244,11 +252,14 @@ class _BN(_Op):
         self.bias = nn.Parameter(torch.zeros(n, width))
         self.register_buffer("running_mean", torch.zeros(n, width), persistent=False)
         self.register_buffer("running_var", torch.ones(n, width), persistent=False)
-        self.register_buffer("mask", torch.zeros(n, width), persistent=False)
-        self.masked.update(weight="mask", bias="mask")
+        pads = any(list(p) != list(range(width)) for p in pos)
+        if pads:
+            self.register_buffer("mask", torch.zeros(n, width), persistent=False)
+            self.masked.update(weight="mask", bias="mask")
         for s, (p, key, m) in enumerate(zip(pos, keys, members, strict=True)):
             index = (_where(p),)
-            self.mask[s][index] = 1.0
+            if pads:
+                self.mask[s][index] = 1.0
             for t in ("weight", "bias", "running_mean", "running_var"):
                 self.placements.append(_Placement(t, s, m, f"{key}.{t}", index))
         self.bn_keys = [(m, f"{key}.num_batches_tracked") for key, m in zip(keys, members, strict=True)]
@@ -287,13 +298,21 @@ class _Linear(_Op):
         self.set_members(members)
         self.weight = nn.Parameter(torch.zeros(self.n, self.out_width, width_in))
         self.bias = nn.Parameter(torch.zeros(self.n, self.out_width))
-        self.register_buffer("weight_mask", torch.zeros(self.n, self.out_width, width_in), persistent=False)
-        self.register_buffer("bias_mask", torch.zeros(self.n, self.out_width), persistent=False)
-        self.masked.update(weight="weight_mask", bias="bias_mask")
+        pads = any(
+            out != self.out_width or list(pos) != list(range(width_in))
+            for pos, out in zip(in_pos, outs, strict=True)
+        )
+        if pads:
+            self.register_buffer(
+                "weight_mask", torch.zeros(self.n, self.out_width, width_in), persistent=False
+            )
+            self.register_buffer("bias_mask", torch.zeros(self.n, self.out_width), persistent=False)
+            self.masked.update(weight="weight_mask", bias="bias_mask")
         for s, (pos, out, k, m) in enumerate(zip(in_pos, outs, key, members, strict=True)):
             wi, bi = (slice(0, out), _where(pos)), (slice(0, out),)
-            self.weight_mask[s][wi] = 1.0
-            self.bias_mask[s][bi] = 1.0
+            if pads:
+                self.weight_mask[s][wi] = 1.0
+                self.bias_mask[s][bi] = 1.0
             self.placements += [
                 _Placement("weight", s, m, f"{k}.weight", wi),
                 _Placement("bias", s, m, f"{k}.bias", bi),
@@ -422,7 +441,7 @@ def _partition(
     fuses equal shapes only, infinity pads every member to the position's largest, and below 1
     every member is a part of its own.
     """
-    if waste < 1:
+    if waste < 1:  # (below 0 the group is not fused at all: fit never builds it)
         return [[s] for s in range(len(shapes))]
     by: dict[tuple[int, ...], list[int]] = {}
     for s, shape in enumerate(shapes):
@@ -986,8 +1005,8 @@ class FusedGroup(nn.Module):
             if uniform is not None:
                 rate, mom, wd = uniform
                 grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
-                if wd != 0:
-                    grads = list(torch._foreach_add(grads, params, alpha=wd))
+                if wd != 0:  # in place: the gradients are set anew every step
+                    torch._foreach_add_(grads, params, alpha=wd)
                 if mom != 0:
                     bufs = [self.momentum[id(p)] for p in params]
                     torch._foreach_mul_(bufs, mom)

@@ -404,8 +404,18 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
     for members in groups_of(descs):
         states = [active[i] for i in members]
         shared = all(st.job.settings.order != "member" for st in states)
-        waste = waste_for(dev, descs[members[0]].rank)
-        key = (tuple(st.job.name for st in states), shared, waste)
+        names = tuple(st.job.name for st in states)
+        rank = descs[members[0]].rank
+        waste = waste_for(dev, rank)
+        if waste < 0:  # measured slower fused on this device (fused.WASTE): these nets train unfused
+            key: tuple[Any, ...] = ("unfused", names)
+            if key not in cache:
+                cache[key] = None
+                progress.note(f"not fused: {', '.join(names)} (on the {dev.type.upper()}, nets of {rank}-D "
+                              "inputs were measured faster unfused: runtime/fused.py, WASTE)")
+            keys.add(key)
+            continue
+        key = (names, shared, waste)
         keys.add(key)
         if key not in cache:
             cache[key] = FusedGroup([descs[i] for i in members], shared_input=shared, waste=waste).to(dev)
