@@ -486,3 +486,16 @@ def test_on_the_cpu_nets_of_2d_inputs_train_unfused_bit_for_bit() -> None:
     for a, b in zip(unfused, fused, strict=True):
         for key, value in a.state_dict().items():
             assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_the_bench_report_says_which_runs_were_fused() -> None:
+    from types import SimpleNamespace
+
+    from mncompile.commands.bench import _fused
+
+    def run(fuse: bool | None) -> SimpleNamespace:
+        return SimpleNamespace(doc={"info": {} if fuse is None else {"fuse": fuse}})
+
+    assert _fused([run(None), run(False)]) == ""
+    assert _fused([run(True), run(True)]) == ", fused groups (--fuse)"
+    assert _fused([run(True), run(False), run(None)]) == ", fused groups in 1 of 3 runs"

@@ -102,6 +102,14 @@ def _threads(runs: Sequence[Any], now: int) -> str:
     return " and ".join(map(str, counts))
 
 
+def _fused(runs: Sequence[Any]) -> str:
+    """How the runs trained their lockstep phases: ', fused groups' where some used --fuse, else ''."""
+    fused = [bool(r.doc.get("info", {}).get("fuse", False)) for r in runs]
+    if not any(fused):
+        return ""
+    return ", fused groups (--fuse)" if all(fused) else f", fused groups in {sum(fused)} of {len(fused)} runs"
+
+
 #: methods whose result depends on the number of MotherNets g: run once per g
 G_METHODS = ("mothernets", "shared-mothernets")
 
@@ -339,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
              f"{e.name}: {m} members; {data}, {where} (data seed {args.data_seed}); g in "
              f"{', '.join(map(str, clusters))}; seeds {', '.join(map(str, seeds))}; early stopping on "
              f"{sizes.get('stop', '-')}; device {sizes.get('device', args.device)}, torch "
-             f"{torch.__version__} at {_threads(runs, torch.get_num_threads())} thread(s).",
+             f"{torch.__version__} at {_threads(runs, torch.get_num_threads())} thread(s){_fused(runs)}.",
              "Training time is wall clock on this machine; cost prices it at the paper's hourly rates."]
     title = f"ensemble '{e.name}' ({m} members); data {data}, {sizes.get('test_size')} test examples"
     paths = write_frontier(out, runs, title=title, notes=notes)
