@@ -11,9 +11,10 @@ forward, backward and SGD step once per batch instead of once per member:
   as one op; members of other shapes run as ops of their own, or join one padded to the
   largest widths and kernel (a kernel in the centre of the larger one, as Net2Net widens it)
   while the padded work stays within `WASTE` of their own (1 on the CPU: equal shapes only).
-  A constant mask multiplies every weight in the forward pass, so padded weights, their
-  gradients, their momentum and the padded activations stay exactly zero: each member
-  computes what it computes alone;
+  Where an op pads, a constant mask multiplies its weights in the forward pass, so padded
+  weights, their gradients, their momentum and the padded activations stay exactly zero: each
+  member computes what it computes alone. On the CPU nets of 2-D inputs are not fused at all
+  (`WASTE`: measured slower);
 - **layers only some members have** (a deeper block, one more hidden layer) run on those
   members' slice only; the others pass through unchanged, as if the layer were absent;
 - **per-member BatchNorm**: one BN over the K x C channels is K separate BNs; the running
@@ -64,7 +65,7 @@ _BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}
 #: nothing else merges; equal shapes fused ran 1.0-1.2x faster than unfused, every member padded
 #: to the largest 0.63-0.84x). From 0 to 1 every member runs ops of its own. Below 0 a group is
 #: not fused at all: 2-D nets on the CPU (`cpu-2d`), where stacked 3x32x32 activations outgrew
-#: the caches (grouped: 0.65x unfused on v5.mnet; a part per member still 0.87x per step). On
+#: the caches (grouped: 0.65x unfused on v5.mnet; a part per member still 0.79-0.88x). On
 #: CUDA (launch-bound for small nets) parts merge while the padded work stays within 1.5x the
 #: members' own (a rule, not yet measured on a GPU).
 WASTE = {"cpu": 1.0, "cpu-2d": -1.0, "cuda": 1.5}
@@ -169,12 +170,6 @@ class _Op(nn.Module):
         mask = self.masked.get(name)
         return w * getattr(self, mask) if mask is not None else w
 
-    def drop_full_masks(self) -> None:
-        """Forget the masks that pad nothing (every member of the op has the op's shape)."""
-        for name, mask in list(self.masked.items()):
-            if bool(getattr(self, mask).all()):
-                del self.masked[name]
-
 
 class _Conv(_Op):
     """Grouped convolution: member s maps its channels at `in_pos[s]` to its first `outs[s]`."""
@@ -223,12 +218,6 @@ class _Conv(_Op):
         conv = F.conv1d if self.rank == 1 else F.conv2d
         if self.shared_input:  # x [N, C, *sp]: one ordinary convolution with n x out channels
             y = conv(x, w.flatten(0, 1), None, self.stride, self.k // 2)
-        elif self.n > 1 and self.rank == 2 and x.device.type == "cpu":
-            # the CPU's grouped 2-D convolutions ran 1.3-1.7x slower than one per member (bench/fused.py,
-            # v5.mnet): there, each member's slice of the stacked weight convolves its own input
-            # (unbind, not indexing: its backward is one stack, not a zero-filled gradient per member)
-            pairs = zip(x.unbind(1), w.unbind(0), strict=True)
-            return torch.stack([conv(xs, ws, None, self.stride, self.k // 2) for xs, ws in pairs], 1)
         else:  # x [N, n, C, *sp]: one grouped convolution
             y = conv(x.flatten(1, 2), w.flatten(0, 1), None, self.stride, self.k // 2, 1, self.n)
         return y.unflatten(1, (self.n, self.out_width))
@@ -302,16 +291,20 @@ class _Linear(_Op):
             out != self.out_width or list(pos) != list(range(width_in))
             for pos, out in zip(in_pos, outs, strict=True)
         )
+        pads_out = any(out != self.out_width for out in outs)  # the bias pads only then
         if pads:
             self.register_buffer(
                 "weight_mask", torch.zeros(self.n, self.out_width, width_in), persistent=False
             )
+            self.masked["weight"] = "weight_mask"
+        if pads_out:
             self.register_buffer("bias_mask", torch.zeros(self.n, self.out_width), persistent=False)
-            self.masked.update(weight="weight_mask", bias="bias_mask")
+            self.masked["bias"] = "bias_mask"
         for s, (pos, out, k, m) in enumerate(zip(in_pos, outs, key, members, strict=True)):
             wi, bi = (slice(0, out), _where(pos)), (slice(0, out),)
             if pads:
                 self.weight_mask[s][wi] = 1.0
+            if pads_out:
                 self.bias_mask[s][bi] = 1.0
             self.placements += [
                 _Placement("weight", s, m, f"{k}.weight", wi),
@@ -462,7 +455,7 @@ def _partition(
 class _ConvBN(nn.Module):
     """conv -> bn (-> relu): a plain layer, a stem, a residual projection shortcut."""
 
-    def __init__(self, conv: _Conv, bn: _BN, relu: bool = True) -> None:
+    def __init__(self, conv: nn.Module, bn: _BN, relu: bool = True) -> None:
         super().__init__()
         self.conv, self.bn, self.relu = conv, bn, relu
 
@@ -576,7 +569,6 @@ class _Builder:
         self.descs = list(descs)
         self.k = len(descs)
         self.rank = descs[0].rank
-        self.taps = self.rank if self.rank > 0 else 0
         self.shared_input, self.waste = shared_input, waste
         self.first = True  # the next op is the first: it may take the shared input as it is
         self.ops: list[nn.Module] = []
@@ -690,7 +682,7 @@ class _Builder:
 
     def _conv_cost(self, shape: tuple[int, ...]) -> float:
         cin, cout, k = shape
-        return float(cin * cout * k**self.taps)
+        return float(cin * cout * k**self.rank)
 
     def conv_layer(self, idx: Sequence[int], specs: Sequence[tuple[int, int]], prefix: str) -> None:
         """conv -> bn -> relu on `idx`: member idx[s] with (kernel, filters) specs[s], keys under `prefix`."""
@@ -754,7 +746,7 @@ class _Builder:
 
         def cost(shape: tuple[int, ...]) -> float:
             cin, w, k = shape
-            return float((cin + w) * w * k**self.taps)
+            return float((cin + w) * w * k**self.rank)
 
         self.position(idx, specs, lambda i, sp: (len(self.pos[i]), sp[1], sp[0]), cost, build)
 
@@ -799,7 +791,7 @@ class _Builder:
         def build(members: Sequence[int], mine: Sequence[int], shared: bool) -> nn.Module:
             bn = self.bn(members, self.width, [self.pos[i] for i in members], ["head.bn"] * len(members))
             self.built_width = self.width
-            return _ConvBN(_Identity(), bn)  # type: ignore[arg-type]
+            return _ConvBN(nn.Identity(), bn)
 
         # on the segments as they are
         every = list(range(self.k))
@@ -828,11 +820,6 @@ class _Builder:
         self.position(
             idx, outs, lambda i, o: (len(self.pos[i]), o), lambda sh: float(sh[0] * sh[1]), build, cut=prefix
         )
-
-
-class _Identity(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 class _Expand(nn.Module):
@@ -911,13 +898,9 @@ class FusedGroup(nn.Module):
             b.linear(idx, [descs[i].dense[p - 1] for i in idx], f"head.fc{p}", relu=True)
         b.linear(every, [d.classes for d in descs], "head.out", relu=False)
         b.ops.append(_Out(b.segs))
-        for op in b.layers:
-            op.drop_full_masks()
         self.ops = nn.ModuleList(b.ops)
         self.layers = b.layers
-        self.segments = [list(seg) for seg in b.segs]
         self.steps = 0
-        self.buffers_of: dict[tuple[int, str], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state: Any = x if self.shared_input else [x]

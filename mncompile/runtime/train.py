@@ -369,17 +369,14 @@ class _Fused:
         self.group, self.states = group, states
         s = [st.job.settings for st in states]
         self.rates = [x.lr_at(epoch) for x in s]  # as recorded: the settings' floats
+        momenta, decays = [x.momentum for x in s], [x.weight_decay for x in s]
         self.lr = torch.tensor(self.rates, device=dev)
-        self.momentum = torch.tensor([x.momentum for x in s], device=dev)
-        self.weight_decay = torch.tensor([x.weight_decay for x in s], device=dev)
+        self.momentum = torch.tensor(momenta, device=dev)
+        self.weight_decay = torch.tensor(decays, device=dev)
         self.keys = [id(st) for st in states]
-        same = {(x.lr_at(epoch), x.momentum, x.weight_decay) for x in s}
+        same = set(zip(self.rates, momenta, decays, strict=True))
         self.uniform = same.pop() if len(same) == 1 else None
         group.pack([st.job.model for st in states], [st.optimizer for st in states])
-
-    def own(self, mine: Mapping[int, Any]) -> list[int]:
-        """The members that draw batches of their own."""
-        return [k for k in self.keys if k in mine]
 
     def unpack(self) -> None:
         self.group.unpack([st.job.model for st in self.states], [st.optimizer for st in self.states],
@@ -430,7 +427,8 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
 
 def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, Any], dev: torch.device,
                 totals: Mapping[int, torch.Tensor], first_lr: dict[str, float]) -> None:
-    """One forward, backward and SGD step of a fused group on the shared batch or the members' own."""
+    """One forward, backward and SGD step of a fused group on the shared batch, or on the members' own
+    batches (`mine`, by state) stacked."""
     from mncompile.runtime.fused import member_correct, member_losses
 
     if not g.group.shared_input:
@@ -576,7 +574,7 @@ def fit(
                 aux = batch_hook(x) if batch_hook is not None else None
                 shared_part = (x, y, weight)
                 for g in fused:
-                    _fused_step(g, x, y, {k: mine[k] for k in g.own(mine)}, dev, totals, first_lr)
+                    _fused_step(g, x, y, mine, dev, totals, first_lr)
                 for st in active:
                     if id(st) in in_group:
                         continue
