@@ -9,7 +9,8 @@ through the Python API (`mncompile.compile(...).fit`), `--method full-data`, a f
 epochs (`patience 0`), no validation split, on the CPU, with the spec's nets
 (default: examples/mnist1d.mnet, its 5 members):
 
-- `lockstep`: the default; every batch is read once and all K nets step on it;
+- `lockstep`: the default, unfused (`fuse="off"`); every batch is read once and all K nets step on
+  it, each its own step;
 - `sequential`: `sequential=True`; each net has its own pass, K reads of every batch.
 
 Both get the same batches in the same order (same seeds), so they train the same weights
@@ -108,7 +109,7 @@ def train(ens: Any, ds: Dataset, test: tuple[torch.Tensor, torch.Tensor], batch:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         run = ens.fit(DataLoader(ds, batch_size=batch, num_workers=workers), test, method="full-data",
                       out=str(out), force=True, quiet=True, val_fraction=0, max_epochs=epochs, patience=0,
-                      sequential=sequential)
+                      sequential=sequential, fuse="off")
     return run.results
 
 

@@ -23,7 +23,9 @@ PIN = Path(__file__).resolve().parent / "data" / "runtime_pin.json"
 #: which `--recipe paper` must reproduce: the pin as it was at commit a43a4d1
 PAPER_PIN = Path(__file__).resolve().parent / "data" / "paper_pin.json"
 METHODS = ("mothernets", "shared-mothernets", "full-data", "bagging", "distill", "snapshot", "fge", "treenet")
-OPTIONS = ["--train-size", "600", "--test-size", "300", "--epochs-scale", "0.1", "--quiet"]
+#: `--fuse off`: the pin is of the unfused path, bit for bit (fused groups agree with it to float32
+#: rounding: tests/test_fused.py)
+OPTIONS = ["--train-size", "600", "--test-size", "300", "--epochs-scale", "0.1", "--quiet", "--fuse", "off"]
 #: wall times and versions: the only fields allowed to differ between two runs
 VOLATILE = frozenset({"seconds", "total_seconds", "cost_usd", "val_seconds", "validation_seconds"})
 METHOD_INFO = ("hatch", "shared", "snapshot", "fge", "treenet", "distill", "bagging")

@@ -26,7 +26,7 @@ from mncompile.formats.ensemble_file import NetDescription, net_tensors
 from mncompile.runtime import fused as fused_module
 from mncompile.runtime.checkpoint import load_checkpoint
 from mncompile.runtime.data import load_dataset
-from mncompile.runtime.fuse_rule import choose_fuse
+from mncompile.runtime.fuse_rule import CPU_RULE, choose_fuse
 from mncompile.runtime.fused import FusedGroup, describe_module, fusable, group_key
 from mncompile.runtime.jobs import Job, TrainSettings
 from mncompile.runtime.nets import build_net
@@ -188,10 +188,15 @@ def test_a_fused_step_equals_the_unfused_steps(
     assert len({group_key(d) for d in descs}) == 1
     runs = [dataclasses.replace(s, max_epochs=1) for s in runs]
     unfused, ubuf = with_momenta(descs, runs, fuse=False, steps=1)
-    with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
+    with mock.patch.dict(fused_module.WASTE, cpu_bounds(waste)):
         fused, fbuf = with_momenta(descs, runs, fuse=True, steps=1)
     assert_close(unfused, fused)
     assert_momenta_close(ubuf, fbuf)
+
+
+def cpu_bounds(waste: float) -> dict[str, float]:
+    """fused.WASTE with every CPU bound `waste`: the groups the CPU keeps unfused fused too."""
+    return {k: waste for k in fused_module.WASTE if k.startswith("cpu")}
 
 
 FIXED = {
@@ -233,7 +238,7 @@ def test_epochs_of_fused_steps_stay_with_the_unfused(
             )
         ] * len(descs)
         unfused, ubuf = with_momenta(descs, runs, False, 2)
-        with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
+        with mock.patch.dict(fused_module.WASTE, cpu_bounds(waste)):
             fused, fbuf = with_momenta(descs, runs, True, 2)
         assert_close(unfused, fused)
         assert_momenta_close(ubuf, fbuf)
@@ -251,7 +256,7 @@ def test_epochs_of_fused_steps_stay_with_the_unfused(
         for i in range(len(descs))
     ]
     unfused, ubuf = with_momenta(descs, runs, False, 2)
-    with mock.patch.dict(fused_module.WASTE, {"cpu": waste, "cpu-2d": waste}):
+    with mock.patch.dict(fused_module.WASTE, cpu_bounds(waste)):
         fused, fbuf = with_momenta(descs, runs, True, 2)
     assert_close(unfused, fused)
     assert_momenta_close(ubuf, fbuf)
@@ -409,11 +414,29 @@ def test_other_modules_train_unfused() -> None:
     assert describe_module(net) is None
 
 
+DENSE_1D = [
+    NetDescription("dense", (2, 16), 4, (3, 8), (((3, 4), (3, 4)), ((3, 6),)), (6,)),
+    NetDescription("dense", (2, 16), 4, (5, 6), (((3, 2),), ((5, 4), (3, 4))), ()),
+]
+SLOWER = {"dense": DENSE_1D, "mlp": FIXED["mlp"]}
+
+
 def test_choose_fuse_is_a_fixed_rule() -> None:
-    assert choose_fuse("auto", torch.device("cpu"))[0] is False
+    cpu = torch.device("cpu")
     assert choose_fuse("auto", torch.device("cuda"))[0] is True
-    assert choose_fuse("on", torch.device("cpu"))[0] is True
+    assert choose_fuse("on", cpu)[0] is True
     assert choose_fuse("off", torch.device("cuda"))[0] is False
+    # on the CPU, auto is on where two nets of the run would fuse there (fused.WASTE)
+    assert choose_fuse("auto", cpu, FIXED["plain"]) == (True, f"auto: on ({CPU_RULE})")
+    assert choose_fuse("auto", cpu, FIXED["residual"] + FIXED["mlp"])[0] is True
+    for measured_slower in ("dense", "mlp"):
+        on, why = choose_fuse("auto", cpu, SLOWER[measured_slower])
+        assert on is False and why.startswith("auto: off, no two nets of this run fuse"), why
+    flat = [NetDescription("plain", (2, 8, 8), 3, None, (((3, 4),), ((3, 6),)), (8,))] * 2
+    assert choose_fuse("auto", cpu, flat)[0] is False
+    assert choose_fuse("auto", torch.device("cuda"), flat)[0] is True
+    # one plain net of each block count: no group of two
+    assert choose_fuse("auto", cpu, [FIXED["plain"][0], FIXED["mlp"][0]])[0] is False
 
 
 RUN_SPEC = """ensemble fz { input 1x16 classes 3
@@ -445,15 +468,17 @@ def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(
     from tests.conftest import spec_in
 
     spec = spec_in(tmp_path, monkeypatch, RUN_SPEC, "fz.mnet")
-    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "off")]) == 0
+    assert cli_main(["run", str(spec), *RUN, "--fuse", "off", "--out", str(tmp_path / "off")]) == 0
     off = json.loads((tmp_path / "off" / "results.json").read_text())
-    assert off["info"]["fuse"] is False and off["info"]["fuse_rule"].startswith("auto: off for the CPU")
+    assert off["info"]["fuse"] is False and off["info"]["fuse_rule"] == "--fuse off"
+    assert "fuse" not in json.loads((tmp_path / "off" / "ckpt" / "mothernets" / "run.json").read_text())
     capsys.readouterr()
-    assert cli_main(["run", str(spec), *RUN, "--fuse", "on", "--out", str(tmp_path / "on")]) == 0
+    # plain nets of 1-D inputs: auto fuses them on the CPU too
+    assert cli_main(["run", str(spec), *RUN, "--out", str(tmp_path / "on")]) == 0
     out = capsys.readouterr().out
     assert "fused from epoch 1: a, b, c (largest op 2 of 3 nets)" in out, out
     on = json.loads((tmp_path / "on" / "results.json").read_text())
-    assert on["info"]["fuse"] is True and on["info"]["fuse_rule"] == "--fuse on"
+    assert on["info"]["fuse"] is True and on["info"]["fuse_rule"] == f"auto: on ({CPU_RULE})"
     record = json.loads((tmp_path / "on" / "ckpt" / "mothernets" / "run.json").read_text())
     assert record["fuse"] is True
     # the same training to float32 rounding: the members' final losses agree closely
@@ -475,11 +500,16 @@ def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(
     assert "not both" in capsys.readouterr().err
 
 
-def test_on_the_cpu_nets_of_2d_inputs_train_unfused_bit_for_bit() -> None:
-    """fused.WASTE['cpu-2d'] < 0: measured slower fused, such groups are never built on the CPU."""
-    descs = [NetDescription("plain", (2, 8, 8), 3, None, (((3, 4),), ((3, 6),)), (8,))] * 2
+@pytest.mark.parametrize("kind", ["2-D", "dense", "mlp"])
+def test_on_the_cpu_groups_measured_slower_fused_train_unfused_bit_for_bit(kind: str) -> None:
+    """fused.WASTE < 0 for 2-D nets, DenseNets and MLPs on the CPU: such groups are never built there."""
+    if kind == "2-D":
+        descs = [NetDescription("plain", (2, 8, 8), 3, None, (((3, 4),), ((3, 6),)), (8,))] * 2
+    else:
+        descs = SLOWER[kind][:2]
     runs = [TrainSettings(batch=BATCH, lr=0.05, max_epochs=1, patience=0)] * 2
-    assert fused_module.WASTE["cpu-2d"] < 0
+    assert fused_module.waste_for(torch.device("cpu"), descs[0].rank, descs[0].family) < 0
+    assert fused_module.waste_for(torch.device("cuda"), descs[0].rank, descs[0].family) >= 0
     with mock.patch.object(FusedGroup, "forward", side_effect=AssertionError("fused")):
         fused, _ = train(descs, runs, fuse=True)
     unfused, _ = train(descs, runs, fuse=False)

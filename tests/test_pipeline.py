@@ -134,15 +134,21 @@ def test_sequential_equals_lockstep_and_the_seed_matters(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     spec = _write_spec(tmp_path, SPECS["plain1d"])
     # (run-to-run determinism across processes: test_run_cli and test_resume_kill)
-    assert _run(tmp_path, spec, out="a") == 0
+    assert _run(tmp_path, spec, "--fuse", "off", out="a") == 0  # the unfused lockstep
+    assert _run(tmp_path, spec, out="b") == 0  # auto: plain 1-D nets train fused, on the CPU too
     assert _run(tmp_path, spec, "--sequential", out="c") == 0
     assert _run(tmp_path, spec, "--seed", "5", out="d") == 0
-    a, c, d = (_results(tmp_path, o) for o in "acd")
+    a, b, c, d = (_results(tmp_path, o) for o in "abcd")
     assert a["members"] == c["members"]
     assert a["ensemble"] == c["ensemble"]
     assert a["members"] != d["members"]
     for name in a["models"]:
         assert a["models"][name]["final_train_loss"] == c["models"][name]["final_train_loss"]
+    # fused: the same training to float32 rounding
+    assert (a["info"]["fuse"], b["info"]["fuse"], c["info"]["fuse"]) == (False, True, False)
+    for name in a["models"]:
+        lo, lf = a["models"][name]["final_train_loss"], b["models"][name]["final_train_loss"]
+        assert abs(lo - lf) <= 1e-4 * max(1.0, abs(lo)), name
 
 
 def test_resolve_config_applies_overrides_then_the_epochs_scale() -> None:

@@ -1,33 +1,51 @@
 """`--fuse auto|on|off`: whether a run trains its lockstep nets as fused groups (runtime/fused.py).
 
-A fixed rule, never a timing taken at run time, so that results and resumes are reproducible:
-`auto` is on for CUDA, where a step of small nets waits on kernel launches, and off for the CPU,
-where it is compute-bound and fusing measured no faster (bench/fused.py; docs/training.md,
-'Fused training'). A resume keeps the choice its run recorded.
+A fixed rule, never a timing taken at run time, so that results and resumes are reproducible.
+`auto` is on for CUDA, where a step of small nets waits on kernel launches. On the CPU, which is
+compute-bound, it is on where fused groups measured no slower: runtime/fused.py's `WASTE` fuses
+there only plain and residual nets of 1-D inputs (0.93-1.21x unfused, median 1.02x; the others
+0.65-0.99x), and `auto` is off for a run with no two such nets (bench/fused.py; docs/training.md,
+'Fused training'). `on` and `auto` follow the same device rule per group. A resume keeps the
+choice its run recorded.
 
->>> choose_fuse("auto", "cpu")
-(False, 'auto: off for the CPU (fused steps measured no faster there)')
->>> choose_fuse("auto", "cuda:0")[0], choose_fuse("on", "cpu")[0]
-(True, True)
+>>> choose_fuse("auto", "cuda:0")
+(True, 'auto: on for CUDA')
+>>> choose_fuse("on", "cpu")[0], choose_fuse("off", "cuda")[0]
+(True, False)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 FUSE_CHOICES = ("auto", "on", "off")
+CPU_RULE = "on the CPU only plain and residual nets of 1-D inputs fuse, the others were measured slower fused"
 
 
-def choose_fuse(option: str, device: Any) -> tuple[bool, str]:
-    """Whether to fuse on `device` (a torch.device or its name) for `option`, and why."""
+def choose_fuse(option: str, device: Any, descs: Sequence[Any] | None = None) -> tuple[bool, str]:
+    """Whether to fuse on `device` (a torch.device or its name) for `option`, and why.
+
+    `descs` (the run's net descriptions), where given, turn `auto` off on a device where no two of
+    them would fuse (`fused.fuses_on`).
+    """
+    import torch
+
     if option not in FUSE_CHOICES:
         raise ValueError(f"--fuse is one of {', '.join(FUSE_CHOICES)}, got {option!r}")
     if option != "auto":
         return option == "on", f"--fuse {option}"
-    kind = getattr(device, "type", str(device).split(":")[0])
-    if kind == "cuda":
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
         return True, "auto: on for CUDA"
-    return False, f"auto: off for the {kind.upper()} (fused steps measured no faster there)"
+    if dev.type != "cpu":
+        return False, f"auto: off for {dev.type.upper()} (not measured there)"
+    if descs is not None:
+        from mncompile.runtime.fused import fuses_on
+
+        if not fuses_on(dev, descs):
+            return False, f"auto: off, no two nets of this run fuse ({CPU_RULE})"
+    return True, f"auto: on ({CPU_RULE})"
 
 
 def add_fuse_argument(g: Any) -> None:
@@ -35,5 +53,6 @@ def add_fuse_argument(g: Any) -> None:
     g.add_argument("--fuse", choices=FUSE_CHOICES, default="auto",
                    help="train the nets of a lockstep phase that share a family as fused groups: one "
                    "grouped forward, backward and SGD step per batch for all (same results to float32 "
-                   "rounding); auto is on for CUDA, off for the CPU (measured, docs/training.md); a resume "
-                   "keeps its run's choice (default auto)")
+                   "rounding); on the CPU only plain and residual nets of 1-D inputs fuse (measured, "
+                   "docs/training.md); auto is on where any two nets of the run fuse; a resume keeps its "
+                   "run's choice (default auto)")

@@ -13,8 +13,8 @@ forward, backward and SGD step once per batch instead of once per member:
   while the padded work stays within `WASTE` of their own (1 on the CPU: equal shapes only).
   Where an op pads, a constant mask multiplies its weights in the forward pass, so padded
   weights, their gradients, their momentum and the padded activations stay exactly zero: each
-  member computes what it computes alone. On the CPU nets of 2-D inputs are not fused at all
-  (`WASTE`: measured slower);
+  member computes what it computes alone. On the CPU only plain and residual nets of 1-D
+  inputs are fused (`WASTE`: the others measured slower);
 - **layers only some members have** (a deeper block, one more hidden layer) run on those
   members' slice only; the others pass through unchanged, as if the layer were absent;
 - **per-member BatchNorm**: one BN over the K x C channels is K separate BNs; the running
@@ -51,6 +51,7 @@ __all__ = [
     "FusedGroup",
     "describe_module",
     "fusable",
+    "fuses_on",
     "group_key",
     "groups_of",
     "member_correct",
@@ -59,23 +60,41 @@ __all__ = [
 
 _BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}
 
-#: how much padding a layer position may add, by device (`_partition`), measured with
-#: bench/fused.py. Members of one shape run as one op where the bound is 1 or more: on the CPU
-#: for 1-D and flat nets (compute-bound, so padded multiply-accumulates cost their full price and
-#: nothing else merges; equal shapes fused ran 1.0-1.2x faster than unfused, every member padded
-#: to the largest 0.63-0.84x). From 0 to 1 every member runs ops of its own. Below 0 a group is
-#: not fused at all: 2-D nets on the CPU (`cpu-2d`), where stacked 3x32x32 activations outgrew
-#: the caches (grouped: 0.65x unfused on v5.mnet; a part per member still 0.79-0.88x). On
+#: how much padding a layer position may add, by device and (on the CPU) by input rank and family
+#: (`_partition`), measured with bench/fused.py. Members of one shape run as one op where the
+#: bound is 1 or more: on the CPU for plain and residual nets of 1-D inputs (compute-bound, so
+#: padded multiply-accumulates cost their full price and nothing else merges; equal shapes fused
+#: ran 0.93-1.21x unfused, 1.02x at the median; every member padded to the largest 0.63-0.84x).
+#: From 0 to 1 every member runs ops of its own. Below 0 a group is not fused at all, on the CPU:
+#: 2-D nets (`cpu-2d`), where stacked 3x32x32 activations outgrew the caches (grouped: 0.65x
+#: unfused on v5.mnet; a part per member still 0.79-0.88x); DenseNets (`cpu-dense`: 0.81-0.97x
+#: on d5-1d.mnet, a part per member too: its growing concatenations of all members at once
+#: outgrow the caches); MLPs (`cpu-mlp`: 0.90-0.99x on mlp.mnet, steps too small to gain). On
 #: CUDA (launch-bound for small nets) parts merge while the padded work stays within 1.5x the
 #: members' own (a rule, not yet measured on a GPU).
-WASTE = {"cpu": 1.0, "cpu-2d": -1.0, "cuda": 1.5}
+WASTE = {"cpu": 1.0, "cpu-2d": -1.0, "cpu-dense": -1.0, "cpu-mlp": -1.0, "cuda": 1.5}
 
 
-def waste_for(device: torch.device, rank: int) -> float:
-    """The padding a fused group of nets of input `rank` may add on `device` (`WASTE`)."""
+def waste_for(device: torch.device, rank: int, family: str | None = None) -> float:
+    """The padding a fused group of `family` nets of input `rank` may add on `device` (`WASTE`);
+    below 0, such a group trains unfused there."""
     if device.type == "cpu":
-        return WASTE["cpu-2d" if rank >= 2 else "cpu"]
+        if rank >= 2:
+            return WASTE["cpu-2d"]
+        return WASTE.get(f"cpu-{family}", WASTE["cpu"])
     return WASTE.get(device.type, 1.0)
+
+
+def unfused_why(device: torch.device, rank: int, family: str) -> str:
+    """Why `waste_for` keeps such a group unfused, in words."""
+    what = f"nets of {rank}-D inputs" if device.type == "cpu" and rank >= 2 else f"{family} nets"
+    return f"on the {device.type.upper()}, {what} were measured faster unfused: runtime/fused.py, WASTE"
+
+
+def fuses_on(device: torch.device, descs: Sequence[NetDescription]) -> bool:
+    """Whether any two of `descs` would train as a fused group on `device` (`groups_of`, `WASTE`)."""
+    groups = groups_of(dict(enumerate(descs)))
+    return any(waste_for(device, descs[g[0]].rank, descs[g[0]].family) >= 0 for g in groups)
 
 
 def describe_module(

@@ -175,7 +175,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     )
     ctx.info["method_options"] = method_options(args)
     fuse, fuse_rule = _fuse_choice(getattr(args, "fuse", "auto"), device,
-                                   out / "ckpt" / args.method / "run.json", args.resume)
+                                   out / "ckpt" / args.method / "run.json", args.resume, plan)
     apart = (f"--engine {engine.name}" if engine.name != "local" else
              "--sequential" if getattr(args, "sequential", False) else None)
     if fuse and apart is not None:
@@ -237,8 +237,10 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     return doc
 
 
-def _fuse_choice(option: str, device: Any, record: Path, resume: bool) -> tuple[bool, str]:
-    """--fuse's choice for this run: on --resume with `auto`, the one the run recorded."""
+def _fuse_choice(option: str, device: Any, record: Path, resume: bool, plan: Any) -> tuple[bool, str]:
+    """--fuse's choice for this run: on --resume with `auto`, the one the run recorded; else the
+    device rule for the plan's nets."""
+    from mncompile.formats.ensemble_file import describe_net
     from mncompile.runtime.fuse_rule import choose_fuse
 
     if resume and option == "auto" and record.is_file():
@@ -248,7 +250,8 @@ def _fuse_choice(option: str, device: Any, record: Path, resume: bool) -> tuple[
             old = None  # _check_run_record reports the damage
         if isinstance(old, dict):
             return bool(old.get("fuse", False)), "resumed: the run's recorded choice"
-    return choose_fuse(option, device)
+    descs = [describe_net(net, plan.input, plan.classes) for net in plan.nets.values()]
+    return choose_fuse(option, device, descs)
 
 
 def _largest_macs(models: Any, plan: Any) -> int:

@@ -389,7 +389,14 @@ class _Fused:
 def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any] | None, dev: torch.device,
                   cache: dict[tuple[Any, ...], Any], epoch: int, progress: Progress) -> list[_Fused]:
     """This epoch's fused groups of the active states (groups of two or more), packed."""
-    from mncompile.runtime.fused import FusedGroup, describe_module, fusable, groups_of, waste_for
+    from mncompile.runtime.fused import (
+        FusedGroup,
+        describe_module,
+        fusable,
+        groups_of,
+        unfused_why,
+        waste_for,
+    )
 
     descs = {}
     for i, st in enumerate(active):
@@ -402,14 +409,13 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
         states = [active[i] for i in members]
         shared = all(st.job.settings.order != "member" for st in states)
         names = tuple(st.job.name for st in states)
-        rank = descs[members[0]].rank
-        waste = waste_for(dev, rank)
+        rank, family = descs[members[0]].rank, descs[members[0]].family
+        waste = waste_for(dev, rank, family)
         if waste < 0:  # measured slower fused on this device (fused.WASTE): these nets train unfused
             key: tuple[Any, ...] = ("unfused", names)
             if key not in cache:
                 cache[key] = None
-                progress.note(f"not fused: {', '.join(names)} (on the {dev.type.upper()}, nets of {rank}-D "
-                              "inputs were measured faster unfused: runtime/fused.py, WASTE)")
+                progress.note(f"not fused: {', '.join(names)} ({unfused_why(dev, rank, family)})")
             keys.add(key)
             continue
         key = (names, shared, waste)
