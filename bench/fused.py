@@ -70,8 +70,9 @@ def vgg_members(k: int, shape: tuple[int, ...], width_div: int) -> list[Any]:
 
 
 def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: str,
-               order: str = "shared") -> float:
-    """Seconds of one training epoch of `descs` in `mode` (fresh nets, plain SGD)."""
+               order: str = "shared", epochs: int = 1) -> float:
+    """Seconds per epoch of `epochs` training epochs of `descs` in `mode` (fresh nets, plain SGD; a
+    fused group is built once for them all, as in a run's phase)."""
     import torch
 
     from mncompile.runtime.jobs import Job, TrainSettings
@@ -81,8 +82,8 @@ def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: s
 
     torch.manual_seed(0)
     nets = [build_net(d, f"m{i}") for i, d in enumerate(descs)]
-    settings = TrainSettings(batch=batch, lr=0.01, momentum=0.9, weight_decay=5e-4, max_epochs=1, patience=0,
-                             order=order)
+    settings = TrainSettings(batch=batch, lr=0.01, momentum=0.9, weight_decay=5e-4, max_epochs=epochs,
+                             patience=0, order=order)
     jobs = [Job(f"m{i}", n, settings) for i, n in enumerate(nets)]
     quiet = Progress(quiet=True)
     if device.startswith("cuda"):
@@ -95,7 +96,7 @@ def time_epoch(mode: str, descs: Sequence[Any], data: Any, batch: int, device: s
         fit(jobs, data, seed=0, device=device, progress=quiet, fuse=mode == "fused")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / epochs
 
 
 def measure(descs: Sequence[Any], shape: tuple[int, ...], classes: int, args: argparse.Namespace,
@@ -109,7 +110,7 @@ def measure(descs: Sequence[Any], shape: tuple[int, ...], classes: int, args: ar
         time_epoch(m, descs, data, args.batch, args.device, args.order)
     for _ in range(args.repeats):
         for m in modes:
-            times[m].append(time_epoch(m, descs, data, args.batch, args.device, args.order))
+            times[m].append(time_epoch(m, descs, data, args.batch, args.device, args.order, args.epochs))
     return {m: statistics.median(v) for m, v in times.items()}
 
 
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train-size", type=int, default=2048, help="examples per epoch (default 2048)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per mode (default 3)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs per timed round, one fused group built for them all as in a run's phase "
+                   "(default 1: the build, pack and unpack of a group count in full)")
     p.add_argument("--members", default=None, metavar="K,K,...",
                    help="scaling mode: one epoch of K VGG-16 variants against one member alone")
     p.add_argument("--width-div", type=int, default=8,
@@ -142,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="batches: one shared batch per step (default), or each member's own "
                    "(stacked when fused)")
     p.add_argument("--waste", type=float, default=None,
-                   help="the padding a fused layer position may add on this device (runtime/fused.py WASTE: "
-                   "1 = equal shapes only, inf = every member padded to the largest; default the device's)")
+                   help="the padding a fused layer position may add on this device, for every input rank and "
+                   "family (runtime/fused.py WASTE: 1 = equal shapes only, inf = every member padded to the "
+                   "largest; default the device's, which keeps some groups unfused on the CPU)")
     args = p.parse_args(argv)
     from mncompile.runtime import fused
 
     kind = args.device.split(":")[0]
-    if args.waste is not None:
-        for key in ((kind, f"{kind}-2d") if kind == "cpu" else (kind,)):
+    if args.waste is not None:  # every bound of the device: groups it keeps unfused fuse too
+        for key in [k for k in fused.WASTE if k.split("-")[0] == kind] or [kind]:
             fused.WASTE[key] = args.waste
     waste = ", ".join(f"{k} {v:g}" for k, v in fused.WASTE.items() if k.startswith(kind))
     cuda = args.device.startswith("cuda")
@@ -159,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name() if cuda else "CPU"
     counts = [torch.get_num_threads()] if cuda else args.threads
     print(f"bench/fused.py: device {args.device} ({card}), torch {torch.__version__}, batch {args.batch}, "
-          f"{args.train_size} examples per epoch, median of {args.repeats} epochs per mode, batches "
-          f"{args.order}, fused padding bounds {waste}", flush=True)
+          f"{args.train_size} examples per epoch, median of {args.repeats} rounds of {args.epochs} "
+          f"epoch(s) per mode, batches {args.order}, fused padding bounds {waste}", flush=True)
     for threads in counts:
         torch.set_num_threads(threads)
         print(f"\n## {threads} CPU thread(s)", flush=True)
@@ -182,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|" + "---|" * len(args.modes) + "---|")
         for spec in args.specs:
             descs, shape, classes = spec_members(spec)
+            if not fused.fuses_on(torch.device(args.device), descs):
+                print(f"| {Path(spec).name} | {len(descs)} | {'x'.join(map(str, shape))} | "
+                      + " | ".join("-" for _ in args.modes) + " | not fused on this device (runtime/fused.py "
+                      "WASTE; --waste 1 times it fused) |", flush=True)
+                continue
             t = measure(descs, shape, classes, args, args.modes)
             ratio = (f"{t['unfused'] / t['fused']:.2f}x" if "fused" in t and "unfused" in t else "-")
             print(f"| {Path(spec).name} | {len(descs)} | {'x'.join(map(str, shape))} | "
