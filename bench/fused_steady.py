@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     descs, shape, classes = spec_members(args.spec)
-    waste = args.waste if args.waste is not None else max(0.0, waste_for(torch.device("cpu"), len(shape) - 1))
+    rule = waste_for(torch.device("cpu"), len(shape) - 1, descs[0].family)
+    waste = args.waste if args.waste is not None else max(0.0, rule)
     torch.manual_seed(0)
     nets = [build_net(d) for d in descs]
     opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n in nets]

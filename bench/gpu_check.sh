@@ -36,8 +36,10 @@ step() {  # step NAME SECONDS COMMAND...: one bench under a time limit, its tabl
     shift 2
     echo "== $name (at most $limit s): $*"
     local start=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
-    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    [ "$rc" = 0 ] || FAILED="$FAILED $name"
 }
 
 run() {
@@ -65,17 +67,22 @@ run() {
         local size=() specs=(examples/mnist1d.mnet examples/v5-1d.mnet examples/v5.mnet) members=5,25,100
         local runs=(--train-size 10000 --test-size 2000)
     fi
+    FAILED=""
     step specs 90 python3 bench/fused.py --device "$dev" --specs "${specs[@]}" --repeats 3 --threads 1 \
-        "${size[@]}"
+        ${size[@]+"${size[@]}"}
     step members 180 python3 bench/fused.py --device "$dev" --members "$members" --repeats 2 --threads 1 \
-        "${size[@]}"
+        ${size[@]+"${size[@]}"}
     step runs 150 python3 bench/gpu_runs.py --device "$dev" --specs examples/mnist1d.mnet examples/v5.mnet \
         --epochs-scale 0.05 "${runs[@]}"
+    if [ -n "$FAILED" ]; then
+        echo "== done; failed or cut short:$FAILED; tables in $OUT"
+        return 1
+    fi
     echo "== done; tables in $OUT"
 }
 
 case "${1:-}" in
     fetch) fetch ;;
-    run) run "${2:-}" ;;
+    run) run "${2:-}" || exit 1 ;;
     *) echo "usage: bash bench/gpu_check.sh fetch | run OUT" >&2; exit 2 ;;
 esac

@@ -26,7 +26,7 @@ from mncompile.formats.ensemble_file import NetDescription, net_tensors
 from mncompile.runtime import fused as fused_module
 from mncompile.runtime.checkpoint import load_checkpoint
 from mncompile.runtime.data import load_dataset
-from mncompile.runtime.fuse_rule import CPU_RULE, choose_fuse
+from mncompile.runtime.fuse_rule import CPU_RULE, choose_fuse, lockstep_phases
 from mncompile.runtime.fused import FusedGroup, describe_module, fusable, group_key
 from mncompile.runtime.jobs import Job, TrainSettings
 from mncompile.runtime.nets import build_net
@@ -281,9 +281,9 @@ CUDA_LIKE = {
 def test_the_cuda_path_bf16_autocast_channels_last_trains_fused_as_unfused(family: str, order: str) -> None:
     """What a CUDA run does differently, on the CPU: bf16 autocast, channels_last images, CUDA's
     padding bound. Fused and unfused then agree to bf16 rounding: the change 4 steps make to the
-    weights within 7 % (residual nets; 0-0.4 % for the others), where a learning rate 1.5x off
-    already fails every case, and a member mixed up with another or a dtype dropped would be off
-    by far more."""
+    weights within 10 % (7 % measured for residual nets, 0-0.4 % for the others), where a learning
+    rate 1.5x off already fails every case, and a member mixed up with another or a dtype dropped
+    would be off by far more."""
     from mncompile.runtime import train as train_module
 
     def autocast(device: torch.device) -> torch.autocast:
@@ -311,7 +311,7 @@ def test_the_cuda_path_bf16_autocast_channels_last_trains_fused_as_unfused(famil
         va, vb, v0 = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (a, b, c))
         assert torch.isfinite(vb).all() and vb.dtype == torch.float32
         # the training's change of the weights, fused against unfused
-        assert float((va - vb).norm() / (va - v0).norm()) < 0.2
+        assert float((va - vb).norm() / (va - v0).norm()) < 0.1
 
 
 def test_the_group_really_runs_fused() -> None:
@@ -478,17 +478,33 @@ def test_choose_fuse_is_a_fixed_rule() -> None:
     assert choose_fuse("auto", torch.device("cuda"))[0] is True
     assert choose_fuse("on", cpu)[0] is True
     assert choose_fuse("off", torch.device("cuda"))[0] is False
-    # on the CPU, auto is on where two nets of the run would fuse there (fused.WASTE)
-    assert choose_fuse("auto", cpu, FIXED["plain"]) == (True, f"auto: on ({CPU_RULE})")
-    assert choose_fuse("auto", cpu, FIXED["residual"] + FIXED["mlp"])[0] is True
+    assert choose_fuse("auto", "mps")[0] is False
+    # on the CPU, auto is on where two nets of one lockstep phase would fuse there (fused.WASTE)
+    assert choose_fuse("auto", cpu, [FIXED["plain"]]) == (True, f"auto: on ({CPU_RULE})")
+    assert choose_fuse("auto", cpu, [FIXED["mlp"], FIXED["residual"]])[0] is True
     for measured_slower in ("dense", "mlp"):
-        on, why = choose_fuse("auto", cpu, SLOWER[measured_slower])
-        assert on is False and why.startswith("auto: off, no two nets of this run fuse"), why
+        on, why = choose_fuse("auto", cpu, [SLOWER[measured_slower]])
+        assert on is False and why.startswith("auto: off, no two nets that train together"), why
     flat = [NetDescription("plain", (2, 8, 8), 3, None, (((3, 4),), ((3, 6),)), (8,))] * 2
-    assert choose_fuse("auto", cpu, flat)[0] is False
-    assert choose_fuse("auto", torch.device("cuda"), flat)[0] is True
-    # one plain net of each block count: no group of two
-    assert choose_fuse("auto", cpu, [FIXED["plain"][0], FIXED["mlp"][0]])[0] is False
+    assert choose_fuse("auto", cpu, [flat])[0] is False
+    assert choose_fuse("auto", torch.device("cuda"), [flat])[0] is True
+    # two plain nets of different block counts: no group of two; nor two nets of different phases
+    three_blocks = NetDescription("plain", (1, 24), 4, None, (((3, 4),), ((3, 4),), ((3, 4),)), ())
+    assert group_key(three_blocks) != group_key(FIXED["plain"][0])
+    assert choose_fuse("auto", cpu, [[FIXED["plain"][0], three_blocks]])[0] is False
+    assert choose_fuse("auto", cpu, [[FIXED["plain"][0]], [FIXED["plain"][1]]])[0] is False
+    assert choose_fuse("auto", cpu, [])[0] is False
+
+
+def test_the_nets_each_method_trains_together() -> None:
+    clusters = [("mother1", ["a", "b"]), ("mother2", ["c"])]
+    members = ["a", "b", "c"]
+    assert lockstep_phases("mothernets", clusters, members, "shared") == [["mother1", "c"], ["a", "b"]]
+    assert lockstep_phases("shared-mothernets", clusters, members, "member") == [["mother1", "c"], ["a", "b"]]
+    assert lockstep_phases("mothernets", clusters, members, "bootstrap") == [["mother1", "c"]]
+    assert lockstep_phases("full-data", clusters, members, "shared") == [members]
+    for hooked in ("snapshot", "fge", "distill", "treenet", "bagging"):
+        assert lockstep_phases(hooked, clusters, members, "shared") == []
 
 
 RUN_SPEC = """ensemble fz { input 1x16 classes 3
@@ -511,6 +527,26 @@ RUN = [
     "--seed",
     "0",
 ]
+
+
+@pytest.mark.parametrize(
+    "case", ["one net", "bagging"], ids=["a one-net cluster's MotherNet is its member", "own data"]
+)
+def test_auto_is_off_on_the_cpu_for_a_run_whose_nets_never_train_together(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mncompile.cli import main as cli_main
+    from tests.conftest import spec_in
+
+    one = "ensemble fz { input 1x16 classes 3 net a plain { block { 3:4 } } }"
+    text = RUN_SPEC if case == "bagging" else one
+    spec = spec_in(tmp_path, monkeypatch, text, "fz.mnet")
+    method = ["--method", "bagging"] if case == "bagging" else []
+    with mock.patch.object(FusedGroup, "forward", side_effect=AssertionError("fused")):
+        assert cli_main(["run", str(spec), *RUN, *method, "--quiet", "--out", str(tmp_path / "r")]) == 0
+    info = json.loads((tmp_path / "r" / "results.json").read_text())["info"]
+    assert info["fuse"] is False, info
+    assert info["fuse_rule"].startswith("auto: off, no two nets that train together"), info
 
 
 def test_a_run_fuses_its_generated_members_records_it_and_a_resume_keeps_it(

@@ -4,8 +4,8 @@ A fixed rule, never a timing taken at run time, so that results and resumes are 
 `auto` is on for CUDA, where a step of small nets waits on kernel launches. On the CPU, which is
 compute-bound, it is on where fused groups measured no slower: runtime/fused.py's `WASTE` fuses
 there only plain and residual nets of 1-D inputs (0.93-1.21x unfused, median 1.02x; the others
-0.65-0.99x), and `auto` is off for a run with no two such nets (bench/fused.py; docs/training.md,
-'Fused training'). `on` and `auto` follow the same device rule per group. A resume keeps the
+0.65-0.99x), and `auto` is off for a run with no two such nets in one phase (bench/fused.py;
+docs/training.md, 'Fused training'). `on` and `auto` follow the same device rule per group. A resume keeps the
 choice its run recorded.
 
 >>> choose_fuse("auto", "cuda:0")
@@ -23,11 +23,14 @@ FUSE_CHOICES = ("auto", "on", "off")
 CPU_RULE = "on the CPU only plain and residual nets of 1-D inputs fuse, the others were measured slower fused"
 
 
-def choose_fuse(option: str, device: Any, descs: Sequence[Any] | None = None) -> tuple[bool, str]:
+def choose_fuse(
+    option: str, device: Any, phases: Sequence[Sequence[Any]] | None = None
+) -> tuple[bool, str]:
     """Whether to fuse on `device` (a torch.device or its name) for `option`, and why.
 
-    `descs` (the run's net descriptions), where given, turn `auto` off on a device where no two of
-    them would fuse (`fused.fuses_on`).
+    `phases`, where given, are the descriptions of the nets that a run trains together in plain
+    lockstep, phase by phase (`lockstep_phases`): `auto` is off on a device where no two nets of
+    one phase would fuse (`fused.fuses_on`).
     """
     import torch
 
@@ -40,12 +43,27 @@ def choose_fuse(option: str, device: Any, descs: Sequence[Any] | None = None) ->
         return True, "auto: on for CUDA"
     if dev.type != "cpu":
         return False, f"auto: off for {dev.type.upper()} (not measured there)"
-    if descs is not None:
+    if phases is not None:
         from mncompile.runtime.fused import fuses_on
 
-        if not fuses_on(dev, descs):
-            return False, f"auto: off, no two nets of this run fuse ({CPU_RULE})"
+        if not any(fuses_on(dev, descs) for descs in phases):
+            return False, f"auto: off, no two nets that train together in this run fuse ({CPU_RULE})"
     return True, f"auto: on ({CPU_RULE})"
+
+
+def lockstep_phases(method: str, clusters: Sequence[tuple[str, Sequence[str]]], members: Sequence[str],
+                    hatched_order: str) -> list[list[str]]:
+    """The names of the nets that `method` trains together as plain jobs, phase by phase: the
+    candidates for fused groups. Methods whose jobs have hooks of their own (snapshot, FGE,
+    distillation's students, TreeNets) or data of their own (bagging) have none; with
+    `--batch-order bootstrap` hatched members draw their own samples, and train apart."""
+    if method == "full-data":
+        return [list(members)]
+    if method not in ("mothernets", "shared-mothernets"):
+        return []
+    first = [cluster[0] if len(cluster) == 1 else mother for mother, cluster in clusters]
+    hatched = [m for _, cluster in clusters if len(cluster) > 1 for m in cluster]
+    return [first] + ([hatched] if hatched_order != "bootstrap" else [])
 
 
 def add_fuse_argument(g: Any) -> None:
@@ -54,5 +72,5 @@ def add_fuse_argument(g: Any) -> None:
                    help="train the nets of a lockstep phase that share a family as fused groups: one "
                    "grouped forward, backward and SGD step per batch for all (same results to float32 "
                    "rounding); on the CPU only plain and residual nets of 1-D inputs fuse (measured, "
-                   "docs/training.md); auto is on where any two nets of the run fuse; a resume keeps its "
-                   "run's choice (default auto)")
+                   "docs/training.md); auto is on where two nets that train together would fuse; a "
+                   "resume keeps its run's choice (default auto)")

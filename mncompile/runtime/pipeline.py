@@ -175,7 +175,7 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     )
     ctx.info["method_options"] = method_options(args)
     fuse, fuse_rule = _fuse_choice(getattr(args, "fuse", "auto"), device,
-                                   out / "ckpt" / args.method / "run.json", args.resume, plan)
+                                   out / "ckpt" / args.method / "run.json", args.resume, ctx)
     apart = (f"--engine {engine.name}" if engine.name != "local" else
              "--sequential" if getattr(args, "sequential", False) else None)
     if fuse and apart is not None:
@@ -237,11 +237,11 @@ def execute(folder: Path, defaults: Mapping[str, Any], args: argparse.Namespace,
     return doc
 
 
-def _fuse_choice(option: str, device: Any, record: Path, resume: bool, plan: Any) -> tuple[bool, str]:
+def _fuse_choice(option: str, device: Any, record: Path, resume: bool, ctx: RunContext) -> tuple[bool, str]:
     """--fuse's choice for this run: on --resume with `auto`, the one the run recorded; else the
-    device rule for the plan's nets."""
+    device rule for the nets the run's method trains together."""
     from mncompile.formats.ensemble_file import describe_net
-    from mncompile.runtime.fuse_rule import choose_fuse
+    from mncompile.runtime.fuse_rule import choose_fuse, lockstep_phases
 
     if resume and option == "auto" and record.is_file():
         try:
@@ -250,8 +250,10 @@ def _fuse_choice(option: str, device: Any, record: Path, resume: bool, plan: Any
             old = None  # _check_run_record reports the damage
         if isinstance(old, dict):
             return bool(old.get("fuse", False)), "resumed: the run's recorded choice"
-    descs = [describe_net(net, plan.input, plan.classes) for net in plan.nets.values()]
-    return choose_fuse(option, device, descs)
+    plan = ctx.plan
+    phases = [[describe_net(plan.nets[n], plan.input, plan.classes) for n in names if n in plan.nets]
+              for names in lockstep_phases(ctx.method, ctx.clusters, ctx.members, ctx.hatched_settings.order)]
+    return choose_fuse(option, device, phases)
 
 
 def _largest_macs(models: Any, plan: Any) -> int:
