@@ -26,7 +26,7 @@ from mncompile.formats.ensemble_file import NetDescription, net_tensors
 from mncompile.runtime import fused as fused_module
 from mncompile.runtime.checkpoint import load_checkpoint
 from mncompile.runtime.data import load_dataset
-from mncompile.runtime.fuse_rule import CPU_RULE, choose_fuse, lockstep_phases
+from mncompile.runtime.fuse_rule import CPU_RULE, choose_fuse
 from mncompile.runtime.fused import FusedGroup, describe_module, fusable, group_key
 from mncompile.runtime.jobs import Job, TrainSettings
 from mncompile.runtime.nets import build_net
@@ -496,15 +496,28 @@ def test_choose_fuse_is_a_fixed_rule() -> None:
     assert choose_fuse("auto", cpu, [])[0] is False
 
 
-def test_the_nets_each_method_trains_together() -> None:
-    clusters = [("mother1", ["a", "b"]), ("mother2", ["c"])]
-    members = ["a", "b", "c"]
-    assert lockstep_phases("mothernets", clusters, members, "shared") == [["mother1", "c"], ["a", "b"]]
-    assert lockstep_phases("shared-mothernets", clusters, members, "member") == [["mother1", "c"], ["a", "b"]]
-    assert lockstep_phases("mothernets", clusters, members, "bootstrap") == [["mother1", "c"]]
-    assert lockstep_phases("full-data", clusters, members, "shared") == [members]
+def test_the_nets_each_method_trains_together(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mncompile.runtime.methods import METHODS
+
+    def ctx(order: str, shared: str = "") -> SimpleNamespace:
+        (tmp_path / "shared.py").write_text(f"SHARED = {{{shared}}}\nNOT_SHARED = {{}}\n", encoding="utf-8")
+        clusters = [("mother1", ["a", "b"]), ("mother2", ["c"])]
+        return SimpleNamespace(clusters=clusters, members=["a", "b", "c"],
+                               hatched_settings=SimpleNamespace(order=order), folder=tmp_path)
+
+    def lockstep(method: str, order: str = "shared", shared: str = "") -> list[list[str]]:
+        return METHODS[method].lockstep(ctx(order, shared))  # type: ignore[arg-type]
+
+    assert lockstep("mothernets") == [["mother1", "c"], ["a", "b"]]
+    assert lockstep("mothernets", "bootstrap") == [["mother1", "c"]]
+    assert lockstep("full-data") == [["a", "b", "c"]]
+    # a shared cluster trains as one joint model; one that shared.py does not share, as mothernets does
+    assert lockstep("shared-mothernets", shared="'mother1': None") == [["mother1", "c"]]
+    assert lockstep("shared-mothernets", "member") == [["mother1", "c"], ["a", "b"]]
     for hooked in ("snapshot", "fge", "distill", "treenet", "bagging"):
-        assert lockstep_phases(hooked, clusters, members, "shared") == []
+        assert lockstep(hooked) == []
 
 
 RUN_SPEC = """ensemble fz { input 1x16 classes 3

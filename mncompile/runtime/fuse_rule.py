@@ -29,8 +29,8 @@ def choose_fuse(
     """Whether to fuse on `device` (a torch.device or its name) for `option`, and why.
 
     `phases`, where given, are the descriptions of the nets that a run trains together in plain
-    lockstep, phase by phase (`lockstep_phases`): `auto` is off on a device where no two nets of
-    one phase would fuse (`fused.fuses_on`).
+    lockstep, phase by phase (its method's `lockstep`): `auto` is off on a device where no two nets
+    of one phase would fuse (`fused.fuses_on`).
     """
     import torch
 
@@ -49,21 +49,6 @@ def choose_fuse(
         if not any(fuses_on(dev, descs) for descs in phases):
             return False, f"auto: off, no two nets that train together in this run fuse ({CPU_RULE})"
     return True, f"auto: on ({CPU_RULE})"
-
-
-def lockstep_phases(method: str, clusters: Sequence[tuple[str, Sequence[str]]], members: Sequence[str],
-                    hatched_order: str) -> list[list[str]]:
-    """The names of the nets that `method` trains together as plain jobs, phase by phase: the
-    candidates for fused groups. Methods whose jobs have hooks of their own (snapshot, FGE,
-    distillation's students, TreeNets) or data of their own (bagging) have none; with
-    `--batch-order bootstrap` hatched members draw their own samples, and train apart."""
-    if method == "full-data":
-        return [list(members)]
-    if method not in ("mothernets", "shared-mothernets"):
-        return []
-    first = [cluster[0] if len(cluster) == 1 else mother for mother, cluster in clusters]
-    hatched = [m for _, cluster in clusters if len(cluster) > 1 for m in cluster]
-    return [first] + ([hatched] if hatched_order != "bootstrap" else [])
 
 
 def add_fuse_argument(g: Any) -> None:

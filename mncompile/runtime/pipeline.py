@@ -241,7 +241,7 @@ def _fuse_choice(option: str, device: Any, record: Path, resume: bool, ctx: RunC
     """--fuse's choice for this run: on --resume with `auto`, the one the run recorded; else the
     device rule for the nets the run's method trains together."""
     from mncompile.formats.ensemble_file import describe_net
-    from mncompile.runtime.fuse_rule import choose_fuse, lockstep_phases
+    from mncompile.runtime.fuse_rule import choose_fuse
 
     if resume and option == "auto" and record.is_file():
         try:
@@ -251,8 +251,9 @@ def _fuse_choice(option: str, device: Any, record: Path, resume: bool, ctx: RunC
         if isinstance(old, dict):
             return bool(old.get("fuse", False)), "resumed: the run's recorded choice"
     plan = ctx.plan
+    # (a plan written before members had their layers names none: nothing of it can fuse)
     phases = [[describe_net(plan.nets[n], plan.input, plan.classes) for n in names if n in plan.nets]
-              for names in lockstep_phases(ctx.method, ctx.clusters, ctx.members, ctx.hatched_settings.order)]
+              for names in METHODS[ctx.method].lockstep(ctx)]
     return choose_fuse(option, device, phases)
 
 

@@ -2,7 +2,9 @@
 
 Each method is a plain module with `HELP` and `run(ctx) -> Outcome` (`runtime/context.py`). It
 builds nets, groups them into phases of jobs and hands each phase to `ctx.engine.run`; it never
-asks which engine runs it. To add a method, write its module and add one line here.
+asks which engine runs it. A method whose phases train plain jobs together (no hooks, no data of
+their own) also has `lockstep(ctx)`: their names, phase by phase, which `--fuse auto` asks
+before anything is built. To add a method, write its module and add one line here.
 
 No torch at import: the `mncompile` command lists the methods in its help.
 """
@@ -10,7 +12,7 @@ No torch at import: the `mncompile` command lists the methods in its help.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 from mncompile.runtime.context import Outcome, RunContext
@@ -33,9 +35,13 @@ class MethodSpec:
     name: str
     run: Callable[[RunContext], Outcome]
     help: str
+    #: the names of the nets it trains together as plain jobs, phase by phase (none by default)
+    lockstep: Callable[[RunContext], list[list[str]]] = field(default=lambda ctx: [])
 
 
 def _spec(name: str, module: ModuleType) -> MethodSpec:
+    if hasattr(module, "lockstep"):
+        return MethodSpec(name, module.run, module.HELP, module.lockstep)
     return MethodSpec(name, module.run, module.HELP)
 
 

@@ -8,6 +8,11 @@ from mncompile.runtime.jobs import Job
 HELP = "every member from scratch on all the data, MotherNet settings"
 
 
+def lockstep(ctx: RunContext) -> list[list[str]]:
+    """Every member, in one phase."""
+    return [list(ctx.members)]
+
+
 def run(ctx: RunContext) -> Outcome:
     """Each member trained from scratch with the MotherNet settings, in lockstep."""
     models = {m: ctx.build(m) for m in ctx.members}

@@ -31,17 +31,31 @@ HELP = "train the MotherNets, hatch the members, train them (default)"
 EXACT_TOLERANCE = 1e-3
 
 
-def first_phase_nets(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Fresh MotherNets (and lone members: clusters of one net), and each hatched member's MotherNet."""
-    first: dict[str, nn.Module] = {}
+def first_phase_names(ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+    """The first phase's nets (MotherNets, and lone members: clusters of one net), and each hatched
+    member's MotherNet."""
+    first: list[str] = []
     mother_of: dict[str, str] = {}
     for mother_name, cluster in ctx.clusters:
         if len(cluster) == 1:
-            first[cluster[0]] = ctx.build(cluster[0])
+            first.append(cluster[0])
         else:
-            first[mother_name] = ctx.build(mother_name)
+            first.append(mother_name)
             mother_of.update({m: mother_name for m in cluster})
     return first, mother_of
+
+
+def first_phase_nets(ctx: RunContext) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Fresh MotherNets (and lone members), and each hatched member's MotherNet."""
+    names, mother_of = first_phase_names(ctx)
+    return {n: ctx.build(n) for n in names}, mother_of
+
+
+def lockstep(ctx: RunContext) -> list[list[str]]:
+    """The first phase's nets, then the hatched members (unless each draws its own bootstrap sample,
+    `--batch-order bootstrap`: then each trains apart)."""
+    first, mother_of = first_phase_names(ctx)
+    return [first] + ([list(mother_of)] if ctx.hatched_settings.order != "bootstrap" else [])
 
 
 def first_phase(ctx: RunContext) -> tuple[Phase, dict[str, nn.Module], dict[str, str]]:

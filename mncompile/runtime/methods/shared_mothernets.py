@@ -21,6 +21,7 @@ from mncompile.runtime.methods.mothernets import (
     EXACT_TOLERANCE,
     clusters_of,
     first_phase,
+    first_phase_names,
     hatch_cluster,
     hatched_job,
     require_mother,
@@ -140,6 +141,18 @@ def heads_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def split_heads(out: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The K heads' logits [batch, classes] of an output [batch, K, classes]."""
     return out.unbind(1)
+
+
+def lockstep(ctx: RunContext) -> list[list[str]]:
+    """The first phase's nets, then the hatched members of the clusters shared.py does not share
+    (the shared ones train as one joint model each)."""
+    from mncompile.runtime.shared import load_shared_module
+
+    first, _ = first_phase_names(ctx)
+    big = [(mother, cluster) for mother, cluster in ctx.clusters if len(cluster) > 1]
+    shared = load_shared_module(ctx.folder).SHARED if big else {}
+    separate = [m for mother, cluster in big if mother not in shared for m in cluster]
+    return [first] + ([separate] if separate and ctx.hatched_settings.order != "bootstrap" else [])
 
 
 def run(ctx: RunContext) -> Outcome:
