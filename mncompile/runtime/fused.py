@@ -68,14 +68,14 @@ _BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}
 #: From 0 to 1 every member runs ops of its own. Below 0 a group is not fused at all, on the CPU:
 #: 2-D nets (`cpu-2d`), where stacked 3x32x32 activations outgrew the caches (grouped: 0.65x
 #: unfused on v5.mnet; a part per member still 0.79-0.88x); DenseNets (`cpu-dense`: 0.81-0.97x
-#: on d5-1d.mnet, a part per member too: its growing concatenations of all members at once
-#: outgrow the caches); MLPs (`cpu-mlp`: 0.90-0.99x on mlp.mnet, steps too small to gain). On
+#: on d5-1d.mnet, a part per member too: most likely its growing concatenations of all members
+#: at once outgrow the caches); MLPs (`cpu-mlp`: 0.90-0.99x on mlp.mnet, steps too small to gain). On
 #: CUDA (launch-bound for small nets) parts merge while the padded work stays within 1.5x the
 #: members' own (a rule, not yet measured on a GPU).
 WASTE = {"cpu": 1.0, "cpu-2d": -1.0, "cpu-dense": -1.0, "cpu-mlp": -1.0, "cuda": 1.5}
 
 
-def waste_for(device: torch.device, rank: int, family: str | None = None) -> float:
+def waste_for(device: torch.device, rank: int, family: str) -> float:
     """The padding a fused group of `family` nets of input `rank` may add on `device` (`WASTE`);
     below 0, such a group trains unfused there."""
     if device.type == "cpu":

@@ -418,7 +418,7 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
                 progress.note(f"not fused: {', '.join(names)} ({unfused_why(dev, rank, family)})")
             keys.add(key)
             continue
-        key = (names, shared, waste)
+        key = (names, shared)
         keys.add(key)
         if key not in cache:
             cache[key] = FusedGroup([descs[i] for i in members], shared_input=shared, waste=waste).to(dev)
@@ -432,7 +432,7 @@ def _fused_groups(active: Sequence[_State], describe: Callable[[nn.Module], Any]
 
 
 def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, Any], dev: torch.device,
-                totals: Mapping[int, torch.Tensor], first_lr: dict[str, float]) -> None:
+                totals: Mapping[int, torch.Tensor]) -> None:
     """One forward, backward and SGD step of a fused group on the shared batch, or on the members' own
     batches (`mine`, by state) stacked."""
     from mncompile.runtime.fused import member_correct, member_losses
@@ -446,8 +446,6 @@ def _fused_step(g: _Fused, x: torch.Tensor, y: torch.Tensor, mine: Mapping[int, 
         if len({len(v) for v in ys}) > 1:
             raise ValueError("the members of a fused group drew batches of different sizes")
         x, y = torch.stack(xs, 1), torch.stack(ys, 1)
-    for st, lr in zip(g.states, g.rates, strict=True):
-        first_lr.setdefault(st.job.name, lr)
     g.group.train()
     with _autocast(dev):
         out = g.group(x)
@@ -566,6 +564,8 @@ def fit(
             fused = (_fused_groups(active, describe, dev, cache, epoch, progress)
                      if fuse and batch_hook is None and type(shard) is Shard else [])
             in_group = {id(st) for g in fused for st in g.states}
+            for g in fused:  # a fused member's rate is the epoch's: recorded as its first step's
+                first_lr.update((st.job.name, lr) for st, lr in zip(g.states, g.rates, strict=True))
             # in-memory data is on `dev` already; a streamed split is read and moved batch by batch
             shared_stream = batches(data, batch, epoch_generator(seed, epoch), dev)
             for step, (x, y) in enumerate(shared_stream):
@@ -580,7 +580,7 @@ def fit(
                 aux = batch_hook(x) if batch_hook is not None else None
                 shared_part = (x, y, weight)
                 for g in fused:
-                    _fused_step(g, x, y, mine, dev, totals, first_lr)
+                    _fused_step(g, x, y, mine, dev, totals)
                 for st in active:
                     if id(st) in in_group:
                         continue
